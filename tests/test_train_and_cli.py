@@ -1,0 +1,118 @@
+"""End to end on tiny settings: world -> training -> checkpoint -> loading -> generate (CLI) -> files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+
+from vdemo.__main__ import main as cli
+from vdemo.backends.tiny import TinyBackend
+from vdemo.config import ATTENTION_MODES
+from vdemo.pipeline import Done, GenerationRequest, VideoPipeline
+from vdemo.strokes import Stroke
+from vdemo.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A from-scratch training run on tiny settings, then a resumed one: the folder the app would load."""
+    tmp = tmp_path_factory.mktemp("train")
+    cfg = TrainConfig(out=str(tmp / "model"), state=str(tmp / "state.pt"), log=str(tmp / "log.csv"), tiny=True,
+                      max_steps=3, batch_size=2, minutes=5, bf16=False)
+    first = train(cfg)
+    assert first["total_steps"] == 3
+    second = train(TrainConfig(**{**cfg.__dict__, "max_steps": 5}))
+    assert second["steps"] == 2 and second["total_steps"] == 5, "training must resume where it stopped"
+    rows = (tmp / "log.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("step,loss") and len(rows) == 6
+    assert all(np.isfinite(float(r.split(",")[1])) for r in rows[1:])
+    return tmp / "model"
+
+
+def test_checkpoint_layout_and_loading(trained):
+    assert (trained / "config.json").exists()
+    assert (trained / "diffusion_pytorch_model.safetensors").exists()
+    assert (trained / "tokenizer" / "tokenizer.json").exists()
+    backend = TinyBackend.from_pretrained(trained)
+    assert next(backend.model.parameters()).dtype == torch.float32
+
+
+def test_every_modality_mode_and_sampler_generates(trained):
+    pipe = VideoPipeline(TinyBackend.from_pretrained(trained))
+    rng = np.random.default_rng(0)
+    base = dict(prompt="a red circle moves right on a black background", num_frames=4, height=64, width=64,
+                num_steps=2, seed=3)
+    extras = [{}, {"image": rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)},
+              {"pose": rng.integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)},
+              {"depth": rng.integers(0, 255, (4, 64, 64), dtype=np.uint8)},
+              {"strokes": (Stroke(((0.1, 0.5), (0.9, 0.5)), 0.1),)}]
+    for extra in extras:
+        for mode in ATTENTION_MODES:
+            done = list(pipe.generate(GenerationRequest(**base, **extra, attention_mode=mode)))[-1]
+            assert isinstance(done, Done) and done.frames.shape == (4, 64, 64, 3)
+    for sampler in pipe.backend.samplers:
+        done = list(pipe.generate(GenerationRequest(**base, sampler=sampler)))[-1]
+        assert done.frames.shape == (4, 64, 64, 3)
+
+
+def test_cli_generate_writes_video_frames_and_manifest(trained, tmp_path):
+    strokes = tmp_path / "s.json"
+    strokes.write_text(json.dumps([{"points": [[0.2, 0.5], [0.8, 0.5]], "radius": 0.1}]))
+    out = tmp_path / "out" / "clip.mp4"
+    code = cli(["generate", "--model-dir", str(trained), "--prompt", "a blue square moves up", "--strokes",
+                str(strokes), "--frames", "4", "--steps", "2", "--mode", "causal", "--sampler", "Euler", "--out",
+                str(out), "--frames-dir", str(tmp_path / "frames")])
+    assert code == 0
+    assert imageio_ffmpeg.count_frames_and_secs(str(out))[0] == 4
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["0000.png", "0001.png", "0002.png", "0003.png"]
+    manifest = json.loads((out.parent / "manifest.json").read_text())
+    assert manifest["request"]["attention_mode"] == "causal" and manifest["request"]["sampler"] == "Euler"
+    assert manifest["request"]["modalities"] == ["strokes", "text"]
+
+
+def _cli_error(args: list[str], capsys) -> str:
+    assert cli(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_cli_bad_inputs_one_line_errors(trained, tmp_path, capsys):
+    base = ["generate", "--model-dir", str(trained), "--frames", "4", "--steps", "1", "--out", str(tmp_path / "o.mp4")]
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{not json")
+    assert "not valid JSON" in _cli_error(base + ["--strokes", str(bad_json)], capsys)
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps([{"points": [[1.5, 0.2]], "radius": 0.1}]))
+    assert "[0, 1]" in _cli_error(base + ["--strokes", str(outside)], capsys)
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    assert "no image files" in _cli_error(base + ["--pose", str(empty_dir)], capsys)
+    fake = tmp_path / "fake.png"
+    fake.write_text("this is not an image")
+    assert "not a readable image" in _cli_error(base + ["--image", str(fake)], capsys)
+    pose_dir, depth_dir = tmp_path / "pose", tmp_path / "depth"
+    for folder, n in ((pose_dir, 3), (depth_dir, 5)):
+        folder.mkdir()
+        for i in range(n):
+            iio.imwrite(folder / f"{i:04d}.png", np.zeros((16, 16, 3), np.uint8))
+    assert "same length" in _cli_error(base + ["--pose", str(pose_dir), "--depth", str(depth_dir)], capsys)
+    assert "num_frames must be 4–32" in _cli_error(base[:3] + ["--frames", "500"], capsys)
+
+
+def test_cli_runs_as_module(trained, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "vdemo", "generate", "--model-dir", str(trained), "--frames", "4",
+                           "--steps", "1", "--mode", "nope", "--out", str(tmp_path / "x.mp4")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "unknown attention mode 'nope'" in proc.stderr
+    assert "Traceback" not in proc.stderr

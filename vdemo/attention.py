@@ -1,0 +1,286 @@
+"""Frame attention for video diffusion: which frames a query token may look at, and how to make that cheap.
+
+Tokens are F frames × N spatial tokens, flattened frame-major into a sequence of F·N. For a query in frame t:
+
+    spatial        frame t only                                      F·N²        pairs
+    temporal       the same spatial position in every frame          N·F²
+    full           every token of every frame                        F²·N²
+    causal         every token of frames 0..t                        N²·F(F+1)/2
+    sparse_causal  every token of frames {0, t-1, t} (as a set)      N²·(3F-3)   (N² when F = 1)
+
+`attend` gathers only the allowed keys and calls `scaled_dot_product_attention` on them — it never masks a full
+F·N × F·N score matrix — so the cheap modes are cheap for real. `reference_attend` is the naive oracle (full score
+matrix + explicit boolean mask from `mode_mask`) that the tests hold `attend` to.
+
+`FrameAttnProcessor` puts a mode into any diffusers `Attention` module (a copy of diffusers' `AttnProcessor2_0` whose
+self-attention folds the frames together), and `install_frame_attention` inflates a UNet the way Tune-A-Video
+(Wu et al. 2022) and Text2Video-Zero (Khachatryan et al. 2023) inflate Stable Diffusion's self-attention, or swaps
+the temporal layers of an AnimateDiff `UNetMotionModel`. The frame count always comes from a shared `FrameContext`,
+never from the batch size (which silently mis-groups frames when classifier-free guidance is off).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+
+from vdemo.config import ATTENTION_MODES
+
+
+class AttentionMode(str, Enum):
+    """How frames may attend to each other (DESIGN.md, "Attention modes")."""
+
+    SPATIAL = "spatial"
+    TEMPORAL = "temporal"
+    FULL = "full"
+    CAUSAL = "causal"
+    SPARSE_CAUSAL = "sparse_causal"
+
+
+assert tuple(m.value for m in AttentionMode) == ATTENTION_MODES, "AttentionMode and config.ATTENTION_MODES disagree"
+
+
+def parse_mode(mode: str | AttentionMode) -> AttentionMode:
+    """'causal' / AttentionMode.CAUSAL -> AttentionMode.CAUSAL; also accepts 'Sparse-Causal'; raises ValueError."""
+    if isinstance(mode, AttentionMode):
+        return mode
+    key = str(mode).strip().lower().replace("-", "_")
+    if key not in ATTENTION_MODES:
+        raise ValueError(f"unknown attention mode {mode!r}; choose one of: {', '.join(ATTENTION_MODES)}")
+    return AttentionMode(key)
+
+
+def _check_frames(seq_len: int, num_frames: int) -> int:
+    """Tokens per frame N for a sequence of F·N tokens; raises if it does not split into num_frames frames."""
+    if num_frames < 1 or seq_len % num_frames:
+        raise ValueError(f"a sequence of {seq_len} tokens does not split into num_frames={num_frames} equal frames")
+    return seq_len // num_frames
+
+
+# ----------------------------------------------------------------------------------------------- counting and oracle
+def pair_count(mode: str | AttentionMode, num_frames: int, tokens: int) -> int:
+    """Number of (query, key) pairs P a mode computes (DESIGN.md table; exact for sparse_causal)."""
+    mode, Fr, N = parse_mode(mode), num_frames, tokens
+    if mode is AttentionMode.SPATIAL:
+        return Fr * N * N
+    if mode is AttentionMode.TEMPORAL:
+        return N * Fr * Fr
+    if mode is AttentionMode.FULL:
+        return Fr * Fr * N * N
+    if mode is AttentionMode.CAUSAL:
+        return N * N * Fr * (Fr + 1) // 2
+    return N * N * (1 if Fr == 1 else 3 * Fr - 3)  # frame 0 sees 1 frame, frame 1 sees 2, the others 3
+
+
+def mode_mask(mode: str | AttentionMode, num_frames: int, tokens: int, device: torch.device | None = None) -> torch.Tensor:
+    """Boolean (F·N, F·N) matrix, True where query i may attend to key j."""
+    mode = parse_mode(mode)
+    idx = torch.arange(num_frames * tokens, device=device)
+    frame, pos = idx // tokens, idx % tokens
+    fq, fk = frame[:, None], frame[None, :]  # (FN, 1), (1, FN)
+    if mode is AttentionMode.SPATIAL:
+        return fq == fk
+    if mode is AttentionMode.TEMPORAL:
+        return pos[:, None] == pos[None, :]
+    if mode is AttentionMode.FULL:
+        return torch.ones(len(idx), len(idx), dtype=torch.bool, device=device)
+    if mode is AttentionMode.CAUSAL:
+        return fk <= fq
+    return (fk == 0) | (fk == fq) | (fk == fq - 1)
+
+
+def reference_attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str | AttentionMode, num_frames: int
+) -> torch.Tensor:
+    """Naive oracle: the full (F·N)² score matrix, masked with `mode_mask`, softmax, weighted sum."""
+    N = _check_frames(q.shape[-2], num_frames)
+    mask = mode_mask(mode, num_frames, N, device=q.device)  # (FN, FN)
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, h, FN, FN)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v  # (B, h, FN, d)
+
+
+# ---------------------------------------------------------------------------------------------- the fast path
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """SDPA over any number of leading batch dims (..., L, d), flattened to 4-D so CPU gets its fused kernel."""
+    lead = q.shape[:-2]
+    q4, k4, v4 = (x.reshape(1, -1, *x.shape[-2:]) for x in (q, k, v))  # (1, prod(lead), L, d)
+    return F.scaled_dot_product_attention(q4, k4, v4).reshape(*lead, *q.shape[-2:-1], v.shape[-1])
+
+
+def _spatial(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Each frame attends to itself: one batched SDPA over (B, h, F) of N×N problems."""
+    return _sdpa(q, k, v)  # (B, h, F, N, d)
+
+
+def _temporal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Each spatial position attends along time: SDPA over (B, h, N) of F×F problems."""
+    q, k, v = (x.transpose(2, 3) for x in (q, k, v))  # (B, h, N, F, d)
+    return _sdpa(q, k, v).transpose(2, 3)  # (B, h, F, N, d)
+
+
+def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Frame t attends to frames 0..t: the key set grows frame by frame, one SDPA per query frame."""
+    B, h, Fr, N, d = k.shape
+    k, v = k.reshape(B, h, Fr * N, d), v.reshape(B, h, Fr * N, v.shape[-1])  # (B, h, FN, d)
+    outs = [F.scaled_dot_product_attention(q[:, :, t], k[:, :, : (t + 1) * N], v[:, :, : (t + 1) * N])
+            for t in range(Fr)]  # F × (B, h, N, d)
+    return torch.stack(outs, dim=2)  # (B, h, F, N, d)
+
+
+def _sparse_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Frame t attends to frames {0, t-1, t} (Tune-A-Video's sparse-causal attention, as in Text2Video-Zero).
+
+    Frame 0 sees itself (N keys), frame 1 sees frames 0, 1 (2N keys), frames t >= 2 see 3N keys built by slicing
+    and concatenation (no fancy indexing), so no key is counted twice.
+    """
+    Fr = q.shape[2]
+    out0 = _sdpa(q[:, :, :1], k[:, :, :1], v[:, :, :1])  # (B, h, 1, N, d)
+    if Fr == 1:
+        return out0
+    out1 = F.scaled_dot_product_attention(q[:, :, 1], k[:, :, :2].flatten(2, 3), v[:, :, :2].flatten(2, 3))
+    if Fr == 2:
+        return torch.stack([out0[:, :, 0], out1], dim=2)  # (B, h, 2, N, d)
+
+    def gather(x: torch.Tensor) -> torch.Tensor:
+        first = x[:, :, :1].expand(-1, -1, Fr - 2, -1, -1)  # (B, h, F-2, N, d) frame 0, a view
+        return torch.cat([first, x[:, :, 1:-1], x[:, :, 2:]], dim=3)  # (B, h, F-2, 3N, d): frames 0, t-1, t
+
+    rest = _sdpa(q[:, :, 2:], gather(k), gather(v))  # (B, h, F-2, N, d)
+    return torch.cat([out0, out1[:, :, None], rest], dim=2)  # (B, h, F, N, d)
+
+
+_KERNELS = {
+    AttentionMode.SPATIAL: _spatial,
+    AttentionMode.TEMPORAL: _temporal,
+    AttentionMode.CAUSAL: _causal,
+    AttentionMode.SPARSE_CAUSAL: _sparse_causal,
+}
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str | AttentionMode, num_frames: int) -> torch.Tensor:
+    """Frame attention on (B, h, F·N, d) tensors -> (B, h, F·N, d), computing only the pairs the mode allows."""
+    mode = parse_mode(mode)
+    B, h, S, d = q.shape
+    N = _check_frames(S, num_frames)
+    if k.shape[-2] != S:
+        raise ValueError(f"frame attention is self-attention: {S} queries but {k.shape[-2]} keys")
+    if mode is AttentionMode.FULL or num_frames == 1 and mode is not AttentionMode.TEMPORAL:
+        return F.scaled_dot_product_attention(q, k, v)  # (B, h, FN, d)
+    q, k, v = (x.unflatten(2, (num_frames, N)) for x in (q, k, v))  # (B, h, F, N, d)
+    return _KERNELS[mode](q, k, v).flatten(2, 3)  # (B, h, FN, d)
+
+
+# ------------------------------------------------------------------------------------------ diffusers integration
+@dataclass
+class FrameContext:
+    """Shared, mutable state of every FrameAttnProcessor of one model: set .mode / .num_frames before a forward."""
+
+    mode: AttentionMode = AttentionMode.FULL
+    num_frames: int = 1
+
+
+LAYOUTS = ("frames_in_batch", "frames_in_sequence")
+
+
+class FrameAttnProcessor:
+    """diffusers' `AttnProcessor2_0` whose self-attention lets frames see each other as `ctx.mode` says.
+
+    layout "frames_in_batch": hidden states (batch·F, N, C), an image UNet's attn1 inflated to video (Tune-A-Video,
+    Text2Video-Zero); F is `ctx.num_frames`. layout "frames_in_sequence": hidden states (batch·H·W, F, C), the
+    temporal layers of AnimateDiff's `UNetMotionModel` (one token per frame; F is the sequence length).
+    Cross-attention (encoder_hidden_states given) is exactly `AttnProcessor2_0`.
+    """
+
+    def __init__(self, ctx: FrameContext, layout: str = "frames_in_batch"):
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
+        self.ctx = ctx
+        self.layout = layout
+
+    def _frames(self, slices: int, tokens: int) -> tuple[int, int]:
+        """(num_frames, batch) of self-attention hidden states shaped (slices, tokens, C)."""
+        if self.layout == "frames_in_sequence":
+            return tokens, slices
+        num_frames = self.ctx.num_frames
+        if num_frames < 1 or slices % num_frames:
+            raise ValueError(f"self-attention got {slices} frame slices, not a multiple of ctx.num_frames={num_frames}; "
+                             "set FrameContext.num_frames to the clip's frame count")
+        return num_frames, slices // num_frames
+
+    def __call__(
+        self,
+        attn,  # diffusers.models.attention_processor.Attention
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args,
+        **kwargs,
+    ) -> torch.Tensor:
+        is_cross = encoder_hidden_states is not None
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+
+        batch_size, sequence_length, _ = hidden_states.shape if not is_cross else encoder_hidden_states.shape
+
+        if attention_mask is not None:
+            if not is_cross:
+                raise ValueError("FrameAttnProcessor does not take an attention_mask in self-attention")
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+
+        slices, tokens = query.shape[:2]  # (batch·F, N) or (batch·H·W, F)
+        if not is_cross:
+            num_frames, batch_size = self._frames(slices, tokens)
+            query, key, value = (x.reshape(batch_size, -1, x.shape[-1]) for x in (query, key, value))  # (B, F·N, C)
+
+        inner_dim = key.shape[-1]
+        head_dim = inner_dim // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # (B, h, L, d)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        if is_cross:
+            hidden_states = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+            )  # (B, h, L, d)
+        else:
+            hidden_states = attend(query, key, value, self.ctx.mode, num_frames)  # (B, h, F·N, d)
+
+        hidden_states = hidden_states.transpose(1, 2).reshape(slices, tokens, attn.heads * head_dim)  # unfold frames
+        hidden_states = hidden_states.to(query.dtype)
+
+        hidden_states = attn.to_out[0](hidden_states)  # linear proj
+        hidden_states = attn.to_out[1](hidden_states)  # dropout
+
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(slices, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor

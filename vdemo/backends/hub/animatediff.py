@@ -1,0 +1,200 @@
+"""AnimateDiff behind the shared pipeline: Stable Diffusion 1.5 + a motion adapter (Guo et al. 2023, "AnimateDiff:
+Animate Your Personalized Text-to-Image Diffusion Models without Specific Tuning"), via diffusers'
+`AnimateDiffPipeline`; pose and depth through the SD 1.5 ControlNets v1.1 (Zhang et al. 2023) with
+`AnimateDiffControlNetPipeline`, both sharing one set of weights (`from_pipe`).
+
+Attention modes map onto the two kinds of attention layer the motion UNet has:
+
+| lab mode      | spatial self-attention (attn1, frames in batch) | motion modules (frames in sequence) |
+|---------------|-------------------------------------------------|-------------------------------------|
+| spatial       | spatial (each frame alone)                      | spatial (no mixing across frames)   |
+| temporal      | spatial                                         | temporal (AnimateDiff as trained)   |
+| full          | full (every token of every frame)               | temporal                            |
+| causal        | causal (frames ≤ t)                             | causal (frames ≤ t)                 |
+| sparse_causal | sparse_causal (frames 0, t−1, t)                | temporal                            |
+
+Schedulers use the settings the diffusers AnimateDiff docs give: linear betas, `clip_sample=False`,
+`timestep_spacing="linspace"`, `steps_offset=1`. Strokes use the training-free noise warping + latent pasting of
+`warping.py` (FreeTraj, Qiu et al. 2024, works on AnimateDiff), with the strength on the backend (`stroke_strength`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vdemo.backends.hub.base import DiffusersBackend, RunState, control_frames, place
+from vdemo.backends.hub.registry import HubError, HubSpec, Source, resolve
+from vdemo.backends.hub.warping import warp_noise
+from vdemo.config import LIMITS
+from vdemo.pipeline import GenerationRequest
+from vdemo.samplers import make_scheduler, sampler_names
+
+MODE_LAYERS: dict[str, tuple[str, str]] = {  # lab mode -> (spatial self-attention mode, motion-module mode)
+    "spatial": ("spatial", "spatial"),
+    "temporal": ("spatial", "temporal"),
+    "full": ("full", "temporal"),
+    "causal": ("causal", "causal"),
+    "sparse_causal": ("sparse_causal", "temporal"),
+}
+ANIMATEDIFF_SCHEDULER = {"beta_schedule": "linear", "clip_sample": False, "timestep_spacing": "linspace",
+                         "steps_offset": 1}
+CONTROL_ROLES = {"pose": "controlnet_pose", "depth": "controlnet_depth"}
+DECODE_CHUNK_FRAMES = 8  # VAE-decode this many frames at a time (memory saver)
+
+
+def load_sd15_parts(base: Source, dtype: torch.dtype) -> dict:
+    """UNet, VAE, CLIP text encoder + tokenizer and the scheduler config of an SD 1.5 repo (safetensors only)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    kw = base.pretrained_kwargs(dtype)
+    where = {"revision": base.revision, "local_files_only": base.local}
+    return {
+        "unet": UNet2DConditionModel.from_pretrained(base.location, subfolder="unet", torch_dtype=dtype, **kw),
+        "vae": AutoencoderKL.from_pretrained(base.location, subfolder="vae", torch_dtype=dtype, **kw),
+        "text_encoder": CLIPTextModel.from_pretrained(base.location, subfolder="text_encoder", dtype=dtype,
+                                                      trust_remote_code=False, **kw),
+        "tokenizer": CLIPTokenizer.from_pretrained(base.location, subfolder="tokenizer", **where),
+        "scheduler_config": dict(DDIMScheduler.load_config(base.location, subfolder="scheduler", **where)),
+    }
+
+
+def available_controls(spec: HubSpec, root: Path | None) -> dict[str, Source]:
+    """modality -> Source for the ControlNets this entry can load (a local folder may leave some out)."""
+    out = {}
+    for modality, role in CONTROL_ROLES.items():
+        if role in spec.repos and (root is None or (root / role).is_dir()):
+            out[modality] = resolve(spec, role, root)  # refuses pickle-only folders now, not mid-run
+    return out
+
+
+class ControlNetMixin:
+    """Lazily loaded ControlNets (one per control modality) and one pipeline per combination, sharing weights."""
+
+    controls: dict[str, Source]
+    pipes: dict[tuple[str, ...], object]
+
+    def controlnet(self, modality: str):
+        from diffusers import ControlNetModel
+
+        if modality not in self._controlnets:
+            source = self.controls.get(modality)
+            if source is None:
+                raise HubError(f"backend {self.name!r} has no ControlNet for {modality}")
+            net = ControlNetModel.from_pretrained(source.location, torch_dtype=self.dtype,
+                                                  **source.pretrained_kwargs(self.dtype))
+            self.install_controlnet_attention(net)
+            self.sources[CONTROL_ROLES[modality]] = source
+            self._controlnets[modality] = net
+        return self._controlnets[modality]
+
+    def request_controls(self, request: GenerationRequest) -> tuple[str, ...]:
+        return tuple(m for m in CONTROL_ROLES if getattr(request, m) is not None)
+
+    def pipeline_for(self, request: GenerationRequest):
+        key = self.request_controls(request)
+        if key not in self.pipes:
+            nets = [self.controlnet(m) for m in key]
+            pipe = self.controlnet_pipeline_class().from_pipe(self.pipes[()], controlnet=nets[0] if len(nets) == 1
+                                                              else nets)
+            self.offload = place(pipe, self.device, self.min_vram_gib)
+            self.pipes[key] = pipe
+        elif self.offload != "none" and key != self._active:  # offload hooks belong to one pipeline at a time
+            self.pipes[key].enable_model_cpu_offload(device=self.device)
+        self._active = key
+        return self.pipes[key]
+
+    def conditioning(self, request: GenerationRequest, height: int, width: int):
+        clips = [control_frames(getattr(request, m), request.num_frames, height, width)
+                 for m in self.request_controls(request)]
+        return clips[0] if len(clips) == 1 else clips
+
+
+class AnimateDiffBackend(ControlNetMixin, DiffusersBackend):
+    """AnimateDiff (text; pose / depth via ControlNet; strokes by latent warping) on a diffusers pipeline."""
+
+    attention_modes = tuple(MODE_LAYERS)
+    samplers = tuple(sampler_names())
+    limits = LIMITS
+    default_size = (512, 512)
+    seconds_per_unit = 0.12
+
+    def __init__(self, spec: HubSpec, sources: dict[str, Source], device: str, dtype: torch.dtype, parts: dict,
+                 adapter, controls: dict[str, Source]):
+        from diffusers import AnimateDiffPipeline
+
+        from vdemo.attention import FrameContext, install_frame_attention
+
+        super().__init__(spec, sources, device, dtype)
+        self.scheduler_config = {**parts.pop("scheduler_config"), **ANIMATEDIFF_SCHEDULER}
+        pipe = AnimateDiffPipeline(**parts, motion_adapter=adapter, scheduler=make_scheduler("DDIM",
+                                                                                             self.scheduler_config))
+        self.ctx_self = FrameContext("spatial", 16)
+        self.ctx_time = FrameContext("temporal", 16)
+        self.layers = {"self": install_frame_attention(pipe.unet, self.ctx_self, layers="self"),
+                       "temporal": install_frame_attention(pipe.unet, self.ctx_time, layers="temporal")}
+        if not all(self.layers.values()):
+            raise RuntimeError(f"AnimateDiff UNet: no attention layers to install frame attention on: {self.layers}")
+        self.controls = controls
+        self.modalities = frozenset({"text", "strokes", *controls})
+        self._controlnets: dict = {}
+        self.offload = place(pipe, device, self.min_vram_gib)
+        self.pipes = {(): pipe}
+        self._active: tuple[str, ...] = ()
+
+    @classmethod
+    def load(cls, spec: HubSpec, root: Path | None, device: str, dtype: torch.dtype) -> AnimateDiffBackend:
+        from diffusers import MotionAdapter
+
+        sources = {role: resolve(spec, role, root) for role in ("base", "motion_adapter")}
+        controls = available_controls(spec, root)
+        parts = load_sd15_parts(sources["base"], dtype)
+        adapter_src = sources["motion_adapter"]
+        adapter = MotionAdapter.from_pretrained(adapter_src.location, torch_dtype=dtype,
+                                                **adapter_src.pretrained_kwargs(dtype))
+        return cls(spec, sources, device, dtype, parts, adapter, controls)
+
+    @staticmethod
+    def controlnet_pipeline_class():
+        from diffusers import AnimateDiffControlNetPipeline
+
+        return AnimateDiffControlNetPipeline
+
+    def install_controlnet_attention(self, net) -> None:
+        from vdemo.attention import install_frame_attention
+
+        install_frame_attention(net, self.ctx_self, layers="self")  # ControlNet sees frames in its batch too
+
+    def describe(self) -> dict:
+        return {**super().describe(), "attention_layers": self.layers, "mode_layers": MODE_LAYERS,
+                "scheduler_config": {k: self.scheduler_config.get(k) for k in ANIMATEDIFF_SCHEDULER}}
+
+    def make_scheduler(self, name: str):
+        return make_scheduler(name, self.scheduler_config)
+
+    def apply_mode(self, mode: str, num_frames: int) -> None:
+        self.ctx_self.mode, self.ctx_time.mode = MODE_LAYERS[mode]
+        self.ctx_self.num_frames = self.ctx_time.num_frames = num_frames
+
+    def to_frames(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents[0].transpose(0, 1)  # (1, C, F, h, w) -> (F, C, h, w)
+
+    def from_frames(self, frames: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return frames.transpose(0, 1)[None].to(like.dtype)
+
+    def call_kwargs(self, request: GenerationRequest, state: RunState) -> dict:
+        pipe = self.pipes[self._active]
+        kwargs = dict(prompt=request.prompt, num_frames=request.num_frames, height=request.height,
+                      width=request.width, num_inference_steps=request.num_steps, guidance_scale=request.guidance,
+                      decode_chunk_size=DECODE_CHUNK_FRAMES)
+        if self._active:
+            kwargs["conditioning_frames"] = self.conditioning(request, request.height, request.width)
+        if request.strokes:
+            factor = pipe.vae_scale_factor
+            noise = torch.randn(request.num_frames, pipe.unet.config.in_channels, request.height // factor,
+                                request.width // factor, generator=state.generator)
+            noise = warp_noise(noise, request.strokes, self.stroke_strength)
+            kwargs["latents"] = self.from_frames(noise, noise).to(self.device, self.dtype)
+        return kwargs

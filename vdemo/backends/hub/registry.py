@@ -1,0 +1,168 @@
+"""The hub model registry: an allow-list of backends, each a set of hub repos pinned to commit SHAs.
+
+The UI and the CLI pick a backend by its registry name; a free-typed repo id is refused. Weights load with
+`use_safetensors=True` (never pickle) and no remote code. Any entry can instead point at a local folder with one
+sub-folder per role, each a copy of that role's repo in the hub layout:
+
+    $VDEMO_ANIMATEDIFF_DIR/base/            stable-diffusion-v1-5 (model_index.json, unet/, vae/, text_encoder/, …)
+    $VDEMO_ANIMATEDIFF_DIR/motion_adapter/  config.json + diffusion_pytorch_model.safetensors
+    $VDEMO_ANIMATEDIFF_DIR/controlnet_pose/ …
+
+Where each revision came from: public code that pins these repos (HF cache snapshot paths, `revision=` constants,
+`/resolve/<sha>/` URLs) found in a code-search index; none was fetched from the hub from this machine (offline).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class HubError(ValueError):
+    """A hub backend cannot be loaded; the message is one line, fit to show a user."""
+
+
+@dataclass(frozen=True)
+class HubRepo:
+    """One hub repo at one commit. `variant` names the fp16 weight files loaded when running in float16."""
+
+    repo_id: str
+    revision: str  # a 40-hex commit SHA
+    provenance: str  # where the SHA was found
+    variant: str | None = None
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    """A registry entry: which backend class runs it and which repo fills each role."""
+
+    name: str
+    label: str
+    backend: str  # "module:Class" under vdemo.backends.hub
+    repos: Mapping[str, HubRepo]
+    lazy_roles: tuple[str, ...] = ()  # loaded on first use (ControlNets), not at startup
+    notes: str = ""
+    defaults: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def env_var(self) -> str:
+        return "VDEMO_" + "".join(c if c.isalnum() else "_" for c in self.name.upper()) + "_DIR"
+
+
+SD15 = HubRepo("stable-diffusion-v1-5/stable-diffusion-v1-5", "f03de327dd89b501a01da37fc5240cf4fdba85a1",
+               "pinned as MODEL_REVISION for this repo (with per-file hashes of its fp16 safetensors) and as a "
+               "/tree/<sha>/ URL in public code; also an HF-cache snapshot of sd-legacy/runwayml (same history)",
+               variant="fp16")
+# The v1-5-3 adapter is newer, but no commit SHA for guoyww/animatediff-motion-adapter-v1-5-3 could be found offline,
+# and a hash is never guessed: the registry pins v1-5-2, whose SHA several independent sources agree on.
+MOTION_ADAPTER = HubRepo("guoyww/animatediff-motion-adapter-v1-5-2", "6167b88ffe39b4441fdf2113e77b99a6f56b7906",
+                         "pinned as MOTION_ADAPTER_REVISION / ANIMATEDIFF_MOTION_REVISION in several public projects "
+                         "and seen as an HF-cache snapshot")
+OPENPOSE = HubRepo("lllyasviel/control_v11p_sd15_openpose", "9ae9f970358db89e211b87c915f9535c6686d5ba",
+                   "/resolve/<sha>/diffusion_pytorch_model.fp16.safetensors URLs and an AI_CONTROLNET_REVISION pin in "
+                   "public code; an HF-cache snapshot", variant="fp16")
+DEPTH = HubRepo("lllyasviel/control_v11f1p_sd15_depth", "539f99181d33db39cf1af2e517cd8056785f0a87",
+                "HF-cache snapshot paths in two public projects", variant="fp16")
+SVD = HubRepo("stabilityai/stable-video-diffusion-img2vid", "9cf024d5bfa8f56622af86c884f26a52f6676f2e",
+              "HF-cache snapshot paths in several public projects (loaded there with the diffusers layout, "
+              "subfolder='vae', variant='fp16')", variant="fp16")
+SVD_XT = HubRepo("stabilityai/stable-video-diffusion-img2vid-xt", "9e43909513c6714f1bc78bcb44d96e733cd242aa",
+                 "HF-cache snapshot paths (StableVideoDiffusionPipeline.from_pretrained, feature_extractor/ listed) "
+                 "and a revisions table ('svd-xt') in public code", variant="fp16")
+
+HUB_BACKENDS: Mapping[str, HubSpec] = MappingProxyType({
+    "animatediff": HubSpec(
+        "animatediff", "AnimateDiff (SD 1.5 + motion adapter v1-5-2, ControlNet pose/depth)",
+        "vdemo.backends.hub.animatediff:AnimateDiffBackend",
+        MappingProxyType({"base": SD15, "motion_adapter": MOTION_ADAPTER, "controlnet_pose": OPENPOSE,
+                          "controlnet_depth": DEPTH}),
+        lazy_roles=("controlnet_pose", "controlnet_depth")),
+    "zeroshot": HubSpec(
+        "zeroshot", "Zero-shot SD 1.5 + ControlNet (Text2Video-Zero style, cross-frame attention)",
+        "vdemo.backends.hub.zeroshot:ZeroShotBackend",
+        MappingProxyType({"base": SD15, "controlnet_pose": OPENPOSE, "controlnet_depth": DEPTH}),
+        lazy_roles=("controlnet_pose", "controlnet_depth")),
+    "svd": HubSpec(
+        "svd", "Stable Video Diffusion (image → 14 frames)", "vdemo.backends.hub.svd:SVDBackend",
+        MappingProxyType({"svd": SVD}), notes="gated on the hub: accept the licence and set HF_TOKEN"),
+    "svd-xt": HubSpec(
+        "svd-xt", "Stable Video Diffusion XT (image → 25 frames)", "vdemo.backends.hub.svd:SVDBackend",
+        MappingProxyType({"svd": SVD_XT}), notes="gated on the hub: accept the licence and set HF_TOKEN",
+        defaults=MappingProxyType({"num_frames": 25})),
+})
+
+
+def get_spec(name: str) -> HubSpec:
+    """The registry entry for `name`; anything else (a free-typed repo id included) is refused."""
+    spec = HUB_BACKENDS.get(name)
+    if spec is None:
+        what = "free-typed repo ids are not accepted" if "/" in str(name) else "not in the registry"
+        raise HubError(f"unknown hub backend {name!r} ({what}); choose one of: {', '.join(HUB_BACKENDS)}")
+    return spec
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one role's weights come from: a pinned hub repo, or a local folder with the same layout."""
+
+    role: str
+    location: str  # hub repo id or local folder path
+    revision: str | None  # None for a local folder
+    local: bool
+    variant: str | None = None
+
+    def pretrained_kwargs(self, dtype=None) -> dict:
+        """Keyword arguments for `from_pretrained`: pinned revision, safetensors only, no remote code."""
+        kwargs = {"revision": self.revision, "use_safetensors": True, "local_files_only": self.local}
+        import torch
+
+        if dtype == torch.float16 and self.variant and not self.local:
+            kwargs["variant"] = self.variant
+        return kwargs
+
+    def describe(self) -> dict:
+        return {"local": self.location} if self.local else {"id": self.location, "revision": self.revision}
+
+
+def local_root(spec: HubSpec, local_dir: str | os.PathLike | None = None) -> Path | None:
+    """The entry's local folder (argument first, then $VDEMO_<NAME>_DIR), checked to exist; None means the hub."""
+    folder = local_dir if local_dir is not None else os.environ.get(spec.env_var) or None
+    if folder is None:
+        return None
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise HubError(f"local folder for hub backend {spec.name!r} not found: {path} "
+                       f"(set {spec.env_var} or pass a folder with {', '.join(spec.repos)}/ inside)")
+    return path
+
+
+def check_safetensors(folder: Path) -> None:
+    """Refuse a folder whose weights are pickle files only (.bin/.pt/.ckpt): safetensors are required."""
+    weights = [p for p in folder.rglob("*") if p.is_file() and (p.suffix in PICKLE_SUFFIXES or p.suffix == ".safetensors")]
+    by_dir: dict[Path, set[str]] = {}
+    for p in weights:
+        by_dir.setdefault(p.parent, set()).add(p.suffix)
+    for directory, suffixes in sorted(by_dir.items()):
+        if ".safetensors" not in suffixes:
+            pickles = sorted(p.name for p in weights if p.parent == directory)
+            raise HubError(f"refusing {directory}: only pickle weights ({', '.join(pickles)}); "
+                           f"safetensors are required (convert them or download the .safetensors files)")
+    if not weights:
+        raise HubError(f"no weights in {folder}: expected *.safetensors files in the hub layout")
+
+
+def resolve(spec: HubSpec, role: str, root: Path | None) -> Source:
+    """The source of one role: `root/role` (checked: exists, safetensors only) or the pinned hub repo."""
+    repo = spec.repos[role]
+    if root is None:
+        return Source(role, repo.repo_id, repo.revision, local=False, variant=repo.variant)
+    folder = root / role
+    if not folder.is_dir():
+        raise HubError(f"{root} has no {role}/ folder (expected a copy of {repo.repo_id} in the hub layout)")
+    check_safetensors(folder)
+    return Source(role, str(folder), None, local=True)

@@ -1,0 +1,128 @@
+"""The built-in `tiny` backend: the project's own small video model, on CPU, loaded from `assets/tiny/`.
+
+Accepts every modality (text, image, pose, depth, strokes, in any combination) and every attention mode. Classifier-free
+guidance contrasts the full condition set with nothing at all (the model was trained with an all-dropped share).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vdemo.config import ATTENTION_MODES, LIMITS, MODALITIES, Limits
+from vdemo.models.controls import control_tensors
+from vdemo.models.tiny_unet import TinyVideoUNet
+from vdemo.models.tokenizer import build_tokenizer, encode_prompts, load_tokenizer
+from vdemo.pipeline import DenoisingBackend, GenerationRequest, to_uint8
+from vdemo.samplers import default_scheduler_config, sampler_names
+from vdemo.strokes import stroke_heatmaps
+
+ASSETS = Path(__file__).resolve().parent.parent.parent / "assets" / "tiny"
+TINY_LIMITS = Limits(min_side_px=48, max_side_px=128)
+
+
+def fit_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Centre-crop to the target aspect ratio, then resize (Lanczos): (H, W, C) uint8 -> (height, width, C)."""
+    h, w = image.shape[:2]
+    scale = min(h / height, w / width)
+    ch, cw = int(round(height * scale)), int(round(width * scale))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    crop = image[top: top + ch, left: left + cw]
+    pil = Image.fromarray(crop.squeeze(-1) if crop.ndim == 3 and crop.shape[2] == 1 else crop)
+    return np.asarray(pil.resize((width, height), Image.Resampling.LANCZOS))
+
+
+def fit_clip(clip: np.ndarray, num_frames: int, height: int, width: int) -> np.ndarray:
+    """Resample a control clip to num_frames (nearest frame in time) and fit each frame to height × width."""
+    index = np.round(np.linspace(0, len(clip) - 1, num_frames)).astype(int)
+    return np.stack([fit_image(clip[i], height, width) for i in index])
+
+
+class TinyBackend(DenoisingBackend):
+    """The built-in CPU model behind the shared pipeline."""
+
+    name = "tiny"
+    modalities = frozenset(MODALITIES)
+    attention_modes = ATTENTION_MODES
+    samplers = tuple(sampler_names())
+    limits = Limits(**{**LIMITS.__dict__, "min_side_px": TINY_LIMITS.min_side_px,
+                       "max_side_px": TINY_LIMITS.max_side_px})
+
+    def __init__(self, model: TinyVideoUNet, tokenizer, source: str):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.source = source
+        self.scheduler_config = dict(default_scheduler_config())
+        self.lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path = ASSETS) -> TinyBackend:
+        """Load weights + config + tokenizer from a local folder (the layout `python -m vdemo.train` writes)."""
+        folder = Path(folder)
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"no tiny model in {folder}: train one with `python -m vdemo.train` "
+                                    f"or point VDEMO_TINY_DIR at a folder with config.json")
+        model = TinyVideoUNet.from_pretrained(str(folder), torch_dtype=torch.float32, local_files_only=True)
+        return cls(model, load_tokenizer(folder / "tokenizer"), source=str(folder))
+
+    @classmethod
+    def random(cls, seed: int = 0, vocab: list[str] | None = None) -> TinyBackend:
+        """Random weights at a minute scale: exercises the whole pipeline before (or without) training."""
+        from vdemo import world
+
+        torch.manual_seed(seed)
+        model = TinyVideoUNet(channels=(16, 32, 32), attention_head_dim=16, temb_dim=64, norm_groups=8, text_dim=32,
+                              text_layers=1)
+        for p in model.conv_out.parameters():  # zero-init output would make every sample identical
+            torch.nn.init.normal_(p, std=0.05)
+        return cls(model, build_tokenizer(vocab or world.VOCAB, model.config.max_tokens), source=f"random:{seed}")
+
+    def describe(self) -> dict:
+        n = sum(p.numel() for p in self.model.parameters())
+        return {"backend": self.name, "model": self.source, "parameters": n}
+
+    def latent_shape(self, request: GenerationRequest) -> tuple[int, ...]:
+        return (1, request.num_frames, 3, request.height, request.width)
+
+    def prepare(self, request: GenerationRequest) -> dict:
+        F, H, W = request.num_frames, request.height, request.width
+        if H != W:
+            raise ValueError(f"the tiny model makes square videos: height and width must match, got {H}×{W}")
+        known = {}
+        if request.image is not None:
+            known[0] = fit_image(request.image, H, W)
+        for index, frame in request.keyframes:
+            known[int(index)] = fit_image(frame, H, W)
+        pose = fit_clip(request.pose, F, H, W) if request.pose is not None else None
+        depth = fit_clip(request.depth, F, H, W) if request.depth is not None else None
+        strokes = stroke_heatmaps(list(request.strokes), F, H) if request.strokes else None
+        controls, flags = control_tensors(F, H, known=known or None, pose=pose, depth=depth, stroke_maps=strokes,
+                                          has_text=bool(request.prompt.strip()))
+        ids = encode_prompts(self.tokenizer, [request.prompt.strip(), ""], self.model.config.max_tokens)
+        with torch.no_grad():
+            tokens, pooled = self.model.encode_text(ids)  # (2, L, D), (2, D): conditional, unconditional
+        controls_t = torch.from_numpy(controls)[None]  # (1, F, 9, H, W)
+        flags_t = torch.from_numpy(flags)[None]  # (1, 5)
+        return {
+            "tokens": tokens, "pooled": pooled,
+            "controls": torch.cat([controls_t, torch.zeros_like(controls_t)]),  # (2, F, 9, H, W)
+            "flags": torch.cat([flags_t, torch.zeros_like(flags_t)]),  # (2, 5)
+        }
+
+    @torch.no_grad()
+    def predict(self, x_in: torch.Tensor, t: torch.Tensor, cond: dict, guidance: float, mode: str) -> torch.Tensor:
+        self.model.set_attention_mode(mode)
+        t = torch.as_tensor(t, dtype=torch.float32).reshape(1)
+        if guidance == 1.0:  # conditional only
+            return self.model(x_in, t, cond["tokens"][:1], cond["pooled"][:1], cond["controls"][:1],
+                              cond["flags"][:1])
+        out = self.model(x_in.repeat(2, 1, 1, 1, 1), t.repeat(2), cond["tokens"], cond["pooled"], cond["controls"],
+                         cond["flags"])  # (2, F, 3, H, W)
+        return out[1:] + guidance * (out[:1] - out[1:])
+
+    def decode(self, x0: torch.Tensor) -> np.ndarray:
+        return to_uint8(x0[0])

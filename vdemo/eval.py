@@ -1,0 +1,254 @@
+"""Fidelity of the built-in model on held-out procedural cases, per modality and per attention mode.
+
+    python -m vdemo.eval                      # a table; --json for machine-readable rows
+    python -m vdemo.eval --cases 16 --modes full causal --model-dir assets/tiny
+
+Cases come from world seeds the training stream never draws (`HELDOUT_SEED0 + i`). Objects are found by
+`vdemo.world.detect` (colour segmentation against the background), never by the model. Metrics:
+  - text: colour / shape / direction accuracy of a single moving object generated from its caption alone;
+  - image: PSNR of generated frame 0 against the given first frame; share of frames keeping colour and shape;
+  - strokes: mean distance between the object's centre and the stroke's resampled point per frame, as a fraction of
+    the frame diagonal, given first frame + stroke; the same without the stroke is the "ignores the stroke" baseline;
+  - pose: IoU between the generated figure and the ground-truth figure drawn from the same skeleton;
+  - depth: share of frames where the nearer object is larger than the farther one and wins where they overlap;
+  - temporal: frame-to-frame change of the object's mean colour (/255) and area (relative) in text runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from vdemo import world
+from vdemo.config import ATTENTION_MODES, DEFAULTS
+from vdemo.pipeline import Done, GenerationRequest, VideoPipeline
+from vdemo.strokes import resample_stroke, strokes_from_paths
+from vdemo.world.detect import Detection, detect_objects
+from vdemo.world.palette import nearest_direction
+
+HELDOUT_SEED0 = 1_000_000
+STILL_FRAC = 0.05  # a net displacement under 5% of the frame reads as "still"
+METRICS = ("text", "image", "strokes", "pose", "depth")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    cases: int = 8
+    num_frames: int = DEFAULTS.num_frames
+    size: int = 64
+    num_steps: int = DEFAULTS.num_steps
+    guidance: float = DEFAULTS.guidance
+    sampler: str = DEFAULTS.sampler
+
+
+def held_out_specs(kind: str, n: int, accept) -> list[dict]:
+    """The first n specs of `kind` from held-out seeds that pass `accept(spec)`."""
+    out, seed = [], HELDOUT_SEED0
+    while len(out) < n:
+        spec = world.sample_spec(np.random.default_rng(seed), kind=kind)
+        seed += 1
+        if accept(spec):
+            out.append(spec)
+    return out
+
+
+def generate(pipe: VideoPipeline, s: EvalSettings, mode: str, seed: int, **inputs) -> np.ndarray:
+    request = GenerationRequest(num_frames=s.num_frames, height=s.size, width=s.size, num_steps=s.num_steps,
+                                guidance=s.guidance, sampler=s.sampler, attention_mode=mode, seed=seed, **inputs)
+    done = [e for e in pipe.generate(request) if isinstance(e, Done)][0]
+    return done.frames
+
+
+def main_object(frame: np.ndarray, background: tuple[int, int, int], colour: str | None = None) -> Detection | None:
+    """The largest detection (of `colour` if given)."""
+    found = detect_objects(frame, background_rgb=background, max_objects=None)
+    if colour is not None:
+        found = [d for d in found if d.colour == colour]
+    return found[0] if found else None
+
+
+def majority(values: Iterable) -> object:
+    values = [v for v in values if v is not None]
+    return max(set(values), key=values.count) if values else None
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def eval_text(pipe, s: EvalSettings, mode: str) -> dict:
+    specs = held_out_specs("objects", s.cases, lambda sp: len(sp["objects"]) == 1)
+    colour = shape = direction = 0
+    colour_change, size_change = [], []
+    for i, spec in enumerate(specs):
+        clip = world.make_clip(spec, s.num_frames, s.size)
+        truth = clip.objects[0]
+        bg = world.BACKGROUNDS[clip.meta["background"]]
+        frames = generate(pipe, s, mode, seed=i, prompt=clip.caption)
+        dets = [main_object(f, bg) for f in frames]
+        colour += majority(d.colour if d else None for d in dets) == truth["colour"]
+        shape += majority(d.shape if d else None for d in dets) == truth["shape"]
+        direction += read_direction(dets) == truth["motion"]
+        colour_change.append(colour_drift(frames, dets))
+        size_change.append(size_drift(dets))
+    n = len(specs)
+    return {"colour_acc": colour / n, "shape_acc": shape / n, "direction_acc": direction / n,
+            "colour_change": float(np.nanmean(colour_change)), "size_change": float(np.nanmean(size_change))}
+
+
+def read_direction(dets: list[Detection | None]) -> str | None:
+    """Compass direction of the detected centre's net displacement (first to last detected frame)."""
+    centres = [d.centre for d in dets if d is not None]
+    if len(centres) < 2:
+        return None
+    dx, dy = np.subtract(centres[-1], centres[0])
+    return "still" if math.hypot(dx, dy) < STILL_FRAC else nearest_direction(float(dx), float(dy))
+
+
+def colour_drift(frames: np.ndarray, dets: list[Detection | None]) -> float:
+    """Mean frame-to-frame change of the object's mean colour, in units of 255."""
+    means = [frames[i][d.mask].mean(0) if d is not None else None for i, d in enumerate(dets)]
+    steps = [np.abs(a - b).mean() / 255 for a, b in zip(means, means[1:]) if a is not None and b is not None]
+    return float(np.mean(steps)) if steps else math.nan
+
+
+def size_drift(dets: list[Detection | None]) -> float:
+    """Mean frame-to-frame relative change of the object's area."""
+    areas = [d.area_frac if d is not None else None for d in dets]
+    steps = [abs(a - b) / max(a, b) for a, b in zip(areas, areas[1:]) if a and b]
+    return float(np.mean(steps)) if steps else math.nan
+
+
+def eval_image(pipe, s: EvalSettings, mode: str) -> dict:
+    specs = held_out_specs("objects", s.cases, lambda sp: len(sp["objects"]) == 1)
+    psnrs, kept = [], []
+    for i, spec in enumerate(specs):
+        clip = world.make_clip(spec, s.num_frames, s.size)
+        truth = clip.objects[0]
+        bg = world.BACKGROUNDS[clip.meta["background"]]
+        frames = generate(pipe, s, mode, seed=i, image=clip.frames[0])
+        psnrs.append(psnr(frames[0], clip.frames[0]))
+        dets = [main_object(f, bg) for f in frames]
+        kept.append(np.mean([d is not None and d.colour == truth["colour"] and d.shape == truth["shape"]
+                             for d in dets]))
+    return {"first_frame_psnr_db": float(np.mean(psnrs)), "identity_kept": float(np.mean(kept))}
+
+
+def eval_strokes(pipe, s: EvalSettings, mode: str) -> dict:
+    specs = held_out_specs("path", s.cases, lambda sp: True)
+    with_stroke, without = [], []
+    for i, spec in enumerate(specs):
+        clip = world.make_clip(spec, s.num_frames, s.size)
+        truth = clip.objects[0]
+        bg = world.BACKGROUNDS[clip.meta["background"]]
+        strokes = strokes_from_paths(clip.paths[:1], 0.1)
+        target = resample_stroke(np.array(strokes[0].points), s.num_frames)  # (F, 2)
+        for store, extra in ((with_stroke, {"strokes": tuple(strokes)}), (without, {})):
+            frames = generate(pipe, s, mode, seed=i, image=clip.frames[0], **extra)
+            store.append(track_error(frames, bg, truth["colour"], target))
+    return {"stroke_error_diag": float(np.mean(with_stroke)), "no_stroke_error_diag": float(np.mean(without))}
+
+
+def track_error(frames: np.ndarray, bg, colour: str, target: np.ndarray) -> float:
+    """Mean distance (fraction of the diagonal) between the object's centre and the target point, per frame.
+
+    A frame where the object is lost counts as the largest possible error of that frame's target (to a corner)."""
+    errors = []
+    for frame, point in zip(frames, target):
+        d = main_object(frame, bg, colour) or main_object(frame, bg)
+        if d is None:
+            corners = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
+            errors.append(np.linalg.norm(corners - point, axis=1).max() / math.sqrt(2))
+        else:
+            errors.append(float(np.linalg.norm(np.subtract(d.centre, point))) / math.sqrt(2))
+    return float(np.mean(errors))
+
+
+def foreground(frames: np.ndarray, bg) -> np.ndarray:
+    return np.abs(frames.astype(np.int16) - np.array(bg, np.int16)).max(-1) > 48  # (F, H, W)
+
+
+def eval_pose(pipe, s: EvalSettings, mode: str) -> dict:
+    specs = held_out_specs("person", s.cases, lambda sp: True)
+    ious = []
+    for i, spec in enumerate(specs):
+        clip = world.make_clip(spec, s.num_frames, s.size)
+        bg = world.BACKGROUNDS[clip.meta["background"]]
+        frames = generate(pipe, s, mode, seed=i, prompt=clip.caption, pose=clip.pose)
+        got, want = foreground(frames, bg), foreground(clip.frames, bg)
+        inter = (got & want).sum((1, 2))
+        union = (got | want).sum((1, 2))
+        ious.append(float(np.mean(inter / np.maximum(union, 1))))
+    return {"pose_iou": float(np.mean(ious))}
+
+
+def eval_depth(pipe, s: EvalSettings, mode: str) -> dict:
+    specs = held_out_specs("depth", s.cases, lambda sp: len(sp["objects"]) >= 2)
+    correct = []
+    for i, spec in enumerate(specs):
+        clip = world.make_clip(spec, s.num_frames, s.size)
+        bg = world.BACKGROUNDS[clip.meta["background"]]
+        frames = generate(pipe, s, mode, seed=i, prompt=clip.caption, depth=clip.depth)
+        objs = clip.objects
+        for f, frame in enumerate(frames):
+            order = sorted(range(len(objs)), key=lambda k: objs[k]["z"][f])  # nearest first
+            near, far = objs[order[0]], objs[order[1]]
+            d_near = main_object(frame, bg, near["colour"])
+            d_far = main_object(frame, bg, far["colour"])
+            ok = d_near is not None and (d_far is None or d_near.area_frac > d_far.area_frac)
+            correct.append(bool(ok))
+    return {"near_larger_in_front": float(np.mean(correct))}
+
+
+EVALS = {"text": eval_text, "image": eval_image, "strokes": eval_strokes, "pose": eval_pose, "depth": eval_depth}
+
+
+def evaluate(pipe: VideoPipeline, settings: EvalSettings, modes: Iterable[str] = ATTENTION_MODES,
+             metrics: Iterable[str] = METRICS) -> list[dict]:
+    """One row per (metric group, mode)."""
+    rows = []
+    for mode in modes:
+        for name in metrics:
+            t0 = time.perf_counter()
+            row = {"metric": name, "mode": mode, **EVALS[name](pipe, settings, mode)}
+            row["seconds"] = round(time.perf_counter() - t0, 1)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| metric | mode | results |", "|---|---|---|"]
+    for r in rows:
+        values = ", ".join(f"{k} {v:.3f}" for k, v in r.items() if k not in ("metric", "mode", "seconds"))
+        lines.append(f"| {r['metric']} | {r['mode']} | {values} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vdemo.eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    parser.add_argument("--cases", type=int, default=EvalSettings.cases)
+    parser.add_argument("--modes", nargs="+", default=list(ATTENTION_MODES), choices=ATTENTION_MODES)
+    parser.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
+    parser.add_argument("--steps", type=int, default=EvalSettings.num_steps)
+    parser.add_argument("--model-dir", default=None)
+    args = parser.parse_args(argv)
+    from vdemo.backends import load_backend
+
+    pipe = VideoPipeline(load_backend("tiny", args.model_dir))
+    rows = evaluate(pipe, EvalSettings(cases=args.cases, num_steps=args.steps), args.modes, args.metrics)
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

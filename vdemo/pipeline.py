@@ -1,0 +1,402 @@
+"""The shared video pipeline: one per process, used by every tab, every user and the CLI.
+
+    pipe = VideoPipeline(backend)
+    run = pipe.start(GenerationRequest(prompt="a red circle moves right", num_frames=16))
+    for event in run:                    # Progress(step, total, preview, mode, sampler, ...) ... then Done(frames, manifest)
+        run.set_attention_mode("causal")  # live: takes effect on the next denoising step, no weight reload
+        run.stop()                        # ends the loop within one step; Done carries the last prediction
+
+The request is a plain frozen dataclass validated against `vdemo.config.LIMITS` (and the backend's own limits) with
+one-line messages that name the field and the allowed range. Backends implement `Backend.run`; those that own their
+denoising loop (the built-in model) inherit `DenoisingBackend`, whose loop switches samplers mid-run by re-projecting
+the model's latest clean/noise estimates onto the new scheduler's noise level (`vdemo.samplers.reproject`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from vdemo import __version__
+from vdemo.attention import parse_mode
+from vdemo.config import ATTENTION_MODES, DEFAULTS, LIMITS, MODALITIES, Limits
+from vdemo.samplers import (
+    SAMPLERS,
+    equivalent_index,
+    make_scheduler,
+    reproject,
+    scheduler_step,
+    set_timesteps,
+    split_prediction,
+)
+from vdemo.strokes import Stroke
+
+
+class RequestError(ValueError):
+    """A request field is out of range or malformed; the message is one line, fit to show a user."""
+
+
+def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise RequestError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(float(value)):
+        raise RequestError(f"{name} must be a finite number, got {value}")
+    if not lo <= value <= hi:
+        raise RequestError(f"{name} must be {lo:g}–{hi:g}, got {value:g}")
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise RequestError(f"{name} must be a whole number {lo}–{hi}, got {value!r}")
+    _check_range(name, value, lo, hi)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything one generation needs; validated on construction. Arrays are uint8, frames-first."""
+
+    prompt: str = ""
+    image: np.ndarray | None = None  # (H, W, 3) uint8, becomes frame 0 (image-to-video)
+    keyframes: tuple[tuple[int, np.ndarray], ...] = ()  # extra known frames (index, (H, W, 3) uint8)
+    pose: np.ndarray | None = None  # (F', H, W, 3) uint8 OpenPose renderings, resampled to num_frames
+    depth: np.ndarray | None = None  # (F', H, W) uint8 inverse depth (near = bright), resampled to num_frames
+    strokes: tuple[Stroke, ...] = ()
+    num_frames: int = DEFAULTS.num_frames
+    height: int = DEFAULTS.height
+    width: int = DEFAULTS.width
+    num_steps: int = DEFAULTS.num_steps
+    guidance: float = DEFAULTS.guidance
+    seed: int = DEFAULTS.seed
+    fps: int = DEFAULTS.fps
+    attention_mode: str = DEFAULTS.attention_mode
+    sampler: str = DEFAULTS.sampler
+
+    def __post_init__(self) -> None:
+        self.validate(LIMITS)
+
+    def validate(self, limits: Limits) -> None:
+        """Raise RequestError (one line, names the field and the allowed range) for the first bad field."""
+        if not isinstance(self.prompt, str):
+            raise RequestError(f"prompt must be text, got {type(self.prompt).__name__}")
+        if len(self.prompt) > limits.max_prompt_chars:
+            raise RequestError(f"prompt must be at most {limits.max_prompt_chars} characters, got {len(self.prompt)}")
+        _check_int("num_frames", self.num_frames, limits.min_frames, limits.max_frames)
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            _check_int(name, value, limits.min_side_px, limits.max_side_px)
+            if value % limits.side_multiple:
+                raise RequestError(f"{name} must be a multiple of {limits.side_multiple}, got {value}")
+        _check_int("num_steps", self.num_steps, limits.min_steps, limits.max_steps)
+        _check_range("guidance", self.guidance, limits.min_guidance, limits.max_guidance)
+        _check_int("seed", self.seed, 0, limits.max_seed)
+        _check_int("fps", self.fps, limits.min_fps, limits.max_fps)
+        try:
+            parse_mode(self.attention_mode)
+        except ValueError as err:
+            raise RequestError(f"attention_mode: {err}") from None
+        if self.sampler not in SAMPLERS:
+            raise RequestError(f"sampler: unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+        if self.image is not None:
+            _check_image("image", self.image)
+        for index, frame in self.keyframes:
+            _check_int("keyframe index", index, 0, self.num_frames - 1)
+            _check_image(f"keyframe {index}", frame)
+        if self.pose is not None:
+            _check_clip("pose", self.pose, channels=3)
+        if self.depth is not None:
+            _check_clip("depth", self.depth, channels=None)
+        if self.pose is not None and self.depth is not None and len(self.pose) != len(self.depth):
+            raise RequestError(f"pose and depth clips must have the same length, got {len(self.pose)} and "
+                               f"{len(self.depth)} frames")
+        if len(self.strokes) > limits.max_strokes:
+            raise RequestError(f"strokes must be at most {limits.max_strokes}, got {len(self.strokes)}")
+        for stroke in self.strokes:
+            if not isinstance(stroke, Stroke):
+                raise RequestError(f"strokes must be Stroke objects, got {type(stroke).__name__}")
+
+    @property
+    def modalities(self) -> frozenset[str]:
+        """Which conditioning inputs this request carries."""
+        present = {
+            "text": bool(self.prompt.strip()),
+            "image": self.image is not None or bool(self.keyframes),
+            "pose": self.pose is not None,
+            "depth": self.depth is not None,
+            "strokes": bool(self.strokes),
+        }
+        return frozenset(name for name in MODALITIES if present[name])
+
+    def settings(self) -> dict:
+        """The request's scalar settings, for the manifest."""
+        skip = {"image", "keyframes", "pose", "depth", "strokes"}
+        out = {k: v for k, v in asdict(self).items() if k not in skip}
+        out["strokes"] = [{"points": [list(p) for p in s.points], "radius": s.radius} for s in self.strokes]
+        out["keyframe_indices"] = [int(i) for i, _ in self.keyframes]
+        out["modalities"] = sorted(self.modalities)
+        return out
+
+
+def _check_image(name: str, image: Any) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        got = getattr(image, "shape", type(image).__name__)
+        raise RequestError(f"{name} must be an RGB uint8 array (H, W, 3), got {got}")
+    if min(image.shape[:2]) < 8:
+        raise RequestError(f"{name} must be at least 8×8 pixels, got {image.shape[1]}×{image.shape[0]}")
+
+
+def _check_clip(name: str, clip: Any, channels: int | None) -> None:
+    ok = isinstance(clip, np.ndarray) and clip.dtype == np.uint8
+    ok = ok and (clip.ndim == 4 and clip.shape[3] == channels if channels else clip.ndim == 3)
+    if not ok:
+        want = "(frames, H, W, 3)" if channels else "(frames, H, W)"
+        raise RequestError(f"{name} must be a uint8 clip {want}, got {getattr(clip, 'shape', type(clip).__name__)}")
+    if len(clip) == 0:
+        raise RequestError(f"{name} clip has no frames")
+    if len(clip) > 4 * LIMITS.max_frames:
+        raise RequestError(f"{name} clip must have at most {4 * LIMITS.max_frames} frames, got {len(clip)}")
+
+
+@dataclass
+class Progress:
+    """One denoising step done: `preview` is the predicted clean video (F, h, w, 3) uint8."""
+
+    step: int
+    total: int
+    preview: np.ndarray
+    mode: str
+    sampler: str
+    elapsed_s: float
+
+
+@dataclass
+class Done:
+    """The run ended (finished or stopped): final frames (F, H, W, 3) uint8 and a reproducibility manifest."""
+
+    frames: np.ndarray
+    manifest: dict
+    stopped: bool = False
+
+
+Event = Progress | Done
+
+
+class RunControl:
+    """Live settings of one run, changed from other threads (UI events) and read by the loop at every step."""
+
+    def __init__(self, mode: str, sampler: str):
+        self._lock = threading.Lock()
+        self._mode = parse_mode(mode).value
+        self._sampler = sampler
+        self._stop = threading.Event()
+        self.history: list[dict] = []  # one entry per step: {"step", "mode", "sampler"}
+
+    @property
+    def mode(self) -> str:
+        with self._lock:
+            return self._mode
+
+    @property
+    def sampler(self) -> str:
+        with self._lock:
+            return self._sampler
+
+    def set_attention_mode(self, mode: str) -> None:
+        value = parse_mode(mode).value
+        with self._lock:
+            self._mode = value
+
+    def set_sampler(self, name: str) -> None:
+        if name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+        with self._lock:
+            self._sampler = name
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+
+class Backend(ABC):
+    """What actually denoises. Declares what it accepts; `run` yields Progress events then one Done."""
+
+    name: str = "backend"
+    modalities: frozenset[str] = frozenset(MODALITIES)
+    attention_modes: tuple[str, ...] = ATTENTION_MODES
+    samplers: tuple[str, ...] = tuple(SAMPLERS)
+    limits: Limits = LIMITS
+    default_size: tuple[int, int] = (DEFAULTS.height, DEFAULTS.width)
+
+    def check(self, request: GenerationRequest) -> None:
+        """Refuse what this backend cannot do, with a one-line reason."""
+        request.validate(self.limits)
+        unsupported = request.modalities - self.modalities
+        if unsupported:
+            raise RequestError(f"backend {self.name!r} does not support {', '.join(sorted(unsupported))} "
+                               f"conditioning; it supports {', '.join(sorted(self.modalities))}")
+        if parse_mode(request.attention_mode).value not in self.attention_modes:
+            raise RequestError(f"backend {self.name!r} does not support attention mode {request.attention_mode!r}; "
+                               f"choose one of: {', '.join(self.attention_modes)}")
+        if request.sampler not in self.samplers:
+            raise RequestError(f"backend {self.name!r} does not support sampler {request.sampler!r}; "
+                               f"choose one of: {', '.join(self.samplers)}")
+
+    def describe(self) -> dict:
+        return {"backend": self.name}
+
+    @abstractmethod
+    def run(self, request: GenerationRequest, control: RunControl) -> Iterator[Event]:
+        """Denoise, reading control.mode / control.sampler / control.stopped at every step."""
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """(F, 3, H, W) float in [-1, 1] -> (F, H, W, 3) uint8."""
+    video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return video.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class DenoisingBackend(Backend):
+    """A backend whose denoising loop we own: subclasses provide `prepare`, `predict` and `decode`."""
+
+    scheduler_config: dict
+    lock: threading.Lock
+
+    @abstractmethod
+    def prepare(self, request: GenerationRequest) -> Any:
+        """Encode the request's conditioning once per run."""
+
+    @abstractmethod
+    def latent_shape(self, request: GenerationRequest) -> tuple[int, ...]:
+        """Shape of the sample the scheduler denoises, e.g. (1, F, 3, H, W)."""
+
+    @abstractmethod
+    def predict(self, x_in: torch.Tensor, t: torch.Tensor, cond: Any, guidance: float, mode: str) -> torch.Tensor:
+        """Model output (in the scheduler's prediction_type) for the VP-normalised sample x_in at timestep t."""
+
+    @abstractmethod
+    def decode(self, x0: torch.Tensor) -> np.ndarray:
+        """Clean sample -> (F, H, W, 3) uint8 frames (also used for previews)."""
+
+    def run(self, request: GenerationRequest, control: RunControl) -> Iterator[Event]:
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(int(request.seed))
+        with self.lock:
+            cond = self.prepare(request)
+        sampler = control.sampler
+        scheduler = make_scheduler(sampler, self.scheduler_config)
+        set_timesteps(scheduler, request.num_steps)
+        x = torch.randn(self.latent_shape(request), generator=generator) * scheduler.init_noise_sigma
+        x0_hat = eps_hat = None
+        i, first_preview_s = 0, None
+        while i < len(scheduler.timesteps):
+            if control.stopped:
+                break
+            if control.sampler != sampler and x0_hat is not None:  # live sampler switch
+                new = make_scheduler(control.sampler, self.scheduler_config)
+                set_timesteps(new, request.num_steps)
+                i = equivalent_index(len(scheduler.timesteps), i, len(new.timesteps))
+                x, _ = reproject(new, x0_hat, eps_hat, i)
+                scheduler, sampler = new, control.sampler
+                if i >= len(scheduler.timesteps):
+                    break
+            mode = control.mode
+            t = scheduler.timesteps[i]
+            x_in = scheduler.scale_model_input(x, t)
+            with self.lock:
+                out = self.predict(x_in, t, cond, request.guidance, mode)
+            x0_hat, eps_hat = split_prediction(scheduler, out, x_in, t)
+            x = scheduler_step(scheduler, out, t, x, generator)
+            i += 1
+            control.history.append({"step": i, "mode": mode, "sampler": sampler})
+            preview = self.decode(x0_hat)
+            elapsed = time.perf_counter() - started
+            first_preview_s = first_preview_s if first_preview_s is not None else elapsed
+            yield Progress(i, len(scheduler.timesteps), preview, mode, sampler, elapsed)
+        stopped = i < len(scheduler.timesteps)
+        final = x0_hat if stopped and x0_hat is not None else x
+        frames = self.decode(final) if final is not None else np.zeros((0, 1, 1, 3), np.uint8)
+        total_s = time.perf_counter() - started
+        manifest = {
+            **self.describe(),
+            "request": request.settings(),
+            "steps": control.history,
+            "attention_modes_used": sorted({h["mode"] for h in control.history}),
+            "samplers_used": list(dict.fromkeys(h["sampler"] for h in control.history)),
+            "stopped": stopped,
+            "timings": {"total_s": round(total_s, 4), "first_preview_s": round(first_preview_s or 0.0, 4),
+                        "steps_done": i},
+            "versions": {"vdemo": __version__, "torch": torch.__version__},
+        }
+        yield Done(frames, manifest, stopped)
+
+
+class Run:
+    """One generation in flight: iterate it for events; steer it live from other threads."""
+
+    def __init__(self, pipeline: VideoPipeline, request: GenerationRequest):
+        self.request = request
+        self.control = RunControl(request.attention_mode, request.sampler)
+        self._pipeline = pipeline
+
+    def set_attention_mode(self, mode: str) -> None:
+        if parse_mode(mode).value not in self._pipeline.backend.attention_modes:
+            raise RequestError(f"backend {self._pipeline.backend.name!r} does not support attention mode {mode!r}")
+        self.control.set_attention_mode(mode)
+
+    def set_sampler(self, name: str) -> None:
+        if name not in self._pipeline.backend.samplers:
+            raise RequestError(f"backend {self._pipeline.backend.name!r} does not support sampler {name!r}")
+        self.control.set_sampler(name)
+
+    def stop(self) -> None:
+        self.control.stop()
+
+    def __iter__(self) -> Iterator[Event]:
+        self._pipeline._active.add(self)
+        try:
+            yield from self._pipeline.backend.run(self.request, self.control)
+        finally:
+            self._pipeline._active.discard(self)
+
+
+@dataclass
+class VideoPipeline:
+    """Holds one loaded backend (weights stay cached); shared by every tab and user."""
+
+    backend: Backend
+    _active: set = field(default_factory=set, repr=False)
+
+    def start(self, request: GenerationRequest) -> Run:
+        """Check the request against the backend and return a Run (iterate it to generate)."""
+        self.backend.check(request)
+        return Run(self, request)
+
+    def generate(self, request: GenerationRequest) -> Iterator[Event]:
+        """Progress events per step, then Done."""
+        return iter(self.start(request))
+
+    def set_attention_mode(self, mode: str) -> None:
+        """Switch every active run's attention mode from its next step."""
+        for run in list(self._active):
+            run.set_attention_mode(mode)
+
+    def set_sampler(self, name: str) -> None:
+        """Switch every active run's sampler from its next step."""
+        for run in list(self._active):
+            run.set_sampler(name)
+
+    def stop(self) -> None:
+        for run in list(self._active):
+            run.stop()

@@ -1,0 +1,269 @@
+"""Train the built-in `tiny` video diffusion model on the procedural synthetic world.
+
+    python -m vdemo.train --minutes 60                     # resumes from assets/tiny/train_state.pt if present
+    nohup python -m vdemo.train --minutes 170 > runs/train.log 2>&1 &
+
+Every step draws fresh clips from `vdemo.world` (no dataset on disk), with modality dropout so that any subset of
+{text, known frames, pose, depth, strokes} can condition the model, and an all-dropped share for classifier-free
+guidance. The attention mode is sampled per step so that every mode gives sensible videos. v-prediction on diffusers'
+DDPM cosine schedule, foreground-weighted MSE, AdamW, EMA (diffusers' EMAModel).
+
+Checkpointing (overwritten in place, never a new file per run):
+  - `<out>/` (default `assets/tiny/`): the EMA weights in fp16 safetensors + config + tokenizer — what the app loads;
+  - `<state>` (default `assets/tiny/train_state.pt`): raw weights (fp16), Adam moments (bf16), EMA step, data RNG —
+    small enough to commit, so the next session resumes where this one stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from diffusers.training_utils import EMAModel
+
+from vdemo import world
+from vdemo.config import ATTENTION_MODES
+from vdemo.models.controls import control_tensors
+from vdemo.models.tiny_unet import TinyVideoUNet
+from vdemo.models.tokenizer import build_tokenizer, encode_prompts
+from vdemo.samplers import default_scheduler_config
+from vdemo.strokes import stroke_heatmaps, strokes_from_paths
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run; the CLI flags mirror these names."""
+
+    out: str = "assets/tiny"
+    state: str = "assets/tiny/train_state.pt"
+    log: str = "runs/tiny/log.csv"
+    minutes: float = 60.0
+    max_steps: int = 1_000_000
+    batch_size: int = 8  # clips per step at 8 frames; halved at 16 frames
+    size: int = 64
+    lr: float = 3e-4
+    warmup_steps: int = 200
+    resume_warmup_steps: int = 100
+    bf16: bool = True  # autocast matmuls/convs to bfloat16 (1.7x faster on AVX512-BF16 CPUs)
+    ema_decay: float = 0.999
+    fg_weight: float = 4.0
+    p_drop_all: float = 0.1
+    p_drop_text: float = 0.25
+    ckpt_every_s: float = 300.0
+    seed: int = 0
+    threads: int = 0  # 0 = torch default
+    tiny: bool = False  # a minute-scale model for tests
+    channels: tuple[int, int, int] = (64, 128, 192)
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> TrainConfig:
+        parser = argparse.ArgumentParser(prog="python -m vdemo.train", description=__doc__.split("\n\n")[0])
+        for f in fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            if f.type == "bool":
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            elif f.name == "channels":
+                parser.add_argument(flag, type=int, nargs=3, default=list(f.default))
+            else:
+                parser.add_argument(flag, type=type(f.default), default=f.default)
+        args = vars(parser.parse_args(argv))
+        args["channels"] = tuple(args["channels"])
+        return cls(**args)
+
+
+def max_tokens() -> int:
+    """Longest caption of the grammar is 19 words + [CLS]; a little headroom for user prompts."""
+    return 24
+
+
+def new_model(cfg: TrainConfig, vocab_size: int) -> TinyVideoUNet:
+    if cfg.tiny:
+        return TinyVideoUNet(vocab_size=vocab_size, channels=(16, 32, 32), attention_head_dim=16, temb_dim=64,
+                             norm_groups=8, text_dim=32, text_layers=1, max_tokens=max_tokens())
+    return TinyVideoUNet(vocab_size=vocab_size, channels=cfg.channels, max_tokens=max_tokens())
+
+
+def make_tokenizer():
+    return build_tokenizer(world.VOCAB, max_tokens())
+
+
+def example_from_clip(clip, rng: np.random.Generator, cfg: TrainConfig) -> dict:
+    """One training example with modality dropout: which conditions the model sees for this clip."""
+    num_frames, size = clip.frames.shape[0], clip.frames.shape[1]
+    drop_all = rng.random() < cfg.p_drop_all
+    caption = "" if drop_all or rng.random() < cfg.p_drop_text else clip.caption
+    known = None
+    if not drop_all:
+        u = rng.random()
+        if u < 0.35:  # image-to-video
+            known = {0: clip.frames[0]}
+        elif u < 0.45:  # extension: the first k frames come from the previous clip
+            k = int(rng.integers(1, max(2, num_frames // 4) + 1))
+            known = {i: clip.frames[i] for i in range(k)}
+        elif u < 0.5:  # in-betweening
+            known = {0: clip.frames[0], num_frames - 1: clip.frames[-1]}
+    pose = clip.pose if (clip.pose is not None and not drop_all and rng.random() < 0.7) else None
+    depth = clip.depth if (clip.depth is not None and not drop_all and rng.random() < 0.7) else None
+    stroke_maps = None
+    if clip.paths and clip.kind in ("objects", "path") and not drop_all and rng.random() < 0.5:
+        chosen = [p for p in clip.paths if rng.random() < 0.8] or clip.paths[:1]
+        stroke_maps = stroke_heatmaps(strokes_from_paths(chosen, 0.1), num_frames, size)
+    controls, flags = control_tensors(num_frames, size, known=known, pose=pose, depth=depth,
+                                      stroke_maps=stroke_maps, has_text=bool(caption))
+    bg = np.array(world.BACKGROUNDS[clip.meta["background"]], np.int16)
+    fg = (np.abs(clip.frames.astype(np.int16) - bg).max(-1) > 24).astype(np.float32)  # (F, S, S)
+    return {"frames": clip.frames, "caption": caption, "controls": controls, "flags": flags, "fg": fg}
+
+
+def make_batch(rng: np.random.Generator, batch_size: int, num_frames: int, cfg: TrainConfig, tokenizer) -> dict:
+    examples = [example_from_clip(world.sample_clip(rng, num_frames=num_frames, size=cfg.size), rng, cfg)
+                for _ in range(batch_size)]
+    frames = np.stack([e["frames"] for e in examples]).astype(np.float32) / 127.5 - 1.0  # (B, F, S, S, 3)
+    return {
+        "x0": torch.from_numpy(frames).permute(0, 1, 4, 2, 3).contiguous(),  # (B, F, 3, S, S)
+        "ids": encode_prompts(tokenizer, [e["caption"] for e in examples], max_tokens()),
+        "controls": torch.from_numpy(np.stack([e["controls"] for e in examples])),  # (B, F, 9, S, S)
+        "flags": torch.from_numpy(np.stack([e["flags"] for e in examples])),  # (B, 5)
+        "fg": torch.from_numpy(np.stack([e["fg"] for e in examples]))[:, :, None],  # (B, F, 1, S, S)
+    }
+
+
+def diffusion_loss(model: TinyVideoUNet, scheduler: DDPMScheduler, batch: dict, fg_weight: float,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Foreground-weighted v-prediction MSE (Salimans & Ho 2022 for v; object pixels weighted up)."""
+    x0 = batch["x0"]
+    noise = torch.randn(x0.shape, generator=generator)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
+    xt = scheduler.add_noise(x0, noise, t)
+    target = scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+    tokens, pooled = model.encode_text(batch["ids"])
+    pred = model(xt, t, tokens, pooled, batch["controls"], batch["flags"]).float()
+    weight = 1.0 + fg_weight * batch["fg"]
+    return (weight * (pred - target) ** 2).mean() / weight.mean()
+
+
+def save_state(path: Path, model, ema: EMAModel, step: int, rng: np.random.Generator, elapsed_s: float) -> None:
+    """Small resumable state (~2 bytes/parameter): fp16 raw weights, EMA step, data RNG, elapsed time.
+
+    Adam's moments are not kept (they would triple the file); a resumed run rebuilds them under a short learning-rate
+    warm-up (`resume_warmup_steps`). The EMA weights themselves are the exported model in `out`.
+    """
+    state = {
+        "model": {k: v.half() for k, v in model.state_dict().items()},
+        "ema_step": ema.optimization_step,
+        "step": step,
+        "elapsed_s": elapsed_s,
+        "rng": rng.bit_generator.state,
+        "config": dict(model.config),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def export_ema(out: Path, model: TinyVideoUNet, ema: EMAModel, tokenizer) -> None:
+    """Write what the app loads: EMA weights (fp16 safetensors) + config + tokenizer."""
+    shipped = copy.deepcopy(model)
+    ema.copy_to(shipped.parameters())
+    shipped.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out / "tokenizer")
+
+
+def train(cfg: TrainConfig) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out, state_path, log_path = Path(cfg.out), Path(cfg.state), Path(cfg.log)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = make_tokenizer()
+    scheduler = DDPMScheduler.from_config(default_scheduler_config())
+
+    torch.manual_seed(cfg.seed)
+    model = new_model(cfg, vocab_size=max(128, len(tokenizer)))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    rng = np.random.default_rng(cfg.seed)
+    step, elapsed_prev = 0, 0.0
+    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+        step, elapsed_prev = state["step"], state["elapsed_s"]
+        rng.bit_generator.state = state["rng"]
+        ema_source = TinyVideoUNet.from_pretrained(out, torch_dtype=torch.float32) if (out / "config.json").exists() \
+            else model
+        ema = EMAModel(ema_source.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
+        ema.optimization_step = state["ema_step"]
+        print(f"resumed from {state_path} at step {step} ({elapsed_prev / 3600:.2f} h trained)", flush=True)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params / 1e6:.2f}M parameters; threads {torch.get_num_threads()}", flush=True)
+
+    stop = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    signal.signal(signal.SIGINT, lambda *_: stop.update(flag=True))
+    gen = torch.Generator().manual_seed(cfg.seed + step)
+    start = time.time()
+    last_ckpt = start
+    new_log = not log_path.exists()
+    log_file = log_path.open("a", newline="")
+    writer = csv.writer(log_file)
+    if new_log:
+        writer.writerow(["step", "loss", "lr", "frames", "mode", "s_per_step", "hours"])
+    losses: list[float] = []
+    first_step = step
+    while not stop["flag"] and step < cfg.max_steps and time.time() - start < cfg.minutes * 60:
+        t0 = time.time()
+        num_frames = 8 if rng.random() < 0.7 else 16
+        batch_size = cfg.batch_size if num_frames == 8 else max(1, cfg.batch_size // 2)
+        mode = random.Random(int(rng.integers(1 << 31))).choice(ATTENTION_MODES)
+        model.set_attention_mode(mode)
+        batch = make_batch(rng, batch_size, num_frames, cfg, tokenizer)
+        warm = cfg.warmup_steps if first_step == 0 else cfg.resume_warmup_steps
+        lr = cfg.lr * min(1.0, (step - first_step + 1) / warm)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss = diffusion_loss(model, scheduler, batch, cfg.fg_weight, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema.step(model.parameters())
+        step += 1
+        losses.append(loss.item())
+        dt = time.time() - t0
+        hours = (elapsed_prev + time.time() - start) / 3600
+        writer.writerow([step, f"{loss.item():.5f}", f"{lr:.2e}", num_frames, mode, f"{dt:.3f}", f"{hours:.4f}"])
+        if step % 50 == 0:
+            log_file.flush()
+            print(f"step {step} loss {np.mean(losses[-50:]):.4f} {dt:.2f}s/step {hours:.2f}h", flush=True)
+        if time.time() - last_ckpt > cfg.ckpt_every_s:
+            save_state(state_path, model, ema, step, rng, elapsed_prev + time.time() - start)
+            export_ema(out, model, ema, tokenizer)
+            last_ckpt = time.time()
+            print(f"checkpoint at step {step}", flush=True)
+    save_state(state_path, model, ema, step, rng, elapsed_prev + time.time() - start)
+    export_ema(out, model, ema, tokenizer)
+    log_file.close()
+    print(f"saved step {step} to {out} and {state_path}", flush=True)
+    return {"steps": step - first_step, "total_steps": step, "loss_last": float(np.mean(losses[-20:])) if losses
+            else math.nan}
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(TrainConfig.from_args(argv))
+
+
+if __name__ == "__main__":
+    main()

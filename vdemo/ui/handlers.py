@@ -1,0 +1,554 @@
+"""Gradio event handlers: the five generation endpoints, live toggles, Stop, and the tabs' helper events.
+
+Importable and testable without a browser: every handler is a plain function (generators for the generation
+endpoints) taking plain values; a `gr.Request` is optional (it only supplies the session key).
+
+Generation endpoints (stable `api_name`s; each also takes the shared settings, see SETTINGS_DOC):
+
+    text_to_video(prompt, *settings)
+    image_to_video(prompt, image, *settings)
+    pose_to_video(prompt, pose_source, pose_preset, pose_video, skeleton_images, *settings)
+    depth_to_video(prompt, depth_source, depth_preset, depth_model, depth_video, depth_maps, *settings)
+    strokes_to_video(prompt, strokes, image, scene, *settings)
+
+Each yields (status markdown, preview grid, mp4, [mp4, gif, frames.zip, manifest.json], manifest dict, seed) while it
+runs: the preview grid (every frame's predicted clean image) and the status (step, elapsed time, mode and sampler
+of each step) at every denoising step, then the exported result.
+
+Live control: the running `Run` of each browser session sits in `ACTIVE_RUNS` under the session hash (never in a
+module-level "current run" shared by all users). The attention-mode and sampler dropdowns' change events and the
+Stop button look up the caller's own run and call `run.set_attention_mode` / `run.set_sampler` / `run.stop()`,
+which the denoising loop reads before its next step. A cancelled or abandoned event stops its run too (`finally`).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import spaces
+
+from vdemo.config import DEFAULTS, LIMITS, MODALITIES, Limits
+from vdemo.ui import sources
+from vdemo.ui.sources import InputError
+
+SESSION_FALLBACK = "local"  # the session key when a handler is called without a gr.Request (tests, scripts)
+RUNS_DIR = Path(tempfile.gettempdir()) / "vdemo-runs"
+RUNS_KEEP_S = 3600.0  # exported results older than this are deleted when a new run starts
+MAX_MESSAGE_CHARS = 300
+
+SETTINGS_DOC = """Shared settings, in this order after each endpoint's own inputs:
+backend (str, a registered backend name), attention_mode (spatial | temporal | full | causal | sparse_causal),
+sampler (e.g. "DDIM", "Euler", "DPM++ 2M"), steps (int), guidance (float), frames (int), fps (int), seed (int),
+random_seed (bool: draw a fresh seed and report it in the manifest)."""
+
+
+# ----------------------------------------------------------------------------------------------- user errors
+def user_error(message: str) -> gr.Error:
+    """A gr.Error whose message is one line (the first line, capped) — what the user sees in the toast."""
+    line = (str(message).strip().splitlines() or ["error"])[0]
+    return gr.Error(line[:MAX_MESSAGE_CHARS], print_exception=False)
+
+
+class _UserErrors:
+    """`with USER_ERRORS:` turns input and request errors into a one-line gr.Error; anything else propagates."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None or isinstance(exc, gr.Error):
+            return False
+        from vdemo.ui.detectors import DetectorUnavailable
+
+        if isinstance(exc, (ValueError, FileNotFoundError, DetectorUnavailable)):
+            raise user_error(str(exc)) from None
+        return False
+
+
+USER_ERRORS = _UserErrors()
+
+
+# ---------------------------------------------------------------------------------------- backends & pipeline
+@dataclass(frozen=True)
+class Capabilities:
+    """What the settings panel and the tabs offer for one backend."""
+
+    modalities: frozenset[str]
+    attention_modes: tuple[str, ...]
+    samplers: tuple[str, ...]
+    limits: Limits
+    default_size: tuple[int, int]
+
+
+def _backend_class(name: str):
+    """The backend's class (its capabilities are class attributes), without loading any weights; None if unknown."""
+    if name == "tiny":
+        from vdemo.backends.tiny import TinyBackend
+
+        return TinyBackend
+    try:
+        import importlib
+
+        from vdemo.backends.hub.registry import HUB_BACKENDS
+
+        module, cls = HUB_BACKENDS[name].backend.split(":")
+        return getattr(importlib.import_module(f"vdemo.backends.hub.{module}"), cls)
+    except Exception:  # noqa: BLE001 - an unknown layout only means "load it to find out"
+        return None
+
+
+def capabilities(name: str) -> Capabilities:
+    """The named backend's modalities, attention modes, samplers and limits."""
+    from vdemo.backends import backend_names, load_backend
+
+    if name not in backend_names():
+        raise user_error(f"unknown backend {name!r}; choose one of: {', '.join(backend_names())}")
+    source = _backend_class(name)
+    if source is None:
+        with USER_ERRORS:
+            source = load_backend(name)
+    return Capabilities(frozenset(source.modalities), tuple(source.attention_modes), tuple(source.samplers),
+                        source.limits, tuple(getattr(source, "default_size", (DEFAULTS.height, DEFAULTS.width))))
+
+
+_PIPELINES: dict[str, Any] = {}
+_PIPELINES_LOCK = threading.Lock()
+
+
+def pipeline_for(name: str):
+    """The process-wide VideoPipeline of a backend (weights load once; shared by every tab and user)."""
+    from vdemo.backends import backend_names, load_backend
+    from vdemo.pipeline import VideoPipeline
+
+    if name not in backend_names():
+        raise user_error(f"unknown backend {name!r}; choose one of: {', '.join(backend_names())}")
+    with _PIPELINES_LOCK:
+        if name not in _PIPELINES:
+            with USER_ERRORS:
+                _PIPELINES[name] = VideoPipeline(load_backend(name))
+        return _PIPELINES[name]
+
+
+def model_status() -> str:
+    """A banner (markdown) when the built-in model's weights are missing; empty when all is well."""
+    import os
+
+    from vdemo.backends.tiny import ASSETS
+
+    folder = Path(os.environ.get("VDEMO_TINY_DIR") or ASSETS)
+    if (folder / "config.json").exists():
+        return ""
+    return (f"⚠️ **No built-in model found** in `{folder}`. Train one with `python -m vdemo.train`, or set "
+            f"`VDEMO_TINY_DIR` to a folder with `config.json`. Generation will fail until then; presets and "
+            f"stroke drawing still work.")
+
+
+# --------------------------------------------------------------------------------------------- active runs
+class ActiveRuns:
+    """Each browser session's running Run (session hash -> Run), so live toggles and Stop reach only its own run.
+
+    Runs hold locks and threads' shared state: they are kept here by reference, never copied into gr.State.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[str, Any] = {}
+
+    def add(self, session: str, run) -> None:
+        with self._lock:
+            previous = self._runs.get(session)
+            self._runs[session] = run
+        if previous is not None and previous is not run:  # one run per session: a new Generate stops the old one
+            previous.stop()
+
+    def remove(self, session: str, run) -> None:
+        with self._lock:
+            if self._runs.get(session) is run:
+                del self._runs[session]
+
+    def get(self, session: str):
+        with self._lock:
+            return self._runs.get(session)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._runs)
+
+
+ACTIVE_RUNS = ActiveRuns()
+
+
+def session_key(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or SESSION_FALLBACK
+
+
+def live_attention_mode(attention_mode: str, request: gr.Request = None) -> None:
+    """Attention-mode dropdown changed: the caller's running run uses it from its next step."""
+    run = ACTIVE_RUNS.get(session_key(request))
+    if run is not None and attention_mode:
+        with USER_ERRORS:
+            run.set_attention_mode(attention_mode)
+
+
+def live_sampler(sampler: str, request: gr.Request = None) -> None:
+    """Sampler dropdown changed: the caller's running run switches scheduler from its next step."""
+    run = ACTIVE_RUNS.get(session_key(request))
+    if run is not None and sampler:
+        with USER_ERRORS:
+            run.set_sampler(sampler)
+
+
+def stop_run(request: gr.Request = None) -> str | Any:
+    """Stop button: the caller's run ends before its next step and keeps its last preview."""
+    run = ACTIVE_RUNS.get(session_key(request))
+    if run is None:
+        return gr.skip()
+    run.stop()
+    return "⏹ stopping after this step…"
+
+
+# --------------------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class Settings:
+    """The shared settings panel's values for one run."""
+
+    backend: str
+    attention_mode: str
+    sampler: str
+    num_steps: int
+    guidance: float
+    num_frames: int
+    fps: int
+    seed: int
+    random_seed: bool
+
+    @classmethod
+    def from_inputs(cls, backend, attention_mode, sampler, steps, guidance, frames, fps, seed, random_seed) -> Settings:
+        def whole(name: str, value) -> int:
+            if isinstance(value, bool) or value is None or not float(value).is_integer():
+                raise user_error(f"{name} must be a whole number, got {value!r}")
+            return int(value)
+
+        if random_seed:
+            seed = secrets.randbelow(min(LIMITS.max_seed, 2**31 - 1) + 1)
+        return cls(str(backend), str(attention_mode), str(sampler), whole("steps", steps), float(guidance),
+                   whole("frames", frames), whole("fps", fps), whole("seed", seed), bool(random_seed))
+
+
+# ------------------------------------------------------------------------------------------------- formatting
+def _runs_of(history: list[dict]) -> str:
+    """'full ×5 → causal ×3' (mode · sampler per run of equal steps) from the loop's per-step history."""
+    runs: list[list] = []
+    for h in history:
+        key = (h["mode"], h["sampler"])
+        if runs and runs[-1][0] == key:
+            runs[-1][1] += 1
+        else:
+            runs.append([key, 1])
+    return " → ".join(f"{mode} · {sampler} ×{n}" for (mode, sampler), n in runs)
+
+
+def progress_text(step: int, total: int, elapsed_s: float, history: list[dict], first_s: float | None) -> str:
+    mode, sampler = history[-1]["mode"], history[-1]["sampler"]
+    lines = [f"**step {step}/{total}** · {elapsed_s:.2f} s · mode `{mode}` · sampler `{sampler}`",
+             f"steps: {_runs_of(history)}"]
+    if first_s is not None:
+        lines.append(f"first preview after {first_s:.2f} s")
+    return "  \n".join(lines)
+
+
+def preview_image(frames: np.ndarray) -> np.ndarray:
+    """All frames of a prediction as one grid (4 per row up to 16 frames, else 8)."""
+    return sources.frame_grid(frames, columns=4 if len(frames) <= 16 else 8)
+
+
+# ------------------------------------------------------------------------------------------------------ export
+def _clean_old_runs() -> None:
+    if not RUNS_DIR.exists():
+        return
+    now = time.time()
+    for folder in RUNS_DIR.iterdir():
+        try:
+            if now - folder.stat().st_mtime > RUNS_KEEP_S:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def export_run(frames: np.ndarray, manifest: dict, fps: int, stem: str) -> tuple[str, list[str]]:
+    """Write mp4 + gif + frames (zipped) + manifest.json; returns (mp4 path, every download)."""
+    from vdemo.export import export_result
+
+    _clean_old_runs()
+    out_dir = RUNS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    paths = export_result(frames, out_dir, fps, manifest, stem)
+    frames_zip = shutil.make_archive(str(out_dir / f"{stem}-frames"), "zip", root_dir=paths.frames_dir)
+    return str(paths.mp4), [str(paths.mp4), str(paths.gif), frames_zip, str(paths.manifest)]
+
+
+# -------------------------------------------------------------------------------------------------- generation
+Built = tuple[dict, dict]  # (GenerationRequest fields, what the UI records in the manifest)
+
+
+@spaces.GPU
+def _denoise(run) -> Iterator:
+    """The GPU part: iterate the run's events (a no-op wrapper off ZeroGPU)."""
+    yield from run
+
+
+def _generate(tab: str, build: Callable[[int, int], Built], settings: Settings, request: gr.Request | None):
+    """Shared body of the five endpoints: build the request, run it live, stream previews, export the result."""
+    from vdemo.pipeline import Done, GenerationRequest
+
+    caps = capabilities(settings.backend)
+    if tab not in caps.modalities:
+        raise user_error(f"backend {settings.backend!r} does not support {tab} conditioning")
+    pipe = pipeline_for(settings.backend)
+    height, width = caps.default_size
+    with USER_ERRORS:
+        fields, ui_info = build(settings.num_frames, height)
+        request_obj = GenerationRequest(
+            **fields, num_frames=settings.num_frames, height=height, width=width, num_steps=settings.num_steps,
+            guidance=settings.guidance, seed=settings.seed, fps=settings.fps, attention_mode=settings.attention_mode,
+            sampler=settings.sampler)
+        run = pipe.start(request_obj)
+    session = session_key(request)
+    seed_out = settings.seed if settings.random_seed else gr.skip()
+    started = time.perf_counter()
+    first_s = None
+    ACTIVE_RUNS.add(session, run)
+    try:
+        yield (f"starting ({settings.backend}, {settings.num_frames} frames, {settings.num_steps} steps)…", gr.skip(),
+               None, None, None, seed_out)
+        with USER_ERRORS:
+            for event in _denoise(run):
+                if isinstance(event, Done):
+                    break
+                first_s = first_s if first_s is not None else time.perf_counter() - started
+                text = progress_text(event.step, event.total, event.elapsed_s, run.control.history, first_s)
+                yield text, preview_image(event.preview), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            else:
+                raise user_error("the run ended without a result")
+        manifest = {**event.manifest, "ui": {"tab": tab, "random_seed": settings.random_seed, **ui_info,
+                                             "first_preview_in_handler_s": round(first_s or 0.0, 4)}}
+        mp4, files = export_run(event.frames, manifest, settings.fps, tab)
+        steps_done = manifest.get("timings", {}).get("steps_done", len(run.control.history))
+        head = (f"⏹ **stopped** at step {steps_done}/{settings.num_steps} — kept the last preview" if event.stopped
+                else f"✅ **done**: {steps_done} steps in {time.perf_counter() - started:.2f} s")
+        history = run.control.history
+        text = f"{head}  \nsteps: {_runs_of(history) if history else '—'}  \nseed {settings.seed}"
+        yield text, gr.skip(), mp4, files, manifest, gr.skip()
+    finally:
+        run.stop()  # a cancelled / abandoned event must not leave its run denoising
+        ACTIVE_RUNS.remove(session, run)
+
+
+def text_to_video(prompt: str, backend: str, attention_mode: str, sampler: str, steps: int, guidance: float,
+                  frames: int, fps: int, seed: int, random_seed: bool, request: gr.Request = None):
+    """Text → video. prompt: what to show, e.g. "a red circle moves right on a black background"."""
+    settings = Settings.from_inputs(backend, attention_mode, sampler, steps, guidance, frames, fps, seed, random_seed)
+    if not (prompt or "").strip():
+        raise user_error("write a prompt first, e.g. “a red circle moves right on a black background”")
+    yield from _generate("text", lambda num_frames, size: ({"prompt": prompt}, {}), settings, request)
+
+
+def image_to_video(prompt: str, image, backend: str, attention_mode: str, sampler: str, steps: int, guidance: float,
+                   frames: int, fps: int, seed: int, random_seed: bool, request: gr.Request = None):
+    """Image → video. image: an image file of any size (centre-cropped and resized to the model's square frame),
+    used as frame 0; prompt: optional text."""
+    settings = Settings.from_inputs(backend, attention_mode, sampler, steps, guidance, frames, fps, seed, random_seed)
+
+    def build(num_frames: int, size: int) -> Built:
+        picture = sources.load_user_image(image)
+        return {"prompt": prompt or "", "image": picture}, {"image_size": list(picture.shape[:2])}
+
+    yield from _generate("image", build, settings, request)
+
+
+def pose_to_video(prompt: str, pose_source: str, pose_preset: str, pose_video, skeleton_images, backend: str,
+                  attention_mode: str, sampler: str, steps: int, guidance: float, frames: int, fps: int, seed: int,
+                  random_seed: bool, request: gr.Request = None):
+    """Pose → video. pose_source: "Preset" (pose_preset: walk | wave | jump | squat), "Extract from image/video"
+    (pose_video: an image or short video; OpenPose weights needed) or "Skeleton images" (skeleton_images: OpenPose
+    renderings, one per frame, in name order)."""
+    settings = Settings.from_inputs(backend, attention_mode, sampler, steps, guidance, frames, fps, seed, random_seed)
+
+    def build(num_frames: int, size: int) -> Built:
+        clip = sources.pose_frames(pose_source, pose_preset, pose_video, skeleton_images, num_frames, size)
+        info = {"pose_source": pose_source, **({"pose_preset": pose_preset} if pose_source == "Preset" else {})}
+        return {"prompt": prompt or "", "pose": clip}, info
+
+    yield from _generate("pose", build, settings, request)
+
+
+def depth_to_video(prompt: str, depth_source: str, depth_preset: str, depth_model: str, depth_video, depth_maps,
+                   backend: str, attention_mode: str, sampler: str, steps: int, guidance: float, frames: int, fps: int,
+                   seed: int, random_seed: bool, request: gr.Request = None):
+    """Depth → video. depth_source: "Preset" (depth_preset: one of vdemo.world.DEPTH_PRESETS), "Extract from
+    image/video" (depth_video with depth_model "DPT-hybrid" or "MiDaS small"; MiDaS weights needed) or "Depth maps"
+    (depth_maps: grayscale images, near = bright, one per frame)."""
+    settings = Settings.from_inputs(backend, attention_mode, sampler, steps, guidance, frames, fps, seed, random_seed)
+
+    def build(num_frames: int, size: int) -> Built:
+        clip = sources.depth_frames(depth_source, depth_preset, depth_model, depth_video, depth_maps, num_frames,
+                                    size)
+        info = {"depth_source": depth_source, **({"depth_preset": depth_preset} if depth_source == "Preset" else {}),
+                **({"depth_model": depth_model} if depth_source.startswith("Extract") else {})}
+        return {"prompt": prompt or "", "depth": clip}, info
+
+    yield from _generate("depth", build, settings, request)
+
+
+def strokes_to_video(prompt: str, strokes: str, image, scene: int, backend: str, attention_mode: str, sampler: str,
+                     steps: int, guidance: float, frames: int, fps: int, seed: int, random_seed: bool,
+                     request: gr.Request = None):
+    """Motion strokes → video. strokes: JSON [{"points": [[x, y], ...], "radius": r}, ...] with x, y in [0, 1]
+    (origin top-left, drawing order; one point = an anchor); image: the first frame (optional file; without one, the
+    generated scene number `scene` is used); prompt: optional text."""
+    settings = Settings.from_inputs(backend, attention_mode, sampler, steps, guidance, frames, fps, seed, random_seed)
+
+    def build(num_frames: int, size: int) -> Built:
+        parsed = sources.parse_strokes_text(strokes)
+        if not parsed:
+            raise InputError("draw at least one stroke on the image first (drag = path, click = anchor)")
+        first = sources.strokes_image(image, scene, size)
+        info = {"first_frame": "upload" if sources._path(image) else f"scene {int(scene)}"}
+        return {"prompt": prompt or "", "image": first, "strokes": tuple(parsed)}, info
+
+    yield from _generate("strokes", build, settings, request)
+
+
+ENDPOINTS = {"text": text_to_video, "image": image_to_video, "pose": pose_to_video, "depth": depth_to_video,
+             "strokes": strokes_to_video}
+API_NAMES = {tab: fn.__name__ for tab, fn in ENDPOINTS.items()}
+
+
+# ------------------------------------------------------------------------------------------ tab helper events
+def image_preview(image, request: gr.Request = None) -> np.ndarray | None:
+    """Image tab: what the model will see (centre-cropped, resized), shown pixel-exact."""
+    if sources._path(image) is None:
+        return None
+    with USER_ERRORS:
+        picture = sources.load_user_image(image)
+    size = DEFAULTS.height
+    return sources.upscale_nearest(sources.fit_square(picture, size), 256)
+
+
+def pose_preview(pose_source: str, pose_preset: str, pose_video, skeleton_images, frames: int, backend: str):
+    """Pose tab: the skeleton frames the run will use."""
+    size = capabilities(backend).default_size[0]
+    with USER_ERRORS:
+        clip = sources.pose_frames(pose_source, pose_preset, pose_video, skeleton_images, int(frames), size)
+    return preview_image(clip)
+
+
+def depth_preview(depth_source: str, depth_preset: str, depth_model: str, depth_video, depth_maps, frames: int,
+                  backend: str):
+    """Depth tab: the depth frames the run will use."""
+    size = capabilities(backend).default_size[0]
+    with USER_ERRORS:
+        clip = sources.depth_frames(depth_source, depth_preset, depth_model, depth_video, depth_maps, int(frames),
+                                    size)
+    return preview_image(clip)
+
+
+def source_visibility(source: str):
+    """Pose/depth tabs: show only the inputs of the chosen source (preset, upload to extract, or control images)."""
+    return (gr.update(visible=source == "Preset"), gr.update(visible=source.startswith("Extract")),
+            gr.update(visible=not (source == "Preset" or source.startswith("Extract"))))
+
+
+# ---------------------------------------------------------------------------------------------- strokes pad
+def strokes_base(image, scene) -> np.ndarray:
+    """The pad's background: the uploaded image or the generated scene, at the pad's resolution."""
+    from vdemo.ui.canvas import PAD_SIDE_PX, pad_base
+
+    with USER_ERRORS:
+        if sources._path(image) is not None:
+            return pad_base(sources.load_user_image(image))
+        return sources.strokes_image(None, scene, PAD_SIDE_PX)
+
+
+def _pad_outputs(strokes: list, base: np.ndarray, frames: int):
+    from vdemo.ui.canvas import render_pad
+
+    return strokes, sources.strokes_text(strokes), render_pad(base, strokes, int(frames))
+
+
+def strokes_add(strokes: list, base: np.ndarray, radius: float, frames: int, evt: gr.EventData):
+    """The pad fired `stroke` with {"points": [[x, y], ...]} in drawing order: append it (max LIMITS.max_strokes)."""
+    points = getattr(evt, "_data", None) or {}
+    with USER_ERRORS:
+        stroke = sources.new_stroke(points.get("points") if isinstance(points, dict) else None, float(radius))
+    if len(strokes) >= LIMITS.max_strokes:
+        raise user_error(f"at most {LIMITS.max_strokes} strokes; undo one first")
+    return _pad_outputs([*strokes, stroke], base, frames)
+
+
+def strokes_undo(strokes: list, base: np.ndarray, frames: int):
+    return _pad_outputs(list(strokes[:-1]), base, frames)
+
+
+def strokes_clear(base: np.ndarray, frames: int):
+    return _pad_outputs([], base, frames)
+
+
+def strokes_edit(text: str, base: np.ndarray, frames: int):
+    """The JSON box was edited by hand (or filled by an example): parse it into the state and redraw."""
+    with USER_ERRORS:
+        strokes = sources.parse_strokes_text(text)
+    from vdemo.ui.canvas import render_pad
+
+    return strokes, render_pad(base, strokes, int(frames))
+
+
+def strokes_example(text: str, image, scene, frames: int):
+    """An example row filled the JSON box and the scene number: load both into the state and the pad."""
+    base = strokes_base(image, scene)
+    strokes, pad = strokes_edit(text, base, frames)
+    return strokes, base, pad
+
+
+def strokes_new_base(image, scene, strokes: list, frames: int):
+    """A new first frame (upload or scene number): redraw the pad with the current strokes."""
+    from vdemo.ui.canvas import render_pad
+
+    base = strokes_base(image, scene)
+    return base, render_pad(base, strokes, int(frames))
+
+
+def new_scene(strokes: list, frames: int):
+    """'New scene' button: a random generated first frame (and no upload)."""
+    scene = secrets.randbelow(10_000)
+    base, pad = strokes_new_base(None, scene, strokes, frames)
+    return scene, None, base, pad
+
+
+# ------------------------------------------------------------------------------------------------- settings
+def on_backend_change(backend: str, attention_mode: str, sampler: str):
+    """Backend changed: offer only its modes, samplers and tabs; slider ranges from its limits."""
+    caps = capabilities(backend)
+    mode = attention_mode if attention_mode in caps.attention_modes else caps.attention_modes[0]
+    samp = sampler if sampler in caps.samplers else caps.samplers[0]
+    lim = caps.limits
+    tabs = [gr.update(visible=m in caps.modalities) for m in MODALITIES]
+    return (gr.update(choices=list(caps.attention_modes), value=mode), gr.update(choices=list(caps.samplers), value=samp),
+            gr.update(minimum=lim.min_steps, maximum=lim.max_steps),
+            gr.update(minimum=lim.min_guidance, maximum=lim.max_guidance),
+            gr.update(minimum=lim.min_frames, maximum=lim.max_frames), *tabs)
+
+
+def manifest_json(manifest: dict) -> str:
+    return json.dumps(manifest, indent=2)

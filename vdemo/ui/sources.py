@@ -1,0 +1,212 @@
+"""What each tab turns its inputs into: the image, pose clip, depth clip or strokes a GenerationRequest carries.
+
+Pure functions of plain values (file paths, preset names, JSON), no Gradio: every bad input raises `InputError`, a
+one-line message the handlers show as a `gr.Error`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vdemo import world
+from vdemo.config import LIMITS
+from vdemo.media import MediaError, load_frames, load_image, to_gray
+from vdemo.strokes import Stroke, parse_strokes, strokes_to_data
+
+POSE_SOURCES = ("Preset", "Extract from image/video", "Skeleton images")
+DEPTH_SOURCES = ("Preset", "Extract from image/video", "Depth maps")
+ANCHOR_MAX_LENGTH = 0.01  # a drag shorter than this (normalised) is a click: an anchor
+GRID_COLUMNS = 8
+GRID_CELL_PX = 96
+
+
+class InputError(ValueError):
+    """A tab's input is missing or unusable; one line, fit to show a user."""
+
+
+def _path(file) -> Path | None:
+    """A gr.File value (str path, NamedString, or a dict from the API) as a Path; None when nothing was uploaded."""
+    if file is None or file == "":
+        return None
+    if isinstance(file, dict):
+        file = file.get("path")
+    return Path(str(file))
+
+
+def _paths(files) -> list[Path]:
+    if files is None:
+        return []
+    if isinstance(files, (str, dict, Path)):
+        files = [files]
+    return [p for p in (_path(f) for f in files) if p is not None]
+
+
+def fit_square(image: np.ndarray, side: int) -> np.ndarray:
+    """Centre-crop and resize to side × side, exactly as the built-in model's input (vdemo.backends.tiny.fit_image)."""
+    from vdemo.backends.tiny import fit_image
+
+    return fit_image(image, side, side)
+
+
+def upscale_nearest(image: np.ndarray, side: int) -> np.ndarray:
+    """Blow a small frame up (nearest neighbour) so the user sees exactly the model's pixels."""
+    return np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.NEAREST))
+
+
+# ------------------------------------------------------------------------------------------------------- image
+def load_user_image(file, what: str = "an image") -> np.ndarray:
+    """An uploaded image file as RGB uint8 (H, W, 3)."""
+    path = _path(file)
+    if path is None:
+        raise InputError(f"upload {what} first")
+    try:
+        return load_image(path)
+    except MediaError as err:
+        raise InputError(str(err)) from None
+
+
+# -------------------------------------------------------------------------------------------------------- grid
+def frame_grid(frames: np.ndarray, columns: int = GRID_COLUMNS, cell_px: int = GRID_CELL_PX) -> np.ndarray:
+    """(F, h, w[, 3]) uint8 -> one image: frames in reading order, `columns` per row, each scaled to cell_px."""
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = np.repeat(frames[..., None], 3, axis=3)
+    count = len(frames)
+    columns = min(columns, count)
+    rows = math.ceil(count / columns)
+    gap = 2
+    cells = [np.asarray(Image.fromarray(f).resize((cell_px, cell_px), Image.Resampling.NEAREST)) for f in frames]
+    grid = np.full((rows * cell_px + (rows - 1) * gap, columns * cell_px + (columns - 1) * gap, 3), 24, np.uint8)
+    for i, cell in enumerate(cells):
+        r, c = divmod(i, columns)
+        grid[r * (cell_px + gap): r * (cell_px + gap) + cell_px, c * (cell_px + gap): c * (cell_px + gap) + cell_px] = cell
+    return grid
+
+
+# -------------------------------------------------------------------------------------------------- pose/depth
+def _upload_frames(file, what: str) -> np.ndarray:
+    path = _path(file)
+    if path is None:
+        raise InputError(f"upload {what} to extract from first")
+    try:
+        return load_frames(path)
+    except MediaError as err:
+        raise InputError(str(err)) from None
+
+
+def _control_images(files, what: str, size: int) -> np.ndarray:
+    paths = sorted(_paths(files), key=lambda p: p.name)
+    if not paths:
+        raise InputError(f"upload {what} first (one image per frame, in name order)")
+    if len(paths) > 4 * LIMITS.max_frames:
+        raise InputError(f"upload at most {4 * LIMITS.max_frames} {what}, got {len(paths)}")
+    frames = []
+    for path in paths:
+        try:
+            frames.append(fit_square(load_image(path), size))
+        except MediaError as err:
+            raise InputError(str(err)) from None
+    return np.stack(frames)
+
+
+def pose_frames(source: str, preset: str, upload, skeleton_files, num_frames: int, size: int) -> np.ndarray:
+    """OpenPose skeleton frames (F, size, size, 3) uint8 from a preset, an extraction, or uploaded skeletons."""
+    if source == "Preset":
+        if preset not in world.POSE_PRESETS:
+            raise InputError(f"pose preset must be one of {', '.join(world.POSE_PRESETS)}, got {preset!r}")
+        return world.pose_clip(preset, num_frames, size)
+    if source == "Extract from image/video":
+        from vdemo.ui.detectors import DetectorUnavailable, extract_pose
+
+        frames = _upload_frames(upload, "an image or a short video")
+        try:
+            return extract_pose(frames, num_frames, size)
+        except DetectorUnavailable as err:
+            raise InputError(str(err)) from None
+    if source == "Skeleton images":
+        return _control_images(skeleton_files, "skeleton images", size)
+    raise InputError(f"pose source must be one of {', '.join(POSE_SOURCES)}, got {source!r}")
+
+
+def depth_frames(source: str, preset: str, model: str, upload, depth_files, num_frames: int, size: int) -> np.ndarray:
+    """Inverse-depth frames (F, size, size) uint8 (near = bright) from a preset, an extraction, or uploaded maps."""
+    if source == "Preset":
+        if preset not in world.DEPTH_PRESETS:
+            raise InputError(f"depth preset must be one of {', '.join(world.DEPTH_PRESETS)}, got {preset!r}")
+        return world.depth_clip(preset, num_frames, size)
+    if source == "Extract from image/video":
+        from vdemo.ui.detectors import DEPTH_MODELS, DetectorUnavailable, extract_depth
+
+        if model not in DEPTH_MODELS:
+            raise InputError(f"depth model must be one of {', '.join(DEPTH_MODELS)}, got {model!r}")
+        frames = _upload_frames(upload, "an image or a short video")
+        try:
+            return extract_depth(frames, num_frames, size, model)
+        except DetectorUnavailable as err:
+            raise InputError(str(err)) from None
+    if source == "Depth maps":
+        return to_gray(_control_images(depth_files, "depth maps", size))
+    raise InputError(f"depth source must be one of {', '.join(DEPTH_SOURCES)}, got {source!r}")
+
+
+# ----------------------------------------------------------------------------------------------------- strokes
+def scene_frame(scene: int, size: int) -> tuple[np.ndarray, dict]:
+    """A generated first frame for the strokes tab: one still object, left of centre, on a plain background.
+
+    Returns the frame (size, size, 3) uint8 and its object (colour, shape, centre (x, y), background).
+    """
+    rng = np.random.default_rng(int(scene))
+    spec = world.sample_spec(rng, "objects")
+    obj = dict(spec["objects"][0])
+    centre = [float(rng.uniform(0.25, 0.4)), float(rng.uniform(0.35, 0.65))]
+    obj.update(motion="still", start=centre, end=centre)
+    spec = {**spec, "objects": [obj], "shared_motion": False}
+    clip = world.make_clip(spec, 2, size)
+    info = {"colour": obj["colour"], "shape": obj["shape"], "centre": tuple(centre), "background": spec["background"]}
+    return clip.frames[0], info
+
+
+def strokes_image(image_file, scene: int, size: int) -> np.ndarray:
+    """The strokes tab's first frame: the uploaded image if any, else the generated scene."""
+    if _path(image_file) is not None:
+        return load_user_image(image_file)
+    if scene is None or not float(scene).is_integer() or not 0 <= scene <= LIMITS.max_seed:
+        raise InputError(f"scene must be a whole number 0–{LIMITS.max_seed}, got {scene!r}")
+    return scene_frame(int(scene), size)[0]
+
+
+def parse_strokes_text(text: str | Sequence | None) -> list[Stroke]:
+    """Strokes from the tab's JSON text (or an already parsed list); empty text means no strokes."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return []
+    try:
+        return parse_strokes(text)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
+def strokes_text(strokes: Sequence[Stroke]) -> str:
+    """The JSON text shown in the tab (one stroke per line; coordinates rounded to 4 decimals)."""
+    rows = [json.dumps({"points": [[round(x, 4), round(y, 4)] for x, y in s["points"]], "radius": round(s["radius"], 4)})
+            for s in strokes_to_data(strokes)]
+    return "[\n" + ",\n".join(rows) + "\n]" if rows else "[]"
+
+
+def new_stroke(points, radius: float) -> Stroke:
+    """A stroke drawn on the pad: points in drawing order; a drag shorter than ANCHOR_MAX_LENGTH is an anchor."""
+    if not isinstance(points, (list, tuple)) or not points:
+        raise InputError("the stroke has no points")
+    try:
+        (stroke,) = parse_strokes([{"points": [list(p) for p in points][: LIMITS.max_stroke_points], "radius": radius}])
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    pts = np.asarray(stroke.points)
+    if len(pts) > 1 and np.linalg.norm(np.diff(pts, axis=0), axis=1).sum() < ANCHOR_MAX_LENGTH:
+        return Stroke(stroke.points[:1], stroke.radius)
+    return stroke
