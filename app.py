@@ -5,10 +5,16 @@
 
 import os
 
+import torch
+
 from vdemo.ui import build_demo, launch_kwargs
 
 SERVER_NAME = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
 SERVER_PORT = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
+TORCH_THREADS = int(os.environ.get("VDEMO_TORCH_THREADS", "0"))  # 1 is much faster on a small shared CPU
+
+if TORCH_THREADS > 0:
+    torch.set_num_threads(TORCH_THREADS)
 
 demo = build_demo()
 

@@ -81,6 +81,8 @@ def save_sd15(folder: Path) -> None:
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
+    config_file = folder / "scheduler" / "scheduler_config.json"  # SD 1.5's also says clip_sample: false
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "clip_sample": False}, indent=2))
     shutil.rmtree(folder / "tokenizer")  # keep the original layout: vocab.json + merges.txt, no tokenizer.json
     write_clip_tokenizer(folder / "tokenizer")
 
@@ -103,8 +105,12 @@ def save_controlnet(folder: Path) -> None:
 
 def save_svd(folder: Path) -> None:
     """stable-video-diffusion-img2vid layout: model_index.json, unet/, vae/, image_encoder/, feature_extractor/, scheduler/."""
-    from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline,
-                           UNetSpatioTemporalConditionModel)
+    from diffusers import (
+        AutoencoderKLTemporalDecoder,
+        EulerDiscreteScheduler,
+        StableVideoDiffusionPipeline,
+        UNetSpatioTemporalConditionModel,
+    )
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     unet = UNetSpatioTemporalConditionModel(  # its GroupNorms have 32 groups: channels must be multiples of 32

@@ -40,7 +40,8 @@ from vdemo.samplers import (
 )
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),  # numpy 2 inside diffusers
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),  # numpy 2 vs torch,
+    pytest.mark.filterwarnings("ignore:__array_wrap__ must accept:DeprecationWarning"),  # inside diffusers
     pytest.mark.filterwarnings("ignore:Should have tb<=t1:UserWarning"),  # torchsde: float32 σ_max round-off
 ]
 

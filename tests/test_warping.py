@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vdemo.backends.hub.warping import (disc_mask, move_region, paste_along_strokes, shift, stroke_cells,
-                                        warp_noise)
+from vdemo.backends.hub.warping import disc_mask, move_region, paste_along_strokes, shift, stroke_cells, warp_noise
 from vdemo.strokes import Stroke
 
 F, C, H, W = 8, 4, 24, 32
@@ -36,7 +35,7 @@ STROKES = [
 @pytest.mark.parametrize("stroke", STROKES)
 def test_region_ends_where_the_stroke_ends(stroke):
     video = marked_video(stroke)
-    x0, eps, mask = paste_along_strokes(video, torch.zeros_like(video), [stroke], strength=1.0)
+    x0, _, mask = paste_along_strokes(video, torch.zeros_like(video), [stroke], strength=1.0)
     end = stroke_cells(stroke, F, H, W)[-1]
     blob = (x0[-1, 0] == 10.0) & mask[-1]
     assert blob.any()

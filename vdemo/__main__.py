@@ -85,6 +85,7 @@ def generate(args: argparse.Namespace) -> int:
     print(file=sys.stderr)
     out = Path(args.out)
     paths = export_result(done.frames, out.parent, request.fps, done.manifest, stem=out.stem)
+    paths.manifest.replace(out.parent / "manifest.json")  # the CLI's contract: manifest.json beside the video
     if args.frames_dir:
         from vdemo.export import write_frames
 

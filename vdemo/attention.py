@@ -21,8 +21,9 @@ never from the batch size (which silently mis-groups frames when classifier-free
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,8 @@ import torch.nn.functional as F
 from vdemo.config import ATTENTION_MODES
 
 
-class AttentionMode(str, Enum):
-    """How frames may attend to each other (DESIGN.md, "Attention modes")."""
+class AttentionMode(StrEnum):
+    """How frames may attend to each other (DESIGN.md, "Attention modes"); a str: AttentionMode.FULL == "full"."""
 
     SPATIAL = "spatial"
     TEMPORAL = "temporal"
@@ -75,7 +76,9 @@ def pair_count(mode: str | AttentionMode, num_frames: int, tokens: int) -> int:
     return N * N * (1 if Fr == 1 else 3 * Fr - 3)  # frame 0 sees 1 frame, frame 1 sees 2, the others 3
 
 
-def mode_mask(mode: str | AttentionMode, num_frames: int, tokens: int, device: torch.device | None = None) -> torch.Tensor:
+def mode_mask(
+    mode: str | AttentionMode, num_frames: int, tokens: int, device: torch.device | None = None
+) -> torch.Tensor:
     """Boolean (F·N, F·N) matrix, True where query i may attend to key j."""
     mode = parse_mode(mode)
     idx = torch.arange(num_frames * tokens, device=device)
@@ -105,52 +108,56 @@ def reference_attend(
 
 # ---------------------------------------------------------------------------------------------- the fast path
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """SDPA over any number of leading batch dims (..., L, d), flattened to 4-D so CPU gets its fused kernel."""
-    lead = q.shape[:-2]
-    q4, k4, v4 = (x.reshape(1, -1, *x.shape[-2:]) for x in (q, k, v))  # (1, prod(lead), L, d)
-    return F.scaled_dot_product_attention(q4, k4, v4).reshape(*lead, *q.shape[-2:-1], v.shape[-1])
+    """SDPA on (B, h, G, L, d): G independent groups per head, folded to 4-D (a view when the strides allow) so that
+    CPUs get their fused flash kernel (5-D inputs fall back to the slow math path)."""
+    B, h = q.shape[:2]
+    out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1))  # (B·h, G, L, d)
+    return out.unflatten(0, (B, h))  # (B, h, G, L, d)
 
 
 def _spatial(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Each frame attends to itself: one batched SDPA over (B, h, F) of N×N problems."""
+    """Each frame attends to itself: one SDPA over B·h·F problems of N×N."""
     return _sdpa(q, k, v)  # (B, h, F, N, d)
 
 
 def _temporal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Each spatial position attends along time: SDPA over (B, h, N) of F×F problems."""
+    """Each spatial position attends along time: one SDPA over B·h·N problems of F×F, on strided views (no copy)."""
     q, k, v = (x.transpose(2, 3) for x in (q, k, v))  # (B, h, N, F, d)
     return _sdpa(q, k, v).transpose(2, 3)  # (B, h, F, N, d)
 
 
 def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Frame t attends to frames 0..t: the key set grows frame by frame, one SDPA per query frame."""
-    B, h, Fr, N, d = k.shape
-    k, v = k.reshape(B, h, Fr * N, d), v.reshape(B, h, Fr * N, v.shape[-1])  # (B, h, FN, d)
+    N = q.shape[3]
+    k, v = k.flatten(2, 3), v.flatten(2, 3)  # (B, h, F·N, d)
     outs = [F.scaled_dot_product_attention(q[:, :, t], k[:, :, : (t + 1) * N], v[:, :, : (t + 1) * N])
-            for t in range(Fr)]  # F × (B, h, N, d)
+            for t in range(q.shape[2])]  # F × (B, h, N, d)
     return torch.stack(outs, dim=2)  # (B, h, F, N, d)
 
 
-def _sparse_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Frame t attends to frames {0, t-1, t} (Tune-A-Video's sparse-causal attention, as in Text2Video-Zero).
+def _sparse_keys(x: torch.Tensor) -> torch.Tensor:
+    """Keys (or values) of query frames t = 2..F-1: frames 0, t-1 and t side by side, by slicing (no fancy indexing)."""
+    Fr = x.shape[2]
+    first = x[:, :, :1].expand(-1, -1, Fr - 2, -1, -1)  # (B, h, F-2, N, d): frame 0, a view
+    return torch.cat([first, x[:, :, 1:-1], x[:, :, 2:]], dim=3)  # (B, h, F-2, 3N, d)
 
-    Frame 0 sees itself (N keys), frame 1 sees frames 0, 1 (2N keys), frames t >= 2 see 3N keys built by slicing
-    and concatenation (no fancy indexing), so no key is counted twice.
+
+def _sparse_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Frame t attends to frames {0, t-1, t}: the sparse-causal attention of Tune-A-Video (Wu et al. 2022), as used
+    zero-shot by Text2Video-Zero (Khachatryan et al. 2023).
+
+    Frame 0 sees itself (N keys), frame 1 frames 0-1 (2N keys), frames t >= 2 their 3N gathered keys in one batched
+    call; no key is counted twice.
     """
     Fr = q.shape[2]
-    out0 = _sdpa(q[:, :, :1], k[:, :, :1], v[:, :, :1])  # (B, h, 1, N, d)
+    out0 = F.scaled_dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0])  # (B, h, N, d)
     if Fr == 1:
-        return out0
+        return out0[:, :, None]
     out1 = F.scaled_dot_product_attention(q[:, :, 1], k[:, :, :2].flatten(2, 3), v[:, :, :2].flatten(2, 3))
     if Fr == 2:
-        return torch.stack([out0[:, :, 0], out1], dim=2)  # (B, h, 2, N, d)
-
-    def gather(x: torch.Tensor) -> torch.Tensor:
-        first = x[:, :, :1].expand(-1, -1, Fr - 2, -1, -1)  # (B, h, F-2, N, d) frame 0, a view
-        return torch.cat([first, x[:, :, 1:-1], x[:, :, 2:]], dim=3)  # (B, h, F-2, 3N, d): frames 0, t-1, t
-
-    rest = _sdpa(q[:, :, 2:], gather(k), gather(v))  # (B, h, F-2, N, d)
-    return torch.cat([out0, out1[:, :, None], rest], dim=2)  # (B, h, F, N, d)
+        return torch.stack([out0, out1], dim=2)  # (B, h, 2, N, d)
+    rest = _sdpa(q[:, :, 2:], _sparse_keys(k), _sparse_keys(v))  # (B, h, F-2, N, d)
+    return torch.cat([out0[:, :, None], out1[:, :, None], rest], dim=2)  # (B, h, F, N, d)
 
 
 _KERNELS = {
@@ -161,15 +168,17 @@ _KERNELS = {
 }
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str | AttentionMode, num_frames: int) -> torch.Tensor:
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str | AttentionMode, num_frames: int
+) -> torch.Tensor:
     """Frame attention on (B, h, F·N, d) tensors -> (B, h, F·N, d), computing only the pairs the mode allows."""
     mode = parse_mode(mode)
     B, h, S, d = q.shape
     N = _check_frames(S, num_frames)
     if k.shape[-2] != S:
         raise ValueError(f"frame attention is self-attention: {S} queries but {k.shape[-2]} keys")
-    if mode is AttentionMode.FULL or num_frames == 1 and mode is not AttentionMode.TEMPORAL:
-        return F.scaled_dot_product_attention(q, k, v)  # (B, h, FN, d)
+    if mode is AttentionMode.FULL or (num_frames == 1 and mode is not AttentionMode.TEMPORAL):
+        return F.scaled_dot_product_attention(q, k, v)  # (B, h, FN, d): one frame, every causal mode is full
     q, k, v = (x.unflatten(2, (num_frames, N)) for x in (q, k, v))  # (B, h, F, N, d)
     return _KERNELS[mode](q, k, v).flatten(2, 3)  # (B, h, FN, d)
 
@@ -177,10 +186,24 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str | Attent
 # ------------------------------------------------------------------------------------------ diffusers integration
 @dataclass
 class FrameContext:
-    """Shared, mutable state of every FrameAttnProcessor of one model: set .mode / .num_frames before a forward."""
+    """Shared, mutable state of every FrameAttnProcessor of one model; a change takes effect on the next forward.
+
+    num_frames is the clip length for the "frames_in_batch" layout (set it per forward; the "frames_in_sequence" layout
+    reads F from the sequence length instead).
+    """
 
     mode: AttentionMode = AttentionMode.FULL
     num_frames: int = 1
+
+    def __setattr__(self, name: str, value) -> None:
+        """Validate on every assignment, so a bad mode fails where it is set, not deep inside a forward."""
+        if name == "mode":
+            value = parse_mode(value)
+        elif name == "num_frames":
+            value = operator.index(value)  # accepts numpy / torch integers, rejects 2.0
+            if value < 1:
+                raise ValueError(f"num_frames must be >= 1, got {value}")
+        super().__setattr__(name, value)
 
 
 LAYOUTS = ("frames_in_batch", "frames_in_sequence")
@@ -207,8 +230,8 @@ class FrameAttnProcessor:
             return tokens, slices
         num_frames = self.ctx.num_frames
         if num_frames < 1 or slices % num_frames:
-            raise ValueError(f"self-attention got {slices} frame slices, not a multiple of ctx.num_frames={num_frames}; "
-                             "set FrameContext.num_frames to the clip's frame count")
+            raise ValueError(f"self-attention got {slices} frame slices, not a multiple of "
+                             f"ctx.num_frames={num_frames}; set FrameContext.num_frames to the clip's frame count")
         return num_frames, slices // num_frames
 
     def __call__(
@@ -284,3 +307,33 @@ class FrameAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+def _is_temporal(processor_name: str) -> bool:
+    """AnimateDiff motion modules ('motion_modules'), SVD's 'temporal_transformer_blocks', 'temp_attentions', ..."""
+    return "motion_modules" in processor_name or "temp" in processor_name
+
+
+def install_frame_attention(unet: torch.nn.Module, ctx: FrameContext, layers: str = "self") -> int:
+    """Give a UNet's attention layers a FrameAttnProcessor bound to `ctx`; returns how many were installed.
+
+    layers="self": every spatial self-attention (`...attn1`), the Tune-A-Video / Text2Video-Zero inflation of an
+    image UNet whose frames travel in the batch. layers="temporal": the temporal layers of a UNetMotionModel
+    (AnimateDiff), whose frames travel in the sequence. Other layers keep their processors.
+    """
+    if layers not in ("self", "temporal"):
+        raise ValueError(f"layers must be 'self' or 'temporal', got {layers!r}")
+    layout = "frames_in_batch" if layers == "self" else "frames_in_sequence"
+    installed = 0
+    for name, module in unet.named_modules():
+        if not hasattr(module, "set_processor"):  # diffusers Attention (same names as unet.attn_processors)
+            continue
+        key = f"{name}.processor"
+        if layers == "temporal":
+            wanted = _is_temporal(key)
+        else:
+            wanted = key.endswith("attn1.processor") and not _is_temporal(key)
+        if wanted:
+            module.set_processor(FrameAttnProcessor(ctx, layout))
+            installed += 1
+    return installed

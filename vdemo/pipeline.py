@@ -44,13 +44,17 @@ class RequestError(ValueError):
     """A request field is out of range or malformed; the message is one line, fit to show a user."""
 
 
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def _check_range(name: str, value: float, lo: float, hi: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise RequestError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(float(value)):
         raise RequestError(f"{name} must be a finite number, got {value}")
     if not lo <= value <= hi:
-        raise RequestError(f"{name} must be {lo:g}–{hi:g}, got {value:g}")
+        raise RequestError(f"{name} must be {_fmt(lo)}–{_fmt(hi)}, got {_fmt(value)}")
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int) -> None:

@@ -117,7 +117,8 @@ def default_scheduler_config(prediction_type: str = "v_prediction", *,
     extra = {}
     if timestep_spacing is not None:
         if timestep_spacing not in TIMESTEP_SPACINGS:
-            raise ValueError(f"timestep_spacing must be one of {', '.join(TIMESTEP_SPACINGS)}, got {timestep_spacing!r}")
+            raise ValueError(f"timestep_spacing must be one of {', '.join(TIMESTEP_SPACINGS)}, "
+                             f"got {timestep_spacing!r}")
         extra["timestep_spacing"] = timestep_spacing
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
                          prediction_type=prediction_type, clip_sample=False, **extra).config
@@ -200,7 +201,10 @@ def input_alpha_bar(scheduler: SchedulerMixin, t: float | torch.Tensor) -> float
 
 def split_prediction(scheduler: SchedulerMixin, model_output: torch.Tensor, x_in: torch.Tensor,
                      t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0_hat, eps_hat) from an ε or v output for the VP-normalised input x_in (v-prediction: Salimans & Ho 2022)."""
+    """(x0_hat, eps_hat) from an ε or v output for the VP-normalised input x_in (v-prediction: Salimans & Ho 2022).
+
+    Call it between `scale_model_input` and `scheduler_step`: it reads the scheduler's current step index.
+    """
     a = input_alpha_bar(scheduler, t)
     sa, sb = math.sqrt(a), math.sqrt(1 - a)
     prediction_type = scheduler.config.prediction_type
@@ -214,8 +218,8 @@ def split_prediction(scheduler: SchedulerMixin, model_output: torch.Tensor, x_in
 def _align_schedule(new: SchedulerMixin, step_index: int) -> None:
     """Make the timestep list valid to start at `step_index` (see `reproject`); a no-op for most schedulers."""
     if isinstance(new, (HeunDiscreteScheduler, DPMSolverSDEScheduler)) and step_index % 2 == 1:
-        # Odd entries are the second model call of a two-call step; a fresh scheduler would read sigmas[i] == sigmas[i+1]
-        # there and fall out of phase. Dropping that entry lets the run start a full step at the same σ.
+        # Odd entries are the second model call of a two-call step; a fresh scheduler would read
+        # sigmas[i] == sigmas[i+1] there and fall out of phase. Dropping that entry starts a full step at the same σ.
         keep = [k for k in range(len(new.sigmas)) if k != step_index]
         new.sigmas = new.sigmas[keep]
         new.timesteps = new.timesteps[keep[:-1]]
@@ -269,7 +273,8 @@ def scheduler_step(scheduler: SchedulerMixin, model_output: torch.Tensor, t: flo
     if isinstance(scheduler, LMSDiscreteScheduler):
         kwargs["order"] = min(len(scheduler.derivatives) + 1, 4)
     if isinstance(scheduler, DPMSolverSDEScheduler) and scheduler.noise_sampler is None and generator is not None:
-        scheduler.noise_sampler_seed = int(torch.randint(0, 2**31 - 1, (), generator=generator, device=generator.device))
+        seed = torch.randint(0, 2**31 - 1, (), generator=generator, device=generator.device)
+        scheduler.noise_sampler_seed = int(seed)
     return scheduler.step(model_output, t, sample, **kwargs).prev_sample
 
 

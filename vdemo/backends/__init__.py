@@ -1,6 +1,7 @@
 """Backends behind the shared pipeline, by name: the built-in `tiny` model and (on GPU spaces) hub backends.
 
 `load_backend(name)` is the only way the app and the CLI get a backend; loaded weights are cached per process.
+The names are an allow-list (`backend_names()`): a free-typed hub repo id is never accepted.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ BUILTIN = ("tiny",)
 
 
 def backend_names() -> list[str]:
-    """Every backend a user may choose (an allow-list; free-typed repo ids are never accepted)."""
-    return list(BUILTIN)
+    """Every backend a user may choose: the built-in model first, then the pinned hub entries."""
+    from vdemo.backends.hub import hub_backend_names
+
+    return [*BUILTIN, *hub_backend_names()]
 
 
 @lru_cache(maxsize=4)
@@ -27,4 +30,8 @@ def load_backend(name: str = "tiny", local_dir: str | None = None) -> Backend:
 
         folder = local_dir or os.environ.get("VDEMO_TINY_DIR") or ASSETS
         return TinyBackend.from_pretrained(Path(folder))
+    from vdemo.backends.hub import HUB_BACKENDS, load_hub_backend
+
+    if name in HUB_BACKENDS:
+        return load_hub_backend(name, local_dir=local_dir)
     raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(backend_names())}")

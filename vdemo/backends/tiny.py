@@ -56,7 +56,8 @@ class TinyBackend(DenoisingBackend):
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.source = source
-        self.scheduler_config = dict(default_scheduler_config())
+        # "trailing" spacing starts sampling at t = 999 (pure noise), as the model was trained (Lin et al. 2024).
+        self.scheduler_config = dict(default_scheduler_config(timestep_spacing="trailing"))
         self.lock = threading.Lock()
 
     @classmethod

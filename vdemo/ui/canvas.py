@@ -16,9 +16,9 @@ import io
 import numpy as np
 from PIL import Image
 
-from vdemo.strokes import Stroke, draw_strokes_overlay
+from vdemo.strokes import Stroke, draw_strokes_overlay, stroke_positions
 
-PAD_SIDE_PX = 384  # the overlay's resolution (the pad is drawn at most this wide in the page)
+PAD_SIDE_PX = 384  # the overlay's long side (the pad is drawn at most 360 px wide in the page)
 MIN_STEP = 0.004  # drop pointer moves shorter than this (normalised): ~1.5 px on the pad, keeps strokes short
 
 PAD_TEMPLATE = """
@@ -29,10 +29,9 @@ PAD_TEMPLATE = """
 """
 
 PAD_CSS = """
-.vd-pad { position: relative; width: 100%; max-width: 360px; aspect-ratio: 1 / 1; margin: 0 auto;
-          border-radius: 6px; overflow: hidden; background: #111; user-select: none; }
-.vd-pad-img { position: absolute; inset: 0; width: 100%; height: 100%; margin: 0 !important; display: block;
-              pointer-events: none; }
+.vd-pad { position: relative; width: 100%; max-width: 360px; margin: 0 auto; border-radius: 6px; overflow: hidden;
+          background: #111; user-select: none; }
+.vd-pad-img { width: 100%; height: auto; margin: 0 !important; display: block; pointer-events: none; }
 .vd-pad-ink { position: absolute; inset: 0; width: 100%; height: 100%; cursor: crosshair; touch-action: none; }
 """
 
@@ -49,7 +48,8 @@ function where(ev) {{
 }}
 function fit() {{
   const r = ink.getBoundingClientRect();
-  const w = Math.max(1, Math.round(r.width * devicePixelRatio)), h = Math.max(1, Math.round(r.height * devicePixelRatio));
+  const w = Math.max(1, Math.round(r.width * devicePixelRatio));
+  const h = Math.max(1, Math.round(r.height * devicePixelRatio));
   if (ink.width !== w || ink.height !== h) {{ ink.width = w; ink.height = h; }}
 }}
 function draw() {{
@@ -60,7 +60,7 @@ function draw() {{
   ctx.lineWidth = 2 * devicePixelRatio; ctx.lineJoin = 'round'; ctx.lineCap = 'round';
   ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
   ctx.beginPath();
-  points.forEach(([x, y], i) => i ? ctx.lineTo(x * ink.width, y * ink.height) : ctx.moveTo(x * ink.width, y * ink.height));
+  points.forEach(([x, y], i) => (i ? ctx.lineTo : ctx.moveTo).call(ctx, x * ink.width, y * ink.height));
   ctx.stroke();
   const [x0, y0] = points[0];
   ctx.beginPath(); ctx.arc(x0 * ink.width, y0 * ink.height, 3 * devicePixelRatio, 0, 2 * Math.PI); ctx.fill();
@@ -98,13 +98,34 @@ def to_data_url(image_u8: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def pad_base(image_u8: np.ndarray) -> np.ndarray:
-    """The first frame scaled to the pad's square resolution (PAD_SIDE_PX), centre-cropped like the model's input."""
+def pad_shape(height: int, width: int) -> tuple[int, int]:
+    """The pad's (height, width) in px for a video of height × width: the same aspect, long side PAD_SIDE_PX."""
+    scale = PAD_SIDE_PX / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def pad_base(image_u8: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The first frame at the pad's resolution, centre-cropped to the video's aspect exactly as the model's input."""
     from vdemo.backends.tiny import fit_image
 
-    return fit_image(image_u8, PAD_SIDE_PX, PAD_SIDE_PX)
+    return fit_image(image_u8, *pad_shape(height, width))
 
 
 def render_pad(base_u8: np.ndarray, strokes: list[Stroke], num_frames: int) -> str:
-    """The pad's value: the overlay of all strokes on the (pad-sized) first frame, as a data URL."""
-    return to_data_url(draw_strokes_overlay(base_u8, strokes, num_frames))
+    """The pad's value: the overlay of all strokes on the (pad-sized) first frame, as a data URL.
+
+    On top of `draw_strokes_overlay` each per-frame dot gets a thin light ring, so that the dots stay visible on the
+    line at the pad's display size.
+    """
+    import cv2
+
+    image = draw_strokes_overlay(base_u8, strokes, num_frames)
+    height, width = image.shape[:2]
+    ring_px = max(3, round(min(height, width) / 64))
+    for stroke, positions in zip(strokes, stroke_positions(strokes, num_frames)):
+        if stroke.is_anchor:
+            continue
+        for x, y in positions:
+            centre = (int(round(x * width)), int(round(y * height)))
+            cv2.circle(image, centre, ring_px, (245, 245, 245), 1, cv2.LINE_AA)
+    return to_data_url(image)

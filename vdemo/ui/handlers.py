@@ -150,9 +150,28 @@ def model_status() -> str:
     folder = Path(os.environ.get("VDEMO_TINY_DIR") or ASSETS)
     if (folder / "config.json").exists():
         return ""
-    return (f"⚠️ **No built-in model found** in `{folder}`. Train one with `python -m vdemo.train`, or set "
+    return (f"**No built-in model found** in `{folder}`. Train one with `python -m vdemo.train`, or set "
             f"`VDEMO_TINY_DIR` to a folder with `config.json`. Generation will fail until then; presets and "
             f"stroke drawing still work.")
+
+
+def warm_up(backend: str = "tiny") -> None:
+    """Load a backend and run one minimal step (weights, tokenizer, kernels), so the first Generate streams at once.
+
+    Meant for a background thread at startup; a failure (e.g. no model yet) is announced once and otherwise ignored.
+    """
+    from vdemo.pipeline import GenerationRequest
+
+    try:
+        caps = capabilities(backend)
+        height, width = caps.default_size
+        request = GenerationRequest(prompt="", num_frames=caps.limits.min_frames, height=height, width=width,
+                                    num_steps=1, sampler=caps.samplers[0], attention_mode=caps.attention_modes[0])
+        for _ in pipeline_for(backend).generate(request):
+            pass
+    except Exception as err:  # noqa: BLE001 - warm-up is an optimisation; the error shows again at Generate
+        message = getattr(err, "message", None) or str(err)
+        print(f"WARNING: could not warm up backend {backend!r}: {message.splitlines()[0] if message else err!r}")
 
 
 # --------------------------------------------------------------------------------------------- active runs
@@ -216,7 +235,7 @@ def stop_run(request: gr.Request = None) -> str | Any:
     if run is None:
         return gr.skip()
     run.stop()
-    return "⏹ stopping after this step…"
+    return "stopping after this step…"
 
 
 # --------------------------------------------------------------------------------------------------- settings
@@ -287,19 +306,21 @@ def _clean_old_runs() -> None:
             pass
 
 
-def export_run(frames: np.ndarray, manifest: dict, fps: int, stem: str) -> tuple[str, list[str]]:
-    """Write mp4 + gif + frames (zipped) + manifest.json; returns (mp4 path, every download)."""
+def export_run(frames: np.ndarray, manifest: dict, fps: int, stem: str) -> tuple[str, list[str], dict]:
+    """Write mp4 + gif + frames (zipped) + manifest.json; returns (mp4, every download, the manifest as written)."""
     from vdemo.export import export_result
 
     _clean_old_runs()
     out_dir = RUNS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     paths = export_result(frames, out_dir, fps, manifest, stem)
     frames_zip = shutil.make_archive(str(out_dir / f"{stem}-frames"), "zip", root_dir=paths.frames_dir)
-    return str(paths.mp4), [str(paths.mp4), str(paths.gif), frames_zip, str(paths.manifest)]
+    written = json.loads(Path(paths.manifest).read_text())
+    return str(paths.mp4), [str(paths.mp4), str(paths.gif), frames_zip, str(paths.manifest)], written
 
 
 # -------------------------------------------------------------------------------------------------- generation
 Built = tuple[dict, dict]  # (GenerationRequest fields, what the UI records in the manifest)
+Builder = Callable[[int, int, int], Built]  # (num_frames, height, width) -> Built
 
 
 @spaces.GPU
@@ -308,7 +329,7 @@ def _denoise(run) -> Iterator:
     yield from run
 
 
-def _generate(tab: str, build: Callable[[int, int], Built], settings: Settings, request: gr.Request | None):
+def _generate(tab: str, build: Builder, settings: Settings, request: gr.Request | None):
     """Shared body of the five endpoints: build the request, run it live, stream previews, export the result."""
     from vdemo.pipeline import Done, GenerationRequest
 
@@ -318,7 +339,7 @@ def _generate(tab: str, build: Callable[[int, int], Built], settings: Settings, 
     pipe = pipeline_for(settings.backend)
     height, width = caps.default_size
     with USER_ERRORS:
-        fields, ui_info = build(settings.num_frames, height)
+        fields, ui_info = build(settings.num_frames, height, width)
         request_obj = GenerationRequest(
             **fields, num_frames=settings.num_frames, height=height, width=width, num_steps=settings.num_steps,
             guidance=settings.guidance, seed=settings.seed, fps=settings.fps, attention_mode=settings.attention_mode,
@@ -327,7 +348,7 @@ def _generate(tab: str, build: Callable[[int, int], Built], settings: Settings, 
     session = session_key(request)
     seed_out = settings.seed if settings.random_seed else gr.skip()
     started = time.perf_counter()
-    first_s = None
+    first_s, last_preview = None, None
     ACTIVE_RUNS.add(session, run)
     try:
         yield (f"starting ({settings.backend}, {settings.num_frames} frames, {settings.num_steps} steps)…", gr.skip(),
@@ -338,18 +359,20 @@ def _generate(tab: str, build: Callable[[int, int], Built], settings: Settings, 
                     break
                 first_s = first_s if first_s is not None else time.perf_counter() - started
                 text = progress_text(event.step, event.total, event.elapsed_s, run.control.history, first_s)
-                yield text, preview_image(event.preview), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                last_preview = preview_image(event.preview)
+                yield text, last_preview, gr.skip(), gr.skip(), gr.skip(), gr.skip()
             else:
                 raise user_error("the run ended without a result")
         manifest = {**event.manifest, "ui": {"tab": tab, "random_seed": settings.random_seed, **ui_info,
                                              "first_preview_in_handler_s": round(first_s or 0.0, 4)}}
-        mp4, files = export_run(event.frames, manifest, settings.fps, tab)
+        mp4, files, manifest = export_run(event.frames, manifest, settings.fps, tab)
         steps_done = manifest.get("timings", {}).get("steps_done", len(run.control.history))
-        head = (f"⏹ **stopped** at step {steps_done}/{settings.num_steps} — kept the last preview" if event.stopped
-                else f"✅ **done**: {steps_done} steps in {time.perf_counter() - started:.2f} s")
+        head = (f"**stopped** at step {steps_done}/{settings.num_steps} — kept the last preview" if event.stopped
+                else f"**done**: {steps_done} steps in {time.perf_counter() - started:.2f} s")
         history = run.control.history
         text = f"{head}  \nsteps: {_runs_of(history) if history else '—'}  \nseed {settings.seed}"
-        yield text, gr.skip(), mp4, files, manifest, gr.skip()
+        # The last preview again (same pixels: a stopped run keeps it on screen), so API callers get every output.
+        yield text, last_preview, mp4, files, manifest, settings.seed
     finally:
         run.stop()  # a cancelled / abandoned event must not leave its run denoising
         ACTIVE_RUNS.remove(session, run)
@@ -361,16 +384,16 @@ def text_to_video(prompt: str, backend: str, attention_mode: str, sampler: str, 
     settings = Settings.from_inputs(backend, attention_mode, sampler, steps, guidance, frames, fps, seed, random_seed)
     if not (prompt or "").strip():
         raise user_error("write a prompt first, e.g. “a red circle moves right on a black background”")
-    yield from _generate("text", lambda num_frames, size: ({"prompt": prompt}, {}), settings, request)
+    yield from _generate("text", lambda num_frames, height, width: ({"prompt": prompt}, {}), settings, request)
 
 
 def image_to_video(prompt: str, image, backend: str, attention_mode: str, sampler: str, steps: int, guidance: float,
                    frames: int, fps: int, seed: int, random_seed: bool, request: gr.Request = None):
-    """Image → video. image: an image file of any size (centre-cropped and resized to the model's square frame),
-    used as frame 0; prompt: optional text."""
+    """Image → video. image: an image file of any size (centre-cropped and resized to the model's frame), used as
+    frame 0; prompt: optional text."""
     settings = Settings.from_inputs(backend, attention_mode, sampler, steps, guidance, frames, fps, seed, random_seed)
 
-    def build(num_frames: int, size: int) -> Built:
+    def build(num_frames: int, height: int, width: int) -> Built:
         picture = sources.load_user_image(image)
         return {"prompt": prompt or "", "image": picture}, {"image_size": list(picture.shape[:2])}
 
@@ -385,8 +408,8 @@ def pose_to_video(prompt: str, pose_source: str, pose_preset: str, pose_video, s
     renderings, one per frame, in name order)."""
     settings = Settings.from_inputs(backend, attention_mode, sampler, steps, guidance, frames, fps, seed, random_seed)
 
-    def build(num_frames: int, size: int) -> Built:
-        clip = sources.pose_frames(pose_source, pose_preset, pose_video, skeleton_images, num_frames, size)
+    def build(num_frames: int, height: int, width: int) -> Built:
+        clip = sources.pose_frames(pose_source, pose_preset, pose_video, skeleton_images, num_frames, height)
         info = {"pose_source": pose_source, **({"pose_preset": pose_preset} if pose_source == "Preset" else {})}
         return {"prompt": prompt or "", "pose": clip}, info
 
@@ -401,9 +424,9 @@ def depth_to_video(prompt: str, depth_source: str, depth_preset: str, depth_mode
     (depth_maps: grayscale images, near = bright, one per frame)."""
     settings = Settings.from_inputs(backend, attention_mode, sampler, steps, guidance, frames, fps, seed, random_seed)
 
-    def build(num_frames: int, size: int) -> Built:
+    def build(num_frames: int, height: int, width: int) -> Built:
         clip = sources.depth_frames(depth_source, depth_preset, depth_model, depth_video, depth_maps, num_frames,
-                                    size)
+                                    height)
         info = {"depth_source": depth_source, **({"depth_preset": depth_preset} if depth_source == "Preset" else {}),
                 **({"depth_model": depth_model} if depth_source.startswith("Extract") else {})}
         return {"prompt": prompt or "", "depth": clip}, info
@@ -419,11 +442,11 @@ def strokes_to_video(prompt: str, strokes: str, image, scene: int, backend: str,
     generated scene number `scene` is used); prompt: optional text."""
     settings = Settings.from_inputs(backend, attention_mode, sampler, steps, guidance, frames, fps, seed, random_seed)
 
-    def build(num_frames: int, size: int) -> Built:
+    def build(num_frames: int, height: int, width: int) -> Built:
         parsed = sources.parse_strokes_text(strokes)
         if not parsed:
             raise InputError("draw at least one stroke on the image first (drag = path, click = anchor)")
-        first = sources.strokes_image(image, scene, size)
+        first = sources.strokes_image(image, scene, height, width)
         info = {"first_frame": "upload" if sources._path(image) else f"scene {int(scene)}"}
         return {"prompt": prompt or "", "image": first, "strokes": tuple(parsed)}, info
 
@@ -436,14 +459,14 @@ API_NAMES = {tab: fn.__name__ for tab, fn in ENDPOINTS.items()}
 
 
 # ------------------------------------------------------------------------------------------ tab helper events
-def image_preview(image, request: gr.Request = None) -> np.ndarray | None:
-    """Image tab: what the model will see (centre-cropped, resized), shown pixel-exact."""
+def image_preview(image, backend: str = "tiny") -> np.ndarray | None:
+    """Image tab: what the model will see (centre-cropped, resized to the backend's frame), shown pixel-exact."""
     if sources._path(image) is None:
         return None
     with USER_ERRORS:
         picture = sources.load_user_image(image)
-    size = DEFAULTS.height
-    return sources.upscale_nearest(sources.fit_square(picture, size), 256)
+    height, width = capabilities(backend).default_size
+    return sources.upscale_nearest(sources.fit(picture, height, width), 256)
 
 
 def pose_preview(pose_source: str, pose_preset: str, pose_video, skeleton_images, frames: int, backend: str):
@@ -464,6 +487,36 @@ def depth_preview(depth_source: str, depth_preset: str, depth_model: str, depth_
     return preview_image(clip)
 
 
+def pose_preview_quiet(pose_source: str, pose_preset: str, pose_video, skeleton_images, frames: int, backend: str):
+    """Source, preset or frame count changed: redraw without running the detector and without error toasts (an
+    input not uploaded yet just clears the preview)."""
+    if pose_source.startswith("Extract"):
+        return gr.skip() if sources._path(pose_video) else None
+    try:
+        return pose_preview(pose_source, pose_preset, pose_video, skeleton_images, frames, backend)
+    except gr.Error:
+        return None
+
+
+def depth_preview_quiet(depth_source: str, depth_preset: str, depth_model: str, depth_video, depth_maps, frames: int,
+                        backend: str):
+    """As pose_preview_quiet, for the depth tab."""
+    if depth_source.startswith("Extract"):
+        return gr.skip() if sources._path(depth_video) else None
+    try:
+        return depth_preview(depth_source, depth_preset, depth_model, depth_video, depth_maps, frames, backend)
+    except gr.Error:
+        return None
+
+
+def depth_model_changed(depth_source: str, depth_preset: str, depth_model: str, depth_video, depth_maps, frames: int,
+                        backend: str):
+    """Another MiDaS model picked: re-extract if there is an upload to extract from."""
+    if not sources._path(depth_video):
+        return gr.skip()
+    return depth_preview(depth_source, depth_preset, depth_model, depth_video, depth_maps, frames, backend)
+
+
 def source_visibility(source: str):
     """Pose/depth tabs: show only the inputs of the chosen source (preset, upload to extract, or control images)."""
     return (gr.update(visible=source == "Preset"), gr.update(visible=source.startswith("Extract")),
@@ -471,20 +524,26 @@ def source_visibility(source: str):
 
 
 # ---------------------------------------------------------------------------------------------- strokes pad
-def strokes_base(image, scene) -> np.ndarray:
-    """The pad's background: the uploaded image or the generated scene, at the pad's resolution."""
-    from vdemo.ui.canvas import PAD_SIDE_PX, pad_base
+def strokes_base(image, scene, backend: str = "tiny") -> np.ndarray:
+    """The pad's background: the uploaded image or the generated scene, cropped to the backend's frame aspect."""
+    from vdemo.ui.canvas import pad_shape
 
+    height, width = pad_shape(*capabilities(backend).default_size)
     with USER_ERRORS:
-        if sources._path(image) is not None:
-            return pad_base(sources.load_user_image(image))
-        return sources.strokes_image(None, scene, PAD_SIDE_PX)
+        return sources.strokes_image(image, scene, height, width)
 
 
 def _pad_outputs(strokes: list, base: np.ndarray, frames: int):
     from vdemo.ui.canvas import render_pad
 
     return strokes, sources.strokes_text(strokes), render_pad(base, strokes, int(frames))
+
+
+def strokes_redraw(strokes: list, base: np.ndarray, frames: int) -> str:
+    """The frame count changed: redraw the pad (one dot per frame)."""
+    from vdemo.ui.canvas import render_pad
+
+    return render_pad(base, strokes, int(frames))
 
 
 def strokes_add(strokes: list, base: np.ndarray, radius: float, frames: int, evt: gr.EventData):
@@ -514,25 +573,25 @@ def strokes_edit(text: str, base: np.ndarray, frames: int):
     return strokes, render_pad(base, strokes, int(frames))
 
 
-def strokes_example(text: str, image, scene, frames: int):
+def strokes_example(text: str, image, scene, frames: int, backend: str = "tiny"):
     """An example row filled the JSON box and the scene number: load both into the state and the pad."""
-    base = strokes_base(image, scene)
+    base = strokes_base(image, scene, backend)
     strokes, pad = strokes_edit(text, base, frames)
     return strokes, base, pad
 
 
-def strokes_new_base(image, scene, strokes: list, frames: int):
-    """A new first frame (upload or scene number): redraw the pad with the current strokes."""
+def strokes_new_base(image, scene, strokes: list, frames: int, backend: str = "tiny"):
+    """A new first frame (upload, scene number or backend): redraw the pad with the current strokes."""
     from vdemo.ui.canvas import render_pad
 
-    base = strokes_base(image, scene)
+    base = strokes_base(image, scene, backend)
     return base, render_pad(base, strokes, int(frames))
 
 
-def new_scene(strokes: list, frames: int):
+def new_scene(strokes: list, frames: int, backend: str = "tiny"):
     """'New scene' button: a random generated first frame (and no upload)."""
     scene = secrets.randbelow(10_000)
-    base, pad = strokes_new_base(None, scene, strokes, frames)
+    base, pad = strokes_new_base(None, scene, strokes, frames, backend)
     return scene, None, base, pad
 
 
@@ -544,7 +603,8 @@ def on_backend_change(backend: str, attention_mode: str, sampler: str):
     samp = sampler if sampler in caps.samplers else caps.samplers[0]
     lim = caps.limits
     tabs = [gr.update(visible=m in caps.modalities) for m in MODALITIES]
-    return (gr.update(choices=list(caps.attention_modes), value=mode), gr.update(choices=list(caps.samplers), value=samp),
+    return (gr.update(choices=list(caps.attention_modes), value=mode),
+            gr.update(choices=list(caps.samplers), value=samp),
             gr.update(minimum=lim.min_steps, maximum=lim.max_steps),
             gr.update(minimum=lim.min_guidance, maximum=lim.max_guidance),
             gr.update(minimum=lim.min_frames, maximum=lim.max_frames), *tabs)

@@ -7,6 +7,7 @@ theme, upload limit) so that `app.py`, the tests and the screenshot script all l
 from __future__ import annotations
 
 import tempfile
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -17,7 +18,7 @@ from vdemo import world
 from vdemo.config import DEFAULTS, LIMITS, MODALITIES
 from vdemo.ui import handlers as h
 from vdemo.ui import sources
-from vdemo.ui.canvas import PAD_CSS, PAD_JS, PAD_SIDE_PX, PAD_TEMPLATE, render_pad
+from vdemo.ui.canvas import PAD_CSS, PAD_JS, PAD_TEMPLATE, render_pad
 from vdemo.ui.detectors import DEPTH_MODELS
 
 GPU_QUEUE = "gpu"  # every generation event shares this concurrency group: one GPU (or CPU) queue
@@ -31,9 +32,8 @@ DEFAULT_SCENE = 7
 
 CSS = """
 .gradio-container { max-width: 100% !important; padding-top: 6px !important; }
-#vd-header { margin: 0 0 2px 0; }
-#vd-header h1 { font-size: 1.35rem; margin: 0; }
-#vd-header p { margin: 0; font-size: 0.85rem; opacity: 0.8; }
+#vd-header h2 { font-size: 1.15rem; margin: 0 0 2px 0; }
+#vd-header small { font-weight: 400; font-size: 0.8rem; opacity: 0.75; }
 #vd-banner:empty { display: none; }
 #vd-status { min-height: 3.6em; font-size: 0.85rem; line-height: 1.35; }
 #vd-status p { margin: 0; }
@@ -46,7 +46,8 @@ CSS = """
 
 def launch_kwargs() -> dict:
     """Arguments every launch of the app passes (Gradio 6 takes css/theme in launch())."""
-    return {"css": CSS, "theme": gr.themes.Soft(), "max_file_size": f"{LIMITS.max_upload_mb}mb",
+    theme = gr.themes.Default(primary_hue="indigo", spacing_size="sm", text_size="sm", radius_size="sm")
+    return {"css": CSS, "theme": theme, "max_file_size": f"{LIMITS.max_upload_mb}mb",
             "footer_links": ["api", "gradio"]}
 
 
@@ -96,9 +97,9 @@ def _backend_names() -> list[str]:
 
 def _output_panel() -> dict[str, gr.components.Component]:
     with gr.Column(scale=4, min_width=340):
-        with gr.Row(equal_height=True):
+        with gr.Row(equal_height=False):
             status = gr.Markdown("Pick a tab, set its inputs, press **Generate**.", elem_id="vd-status")
-            stop = gr.Button("⏹ Stop", variant="stop", size="sm", scale=0, min_width=80, elem_id="vd-stop")
+            stop = gr.Button("Stop", variant="stop", size="sm", scale=0, min_width=70, elem_id="vd-stop")
         preview = gr.Image(label="Preview: every frame's predicted clean image, updated each step", format="png",
                            type="numpy", interactive=False, height=250, buttons=[], elem_id="vd-preview")
         video = gr.Video(label="Result (mp4)", format="mp4", interactive=False, autoplay=True, loop=True, height=250,
@@ -113,15 +114,14 @@ def _generate_button(tab: str) -> gr.Button:
     return gr.Button("Generate", variant="primary", elem_id=f"vd-generate-{tab}")
 
 
-def build_demo() -> gr.Blocks:
-    """The whole app (module-level `demo` in app.py)."""
+def build_demo(warm_up: bool = True) -> gr.Blocks:
+    """The whole app (module-level `demo` in app.py). warm_up: load the built-in model in the background now."""
     caps = h.capabilities("tiny")
     size = caps.default_size[0]
     with gr.Blocks(title="vdemo — video diffusion lab", fill_width=True) as demo:
-        with gr.Column(elem_id="vd-header"):
-            gr.Markdown("# 🎞️ vdemo — a browser lab for video diffusion\n"
-                        "One pipeline, five kinds of control. Switch the attention mode or sampler **while** it "
-                        "denoises; every step streams the predicted frames.")
+        gr.Markdown("## vdemo <small>— a browser lab for video diffusion: one pipeline, five kinds of control; switch "
+                    "the attention mode or sampler <b>while</b> it denoises, every step streams the predicted "
+                    "frames</small>", elem_id="vd-header")
         banner = gr.Markdown("", elem_id="vd-banner")
         tabs: dict[str, gr.Tab] = {}
         inputs: dict[str, list] = {}
@@ -145,7 +145,7 @@ def build_demo() -> gr.Blocks:
                         with gr.Row(equal_height=True):
                             image_file = gr.File(label="Image (any size)", file_types=IMAGE_TYPES, type="filepath",
                                                  height=190, elem_id="vd-image-file")
-                            image_preview = gr.Image(label=f"Model input ({size}×{size}, centre-cropped)",
+                            image_preview = gr.Image(label="What the model sees (centre-cropped, resized)",
                                                      interactive=False, height=190, buttons=[], format="png",
                                                      elem_id="vd-image-preview")
                         prompt_image = gr.Textbox(label="Prompt (optional)", lines=1, elem_id="vd-prompt-image")
@@ -164,10 +164,11 @@ def build_demo() -> gr.Blocks:
                         pose_video = gr.File(label="Image or short video to extract OpenPose skeletons from",
                                              file_types=IMAGE_TYPES + VIDEO_TYPES, visible=False, height=120,
                                              elem_id="vd-pose-video")
-                        skeleton_files = gr.File(label="Skeleton images (OpenPose renderings, one per frame)",
+                        skeleton_images = gr.File(label="Skeleton images (OpenPose renderings, one per frame)",
                                                  file_count="multiple", file_types=IMAGE_TYPES, visible=False,
                                                  height=120, elem_id="vd-pose-files")
-                        pose_control = gr.Image(label="Skeleton frames", interactive=False, height=180, buttons=[],
+                        pose_control = gr.Image(h.preview_image(world.pose_clip("walk", DEFAULTS.num_frames, size)),
+                                                label="Skeleton frames", interactive=False, height=180, buttons=[],
                                                 format="png", elem_id="vd-control-pose")
                         prompt_pose = gr.Textbox(label="Prompt (optional)", lines=1, elem_id="vd-prompt-pose",
                                                  value="a red person walks right on a black background")
@@ -178,7 +179,7 @@ def build_demo() -> gr.Blocks:
                                      ["a yellow person squats on a black background", "Preset", "squat"]],
                                     inputs=[prompt_pose, pose_source, pose_preset], cache_examples=False,
                                     label="Examples")
-                        inputs["pose"] = [prompt_pose, pose_source, pose_preset, pose_video, skeleton_files]
+                        inputs["pose"] = [prompt_pose, pose_source, pose_preset, pose_video, skeleton_images]
                     # --------------------------------------------------------------- depth
                     with gr.Tab(TAB_LABELS["depth"], id="depth", elem_id="vd-tab-depth") as tabs["depth"]:
                         depth_source = gr.Radio(list(sources.DEPTH_SOURCES), value="Preset", label="Depth from",
@@ -191,10 +192,12 @@ def build_demo() -> gr.Blocks:
                             depth_video = gr.File(label="Image or short video to estimate depth from",
                                                   file_types=IMAGE_TYPES + VIDEO_TYPES, height=120,
                                                   elem_id="vd-depth-video")
-                        depth_files = gr.File(label="Depth maps (grayscale, near = bright, one per frame)",
+                        depth_maps = gr.File(label="Depth maps (grayscale, near = bright, one per frame)",
                                               file_count="multiple", file_types=IMAGE_TYPES, visible=False,
                                               height=120, elem_id="vd-depth-files")
-                        depth_control = gr.Image(label="Depth frames", interactive=False, height=180, buttons=[],
+                        depth_control = gr.Image(h.preview_image(world.depth_clip("approach", DEFAULTS.num_frames,
+                                                                                  size)),
+                                                 label="Depth frames", interactive=False, height=180, buttons=[],
                                                  format="png", elem_id="vd-control-depth")
                         prompt_depth = gr.Textbox(label="Prompt (optional)", lines=1, elem_id="vd-prompt-depth",
                                                   value="a white circle moves closer on a black background")
@@ -205,35 +208,37 @@ def build_demo() -> gr.Blocks:
                                     inputs=[prompt_depth, depth_source, depth_preset], cache_examples=False,
                                     label="Examples")
                         inputs["depth"] = [prompt_depth, depth_source, depth_preset, depth_model, depth_video,
-                                           depth_files]
+                                           depth_maps]
                     # ------------------------------------------------------------- strokes
                     with gr.Tab(TAB_LABELS["strokes"], id="strokes", elem_id="vd-tab-strokes") as tabs["strokes"]:
-                        base0 = sources.scene_frame(DEFAULT_SCENE, PAD_SIDE_PX)[0]
+                        base0 = h.strokes_base(None, DEFAULT_SCENE, "tiny")
                         strokes_state = gr.State([])
                         pad_base = gr.State(base0)
                         with gr.Row(equal_height=False):
                             with gr.Column(scale=3, min_width=240):
                                 pad = gr.HTML(render_pad(base0, [], DEFAULTS.num_frames), html_template=PAD_TEMPLATE,
                                               js_on_load=PAD_JS, label="Strokes", elem_id="vd-pad")
-                                gr.Markdown("Drag on the frame to draw a path (a click adds an anchor). Dots: where "
-                                            "the object will be in each frame.", elem_classes=["vd-hint"])
-                            with gr.Column(scale=2, min_width=170):
+                                gr.Markdown("Drag on the frame to draw a path, click to pin an anchor. Dots: where "
+                                            "the object is in each frame.", elem_classes=["vd-hint"])
+                            with gr.Column(scale=2, min_width=180):
                                 radius = gr.Slider(0.02, 0.3, value=DEFAULTS.stroke_radius, step=0.01,
-                                                   label="Radius of the next stroke", elem_id="vd-radius")
+                                                   label="Next stroke's radius", elem_id="vd-radius")
                                 with gr.Row():
-                                    undo = gr.Button("↶ Undo", size="sm", elem_id="vd-undo")
-                                    clear = gr.Button("Clear", size="sm", elem_id="vd-clear")
+                                    undo = gr.Button("Undo last", size="sm", min_width=60, elem_id="vd-undo")
+                                    clear = gr.Button("Clear", size="sm", min_width=60, elem_id="vd-clear")
                                 with gr.Row(equal_height=True):
                                     scene = gr.Number(DEFAULT_SCENE, label="Scene", precision=0, minimum=0,
                                                       min_width=70, elem_id="vd-scene")
-                                    new_scene = gr.Button("🎲 New scene", size="sm", elem_id="vd-new-scene")
+                                    new_scene = gr.Button("New scene", size="sm", min_width=70,
+                                                          elem_id="vd-new-scene")
                                 strokes_image = gr.File(label="…or your own first frame", file_types=IMAGE_TYPES,
-                                                        height=90, elem_id="vd-strokes-image")
+                                                        height=64, elem_id="vd-strokes-image")
+                                prompt_strokes = gr.Textbox(label="Prompt (optional)", lines=1,
+                                                            elem_id="vd-prompt-strokes")
+                                buttons["strokes"] = _generate_button("strokes")
                         strokes_json = gr.Textbox("[]", label="Strokes (JSON; x, y in [0, 1], drawing order)",
-                                                  lines=2, max_lines=6, elem_id="vd-strokes-json",
+                                                  lines=1, max_lines=4, elem_id="vd-strokes-json",
                                                   elem_classes=["vd-small"])
-                        prompt_strokes = gr.Textbox(label="Prompt (optional)", lines=1, elem_id="vd-prompt-strokes")
-                        buttons["strokes"] = _generate_button("strokes")
                         strokes_examples = gr.Examples(
                             [['[{"points": [[0.3, 0.5], [0.5, 0.35], [0.75, 0.5]], "radius": 0.1}]', 7],
                              ['[{"points": [[0.3, 0.5], [0.3, 0.5]], "radius": 0.1}]', 7],
@@ -250,7 +255,8 @@ def build_demo() -> gr.Blocks:
         # ------------------------------------------------------------------------------ generation (one queue)
         for tab, fn in h.ENDPOINTS.items():
             buttons[tab].click(fn, inputs=inputs[tab] + setting_inputs, outputs=outputs, api_name=fn.__name__,
-                               api_description=(fn.__doc__ or "").split("\n")[0], show_progress="hidden",
+                               api_description=(fn.__doc__ or "").split("\n")[0], show_progress="minimal",
+                               show_progress_on=out["status"],
                                concurrency_id=GPU_QUEUE, concurrency_limit=GPU_CONCURRENCY, trigger_mode="once")
 
         # ----------------------------------------------------------------------- live toggles and Stop
@@ -268,18 +274,22 @@ def build_demo() -> gr.Blocks:
 
         # ------------------------------------------------------------------------------ tab helpers
         helper = {"show_progress": "minimal", "api_visibility": "undocumented"}
-        image_file.change(h.image_preview, inputs=image_file, outputs=image_preview, **helper)
-        pose_inputs = [pose_source, pose_preset, pose_video, skeleton_files, settings["frames"], settings["backend"]]
-        for trigger in (pose_source.change, pose_preset.change, pose_video.change, skeleton_files.change):
+        image_file.change(h.image_preview, inputs=[image_file, settings["backend"]], outputs=image_preview, **helper)
+        pose_inputs = [pose_source, pose_preset, pose_video, skeleton_images, settings["frames"], settings["backend"]]
+        for trigger in (pose_source.change, pose_preset.change, settings["frames"].change):
+            trigger(h.pose_preview_quiet, inputs=pose_inputs, outputs=pose_control, **helper)
+        for trigger in (pose_video.upload, skeleton_images.upload):  # a new upload: extract / show, errors shown
             trigger(h.pose_preview, inputs=pose_inputs, outputs=pose_control, **helper)
-        pose_source.change(h.source_visibility, inputs=pose_source, outputs=[pose_preset, pose_video, skeleton_files],
+        pose_source.change(h.source_visibility, inputs=pose_source, outputs=[pose_preset, pose_video, skeleton_images],
                            **helper)
-        depth_inputs = [depth_source, depth_preset, depth_model, depth_video, depth_files, settings["frames"],
+        depth_inputs = [depth_source, depth_preset, depth_model, depth_video, depth_maps, settings["frames"],
                         settings["backend"]]
-        for trigger in (depth_source.change, depth_preset.change, depth_model.change, depth_video.change,
-                        depth_files.change):
+        for trigger in (depth_source.change, depth_preset.change, settings["frames"].change):
+            trigger(h.depth_preview_quiet, inputs=depth_inputs, outputs=depth_control, **helper)
+        for trigger in (depth_video.upload, depth_maps.upload):
             trigger(h.depth_preview, inputs=depth_inputs, outputs=depth_control, **helper)
-        depth_source.change(h.source_visibility, inputs=depth_source, outputs=[depth_preset, depth_extract, depth_files],
+        depth_model.input(h.depth_model_changed, inputs=depth_inputs, outputs=depth_control, **helper)
+        depth_source.change(h.source_visibility, inputs=depth_source, outputs=[depth_preset, depth_extract, depth_maps],
                             **helper)
 
         pad_outputs = [strokes_state, strokes_json, pad]
@@ -290,20 +300,19 @@ def build_demo() -> gr.Blocks:
         strokes_json.input(h.strokes_edit, inputs=[strokes_json, pad_base, settings["frames"]],
                            outputs=[strokes_state, pad], **helper)
         strokes_examples.load_input_event.then(h.strokes_example,
-                                               inputs=[strokes_json, strokes_image, scene, settings["frames"]],
+                                               inputs=[strokes_json, strokes_image, scene, settings["frames"],
+                                                       settings["backend"]],
                                                outputs=[strokes_state, pad_base, pad], **helper)
-        for trigger in (scene.submit, scene.blur, strokes_image.change):
-            trigger(h.strokes_new_base, inputs=[strokes_image, scene, strokes_state, settings["frames"]],
-                    outputs=[pad_base, pad], **helper)
-        new_scene.click(h.new_scene, inputs=[strokes_state, settings["frames"]],
+        for trigger in (scene.submit, scene.blur, strokes_image.change, settings["backend"].change):
+            trigger(h.strokes_new_base, inputs=[strokes_image, scene, strokes_state, settings["frames"],
+                                                settings["backend"]], outputs=[pad_base, pad], **helper)
+        new_scene.click(h.new_scene, inputs=[strokes_state, settings["frames"], settings["backend"]],
                         outputs=[scene, strokes_image, pad_base, pad], **helper)
-        settings["frames"].release(lambda s, b, f: render_pad(b, s, int(f)),
-                                   inputs=[strokes_state, pad_base, settings["frames"]], outputs=pad, **helper)
+        settings["frames"].change(h.strokes_redraw, inputs=[strokes_state, pad_base, settings["frames"]], outputs=pad,
+                                  **helper)  # one dot per frame
 
         demo.load(h.model_status, inputs=None, outputs=banner, api_visibility="undocumented")
-        demo.load(lambda: h.preview_image(world.pose_clip("walk", DEFAULTS.num_frames, size)), inputs=None,
-                  outputs=pose_control, api_visibility="undocumented")
-        demo.load(lambda: h.preview_image(world.depth_clip("approach", DEFAULTS.num_frames, size)), inputs=None,
-                  outputs=depth_control, api_visibility="undocumented")
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=GPU_CONCURRENCY)
+    if warm_up and not h.model_status():
+        threading.Thread(target=h.warm_up, args=("tiny",), name="vdemo-warm-up", daemon=True).start()
     return demo

@@ -49,14 +49,22 @@ def _paths(files) -> list[Path]:
 
 def fit_square(image: np.ndarray, side: int) -> np.ndarray:
     """Centre-crop and resize to side × side, exactly as the built-in model's input (vdemo.backends.tiny.fit_image)."""
+    return fit(image, side, side)
+
+
+def fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Centre-crop to the aspect of height × width, then resize (vdemo.backends.tiny.fit_image)."""
     from vdemo.backends.tiny import fit_image
 
-    return fit_image(image, side, side)
+    return fit_image(image, height, width)
 
 
-def upscale_nearest(image: np.ndarray, side: int) -> np.ndarray:
+def upscale_nearest(image: np.ndarray, long_side: int) -> np.ndarray:
     """Blow a small frame up (nearest neighbour) so the user sees exactly the model's pixels."""
-    return np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.NEAREST))
+    h, w = image.shape[:2]
+    scale = long_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.NEAREST))
 
 
 # ------------------------------------------------------------------------------------------------------- image
@@ -83,9 +91,10 @@ def frame_grid(frames: np.ndarray, columns: int = GRID_COLUMNS, cell_px: int = G
     gap = 2
     cells = [np.asarray(Image.fromarray(f).resize((cell_px, cell_px), Image.Resampling.NEAREST)) for f in frames]
     grid = np.full((rows * cell_px + (rows - 1) * gap, columns * cell_px + (columns - 1) * gap, 3), 24, np.uint8)
+    step = cell_px + gap
     for i, cell in enumerate(cells):
         r, c = divmod(i, columns)
-        grid[r * (cell_px + gap): r * (cell_px + gap) + cell_px, c * (cell_px + gap): c * (cell_px + gap) + cell_px] = cell
+        grid[r * step: r * step + cell_px, c * step: c * step + cell_px] = cell
     return grid
 
 
@@ -172,13 +181,14 @@ def scene_frame(scene: int, size: int) -> tuple[np.ndarray, dict]:
     return clip.frames[0], info
 
 
-def strokes_image(image_file, scene: int, size: int) -> np.ndarray:
-    """The strokes tab's first frame: the uploaded image if any, else the generated scene."""
+def strokes_image(image_file, scene: int, height: int, width: int) -> np.ndarray:
+    """The strokes tab's first frame at height × width: the uploaded image if any, else the generated scene; either
+    centre-cropped to the video's aspect, so stroke coordinates on the pad and in the video agree."""
     if _path(image_file) is not None:
-        return load_user_image(image_file)
-    if scene is None or not float(scene).is_integer() or not 0 <= scene <= LIMITS.max_seed:
+        return fit(load_user_image(image_file), height, width)
+    if scene is None or isinstance(scene, bool) or not float(scene).is_integer() or not 0 <= scene <= LIMITS.max_seed:
         raise InputError(f"scene must be a whole number 0–{LIMITS.max_seed}, got {scene!r}")
-    return scene_frame(int(scene), size)[0]
+    return fit(scene_frame(int(scene), max(height, width))[0], height, width)
 
 
 def parse_strokes_text(text: str | Sequence | None) -> list[Stroke]:
@@ -193,8 +203,8 @@ def parse_strokes_text(text: str | Sequence | None) -> list[Stroke]:
 
 def strokes_text(strokes: Sequence[Stroke]) -> str:
     """The JSON text shown in the tab (one stroke per line; coordinates rounded to 4 decimals)."""
-    rows = [json.dumps({"points": [[round(x, 4), round(y, 4)] for x, y in s["points"]], "radius": round(s["radius"], 4)})
-            for s in strokes_to_data(strokes)]
+    rows = [json.dumps({"points": [[round(x, 4), round(y, 4)] for x, y in s["points"]],
+                        "radius": round(s["radius"], 4)}) for s in strokes_to_data(strokes)]
     return "[\n" + ",\n".join(rows) + "\n]" if rows else "[]"
 
 

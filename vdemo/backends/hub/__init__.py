@@ -38,5 +38,12 @@ def load_hub_backend(name: str, local_dir: str | os.PathLike | None = None, devi
     device = device or default_device()
     dtype = dtype or (torch.float16 if device.startswith("cuda") else torch.float32)
     module_name, class_name = spec.backend.split(":")
-    backend_cls = getattr(importlib.import_module(module_name), class_name)
-    return backend_cls.load(spec, root, device, dtype)
+    backend_cls = getattr(importlib.import_module(f"vdemo.backends.hub.{module_name}"), class_name)
+    try:
+        return backend_cls.load(spec, root, device, dtype)
+    except HubError:
+        raise
+    except (OSError, ValueError) as err:  # hub unreachable, gated repo, missing files: one line for the UI
+        where = root if root is not None else "the hub (pinned revisions)"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HubError(f"could not load hub backend {name!r} from {where}: {first}") from err

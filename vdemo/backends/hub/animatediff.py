@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from vdemo.backends.hub.base import DiffusersBackend, RunState, control_frames, place
-from vdemo.backends.hub.registry import HubError, HubSpec, Source, resolve
+from vdemo.backends.hub.base import DiffusersBackend, RunState, place
+from vdemo.backends.hub.registry import HubSpec, Source, resolve
+from vdemo.backends.hub.sd15 import ControlNetMixin, available_controls, load_sd15_parts
 from vdemo.backends.hub.warping import warp_noise
 from vdemo.config import LIMITS
 from vdemo.pipeline import GenerationRequest
@@ -40,83 +41,17 @@ MODE_LAYERS: dict[str, tuple[str, str]] = {  # lab mode -> (spatial self-attenti
 }
 ANIMATEDIFF_SCHEDULER = {"beta_schedule": "linear", "clip_sample": False, "timestep_spacing": "linspace",
                          "steps_offset": 1}
-CONTROL_ROLES = {"pose": "controlnet_pose", "depth": "controlnet_depth"}
 DECODE_CHUNK_FRAMES = 8  # VAE-decode this many frames at a time (memory saver)
-
-
-def load_sd15_parts(base: Source, dtype: torch.dtype) -> dict:
-    """UNet, VAE, CLIP text encoder + tokenizer and the scheduler config of an SD 1.5 repo (safetensors only)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    kw = base.pretrained_kwargs(dtype)
-    where = {"revision": base.revision, "local_files_only": base.local}
-    return {
-        "unet": UNet2DConditionModel.from_pretrained(base.location, subfolder="unet", torch_dtype=dtype, **kw),
-        "vae": AutoencoderKL.from_pretrained(base.location, subfolder="vae", torch_dtype=dtype, **kw),
-        "text_encoder": CLIPTextModel.from_pretrained(base.location, subfolder="text_encoder", dtype=dtype,
-                                                      trust_remote_code=False, **kw),
-        "tokenizer": CLIPTokenizer.from_pretrained(base.location, subfolder="tokenizer", **where),
-        "scheduler_config": dict(DDIMScheduler.load_config(base.location, subfolder="scheduler", **where)),
-    }
-
-
-def available_controls(spec: HubSpec, root: Path | None) -> dict[str, Source]:
-    """modality -> Source for the ControlNets this entry can load (a local folder may leave some out)."""
-    out = {}
-    for modality, role in CONTROL_ROLES.items():
-        if role in spec.repos and (root is None or (root / role).is_dir()):
-            out[modality] = resolve(spec, role, root)  # refuses pickle-only folders now, not mid-run
-    return out
-
-
-class ControlNetMixin:
-    """Lazily loaded ControlNets (one per control modality) and one pipeline per combination, sharing weights."""
-
-    controls: dict[str, Source]
-    pipes: dict[tuple[str, ...], object]
-
-    def controlnet(self, modality: str):
-        from diffusers import ControlNetModel
-
-        if modality not in self._controlnets:
-            source = self.controls.get(modality)
-            if source is None:
-                raise HubError(f"backend {self.name!r} has no ControlNet for {modality}")
-            net = ControlNetModel.from_pretrained(source.location, torch_dtype=self.dtype,
-                                                  **source.pretrained_kwargs(self.dtype))
-            self.install_controlnet_attention(net)
-            self.sources[CONTROL_ROLES[modality]] = source
-            self._controlnets[modality] = net
-        return self._controlnets[modality]
-
-    def request_controls(self, request: GenerationRequest) -> tuple[str, ...]:
-        return tuple(m for m in CONTROL_ROLES if getattr(request, m) is not None)
-
-    def pipeline_for(self, request: GenerationRequest):
-        key = self.request_controls(request)
-        if key not in self.pipes:
-            nets = [self.controlnet(m) for m in key]
-            pipe = self.controlnet_pipeline_class().from_pipe(self.pipes[()], controlnet=nets[0] if len(nets) == 1
-                                                              else nets)
-            self.offload = place(pipe, self.device, self.min_vram_gib)
-            self.pipes[key] = pipe
-        elif self.offload != "none" and key != self._active:  # offload hooks belong to one pipeline at a time
-            self.pipes[key].enable_model_cpu_offload(device=self.device)
-        self._active = key
-        return self.pipes[key]
-
-    def conditioning(self, request: GenerationRequest, height: int, width: int):
-        clips = [control_frames(getattr(request, m), request.num_frames, height, width)
-                 for m in self.request_controls(request)]
-        return clips[0] if len(clips) == 1 else clips
 
 
 class AnimateDiffBackend(ControlNetMixin, DiffusersBackend):
     """AnimateDiff (text; pose / depth via ControlNet; strokes by latent warping) on a diffusers pipeline."""
 
+    modalities = frozenset({"text", "pose", "depth", "strokes"})  # an instance narrows it to the ControlNets it has
     attention_modes = tuple(MODE_LAYERS)
     samplers = tuple(sampler_names())
+    default_attention_mode = "temporal"  # AnimateDiff as trained
+    default_sampler = "DDIM"
     limits = LIMITS
     default_size = (512, 512)
     seconds_per_unit = 0.12
@@ -152,7 +87,7 @@ class AnimateDiffBackend(ControlNetMixin, DiffusersBackend):
         controls = available_controls(spec, root)
         parts = load_sd15_parts(sources["base"], dtype)
         adapter_src = sources["motion_adapter"]
-        adapter = MotionAdapter.from_pretrained(adapter_src.location, torch_dtype=dtype,
+        adapter = MotionAdapter.from_pretrained(adapter_src.location, dtype=dtype,
                                                 **adapter_src.pretrained_kwargs(dtype))
         return cls(spec, sources, device, dtype, parts, adapter, controls)
 
@@ -186,9 +121,9 @@ class AnimateDiffBackend(ControlNetMixin, DiffusersBackend):
 
     def call_kwargs(self, request: GenerationRequest, state: RunState) -> dict:
         pipe = self.pipes[self._active]
-        kwargs = dict(prompt=request.prompt, num_frames=request.num_frames, height=request.height,
-                      width=request.width, num_inference_steps=request.num_steps, guidance_scale=request.guidance,
-                      decode_chunk_size=DECODE_CHUNK_FRAMES)
+        kwargs = {"prompt": request.prompt, "num_frames": request.num_frames, "height": request.height,
+                  "width": request.width, "num_inference_steps": request.num_steps, "guidance_scale": request.guidance,
+                  "decode_chunk_size": DECODE_CHUNK_FRAMES}
         if self._active:
             kwargs["conditioning_frames"] = self.conditioning(request, request.height, request.width)
         if request.strokes:

@@ -2,9 +2,12 @@
 
 diffusers owns the denoising loop; `callback_on_step_end` (called after every step) is where we steer it:
 
-    worker thread                                            Backend.run (the caller's generator)
-    pipe(..., callback_on_step_end=cb) ──cb(step i)──► queue ──► yield Progress(i+1, preview of x0̂, mode, sampler)
-                                        ◄── {"latents": …}       run.stop() / set_attention_mode / set_sampler
+    worker thread                                              Backend.run (the caller's generator)
+    pipe(..., callback_on_step_end=cb) ──cb(step i)──► Handoff ──► yield Progress(i+1, preview of x0̂, mode, sampler)
+                    ◄── {"latents": …} (edited / re-projected)     run.stop() / set_attention_mode / set_sampler
+
+The hand-over is in lockstep (the worker waits while the caller handles an event), so a toggle made while handling
+step k applies to step k+1, exactly as in the built-in backend's own loop.
 
 - Previews: the scheduler's `step` is wrapped (per instance) to record the model's clean-latent estimate x0̂ and noise
   estimate ε̂ (`vdemo.samplers.split_prediction`); the callback turns x0̂ into RGB with the SD 1.5 latent→RGB factors
@@ -20,8 +23,11 @@ diffusers owns the denoising loop; `callback_on_step_end` (called after every st
   iterating its original timestep list, so a scheduler with another grid (Heun and DPM++ SDE: 2n−1 entries; PNDM:
   n+1; rounding differences) cannot take over mid-run: it applies from the next run, and the Progress sampler text
   and the manifest say so.
-- `spaces.GPU` wraps the generation with a duration that scales with frames × steps × pixels (a no-op off ZeroGPU).
-  On ZeroGPU the generation runs in a forked process, so live toggles cannot reach it there (they do on dedicated GPUs).
+- `spaces.GPU` wraps the generation (`run_on_gpu`) with a duration that scales with frames × steps × pixels; it is a
+  no-op off ZeroGPU. On ZeroGPU the generation runs in a forked process and its arguments are pickled: it receives the
+  backend's key (the fork inherits the loaded weights) and the mode / sampler as plain strings, so live toggles made
+  after the start cannot reach it there (a Stop reaches it only if spaces closes the worker's generator). Elsewhere
+  the caller's RunControl itself goes through and every live toggle works.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import math
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +45,7 @@ import numpy as np
 import spaces
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+from spaces.config import Config as SpacesConfig
 
 from vdemo import __version__
 from vdemo.backends.hub.preview import latents_to_rgb
@@ -99,6 +107,11 @@ class RunState:
     pastes: list[int] = field(default_factory=list)
     stopped: bool = False
     in_step: bool = False
+
+
+ZERO_GPU = bool(SpacesConfig.zero_gpu)  # running on a ZeroGPU Space (spaces.GPU forks a process per call)
+LOADED: weakref.WeakValueDictionary[str, DiffusersBackend] = weakref.WeakValueDictionary()  # key -> backend: a
+# forked ZeroGPU worker finds the loaded weights here
 
 
 def gpu_seconds(request: GenerationRequest, seconds_per_unit: float) -> int:
@@ -165,6 +178,8 @@ class DiffusersBackend(Backend):
         self.dtype = dtype
         self.lock = threading.Lock()
         self.offload = "none"
+        self.key = f"{spec.name}@{id(self):x}"
+        LOADED[self.key] = self
 
     # ------------------------------------------------------------------------------------------ subclass hooks
     def pipeline_for(self, request: GenerationRequest):
@@ -194,10 +209,15 @@ class DiffusersBackend(Backend):
         raise NotImplementedError
 
     # ---------------------------------------------------------------------------------------------- the run
-    def check(self, request: GenerationRequest) -> None:
-        super().check(request)
-        if request.strokes and "strokes" in self.modalities and not 0.0 <= self.stroke_strength <= 1.0:
-            raise RequestError(f"stroke strength must be 0–1, got {self.stroke_strength}")
+    def set_stroke_strength(self, strength: float) -> None:
+        """0–1: how strongly stroke regions are carried along (noise warp and latent paste); from the next run."""
+        if not 0.0 <= float(strength) <= 1.0:
+            raise RequestError(f"stroke strength must be 0–1, got {strength}")
+        self.stroke_strength = float(strength)
+
+    def models_for(self, request: GenerationRequest) -> dict:
+        """Model ids + revisions (or local folders) a run of this request uses, for its manifest."""
+        return {role: src.describe() for role, src in self.sources.items()}
 
     def describe(self) -> dict:
         return {"backend": self.name, "label": self.spec.label,
@@ -206,13 +226,11 @@ class DiffusersBackend(Backend):
                 "stroke_strength": self.stroke_strength}
 
     def run(self, request: GenerationRequest, control: RunControl) -> Iterator[Event]:
-        yield from self._generate(request, control)
+        live = None if ZERO_GPU else control  # ZeroGPU pickles the arguments: a RunControl (locks) cannot go
+        yield from run_on_gpu(self.key, request, live, control.mode, control.sampler)
 
-    def _gpu_duration(self, request: GenerationRequest, control: RunControl) -> int:
-        return gpu_seconds(request, self.seconds_per_unit)
-
-    @spaces.GPU(duration=_gpu_duration)
-    def _generate(self, request: GenerationRequest, control: RunControl) -> Iterator[Event]:
+    def stream(self, request: GenerationRequest, control: RunControl) -> Iterator[Event]:
+        """Run the pipeline in a worker thread and yield its events, in lockstep with the caller."""
         handoff = Handoff()
         worker = threading.Thread(target=self._work, args=(request, control, handoff), daemon=True,
                                   name=f"vdemo-{self.name}")
@@ -245,7 +263,7 @@ class DiffusersBackend(Backend):
                 self.apply_mode(state.mode, request.num_frames)
                 frames = self._call(pipe, request, state)
             handoff.put(Done(frames, self._manifest(state, time.perf_counter() - started), state.stopped))
-        except BaseException as err:  # handed to the caller's thread, raised there
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread and raised there
             handoff.put(err)
 
     def _call(self, pipe, request: GenerationRequest, state: RunState) -> np.ndarray:
@@ -257,9 +275,9 @@ class DiffusersBackend(Backend):
         try:
             out = pipe(**kwargs, generator=state.generator, output_type="np",
                        callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents"])
-        except StopRun:
-            latents = self.from_frames(self.to_frames(state.x0_hat), state.x0_hat)
-            frames = self.decode(pipe, latents, request)
+        except StopRun:  # decode the last clean estimate ourselves (outside the pipeline's no_grad)
+            with torch.no_grad():
+                frames = self.decode(pipe, state.x0_hat, request)
             pipe.maybe_free_model_hooks()
             return frames
         return to_uint8_frames(out.frames if hasattr(out, "frames") else out.images)
@@ -302,7 +320,9 @@ class DiffusersBackend(Backend):
         if control.mode != state.mode:
             state.mode = control.mode
             self.apply_mode(state.mode, state.request.num_frames)
-        if control.sampler not in (state.sampler, state.deferred_sampler) and state.index < total:
+        if control.sampler == state.sampler:  # switched back before a deferred switch happened
+            state.deferred_sampler = None
+        elif control.sampler != state.deferred_sampler and state.index < total:
             switched = self._switch_sampler(pipe, state)
             if switched is not None:
                 out["latents"] = switched
@@ -360,6 +380,7 @@ class DiffusersBackend(Backend):
         history = state.control.history
         return {
             **self.describe(),
+            "models": self.models_for(state.request),
             "request": state.request.settings(),
             "steps": history,
             "attention_modes_used": sorted({h["mode"] for h in history}),
@@ -372,3 +393,14 @@ class DiffusersBackend(Backend):
             "versions": {"vdemo": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                          "transformers": transformers.__version__},
         }
+
+
+def _gpu_duration(key: str, request: GenerationRequest, control: RunControl | None, mode: str, sampler: str) -> int:
+    return gpu_seconds(request, LOADED[key].seconds_per_unit)
+
+
+@spaces.GPU(duration=_gpu_duration)
+def run_on_gpu(key: str, request: GenerationRequest, control: RunControl | None, mode: str,
+               sampler: str) -> Iterator[Event]:
+    """The GPU work of one run (what `spaces.GPU` schedules). `control` None: a fresh one from mode and sampler."""
+    yield from LOADED[key].stream(request, control or RunControl(mode, sampler))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
@@ -43,11 +43,10 @@ class HubSpec:
 
     name: str
     label: str
-    backend: str  # "module:Class" under vdemo.backends.hub
+    backend: str  # "module:Class", the module under vdemo.backends.hub
     repos: Mapping[str, HubRepo]
     lazy_roles: tuple[str, ...] = ()  # loaded on first use (ControlNets), not at startup
     notes: str = ""
-    defaults: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def env_var(self) -> str:
@@ -67,7 +66,7 @@ OPENPOSE = HubRepo("lllyasviel/control_v11p_sd15_openpose", "9ae9f970358db89e211
                    "/resolve/<sha>/diffusion_pytorch_model.fp16.safetensors URLs and an AI_CONTROLNET_REVISION pin in "
                    "public code; an HF-cache snapshot", variant="fp16")
 DEPTH = HubRepo("lllyasviel/control_v11f1p_sd15_depth", "539f99181d33db39cf1af2e517cd8056785f0a87",
-                "HF-cache snapshot paths in two public projects", variant="fp16")
+                "HF-cache snapshot paths in two public projects")  # no evidence of fp16 files at this SHA: loads fp32
 SVD = HubRepo("stabilityai/stable-video-diffusion-img2vid", "9cf024d5bfa8f56622af86c884f26a52f6676f2e",
               "HF-cache snapshot paths in several public projects (loaded there with the diffusers layout, "
               "subfolder='vae', variant='fp16')", variant="fp16")
@@ -78,22 +77,21 @@ SVD_XT = HubRepo("stabilityai/stable-video-diffusion-img2vid-xt", "9e43909513c67
 HUB_BACKENDS: Mapping[str, HubSpec] = MappingProxyType({
     "animatediff": HubSpec(
         "animatediff", "AnimateDiff (SD 1.5 + motion adapter v1-5-2, ControlNet pose/depth)",
-        "vdemo.backends.hub.animatediff:AnimateDiffBackend",
+        "animatediff:AnimateDiffBackend",
         MappingProxyType({"base": SD15, "motion_adapter": MOTION_ADAPTER, "controlnet_pose": OPENPOSE,
                           "controlnet_depth": DEPTH}),
         lazy_roles=("controlnet_pose", "controlnet_depth")),
     "zeroshot": HubSpec(
         "zeroshot", "Zero-shot SD 1.5 + ControlNet (Text2Video-Zero style, cross-frame attention)",
-        "vdemo.backends.hub.zeroshot:ZeroShotBackend",
+        "zeroshot:ZeroShotBackend",
         MappingProxyType({"base": SD15, "controlnet_pose": OPENPOSE, "controlnet_depth": DEPTH}),
         lazy_roles=("controlnet_pose", "controlnet_depth")),
     "svd": HubSpec(
-        "svd", "Stable Video Diffusion (image → 14 frames)", "vdemo.backends.hub.svd:SVDBackend",
+        "svd", "Stable Video Diffusion (image → 14 frames)", "svd:SVDBackend",
         MappingProxyType({"svd": SVD}), notes="gated on the hub: accept the licence and set HF_TOKEN"),
     "svd-xt": HubSpec(
-        "svd-xt", "Stable Video Diffusion XT (image → 25 frames)", "vdemo.backends.hub.svd:SVDBackend",
-        MappingProxyType({"svd": SVD_XT}), notes="gated on the hub: accept the licence and set HF_TOKEN",
-        defaults=MappingProxyType({"num_frames": 25})),
+        "svd-xt", "Stable Video Diffusion XT (image → 25 frames)", "svd:SVDBackend",
+        MappingProxyType({"svd": SVD_XT}), notes="gated on the hub: accept the licence and set HF_TOKEN"),
 })
 
 

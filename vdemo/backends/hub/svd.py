@@ -37,8 +37,11 @@ NOISE_AUG_STRENGTH = 0.02
 class SVDBackend(DiffusersBackend):
     """Stable Video Diffusion (img2vid / img2vid-xt): image, strokes."""
 
+    modalities = frozenset({"image", "strokes"})
     attention_modes = tuple(MODE_LAYERS)
     samplers = SVD_SAMPLERS
+    default_attention_mode = "temporal"  # SVD as trained
+    default_sampler = "Euler"
     limits = Limits(**{**LIMITS.__dict__, "max_frames": 25})
     default_size = (576, 1024)
     interruptible = False
@@ -56,7 +59,6 @@ class SVDBackend(DiffusersBackend):
                        "temporal": install_frame_attention(pipe.unet, self.ctx_time, layers="temporal")}
         if not all(self.layers.values()):
             raise RuntimeError(f"SVD UNet: no attention layers to install frame attention on: {self.layers}")
-        self.modalities = frozenset({"image", "strokes"})
         self.offload = place(pipe, device, self.min_vram_gib)
         self.pipe = pipe
 
@@ -65,16 +67,16 @@ class SVDBackend(DiffusersBackend):
         from diffusers import StableVideoDiffusionPipeline
 
         source = resolve(spec, "svd", root)
-        pipe = StableVideoDiffusionPipeline.from_pretrained(source.location, torch_dtype=dtype,
+        pipe = StableVideoDiffusionPipeline.from_pretrained(source.location, dtype=dtype,
                                                             **source.pretrained_kwargs(dtype))
         return cls(spec, {"svd": source}, device, dtype, pipe)
 
     def check(self, request: GenerationRequest) -> None:
-        super().check(request)
         if request.image is None:
             raise RequestError(f"backend {self.name!r} needs an image: it animates one picture (image → video)")
         if request.keyframes:
             raise RequestError(f"backend {self.name!r} takes only the first frame; keyframes are not supported")
+        super().check(request)
 
     def describe(self) -> dict:
         return {**super().describe(), "attention_layers": self.layers, "mode_layers": MODE_LAYERS,
@@ -113,10 +115,10 @@ class SVDBackend(DiffusersBackend):
 
         image = Image.fromarray(fit_image(request.image, request.height, request.width))
         guidance = float(request.guidance)
-        kwargs = dict(image=image, height=request.height, width=request.width, num_frames=request.num_frames,
-                      num_inference_steps=request.num_steps, min_guidance_scale=min(1.0, guidance),
-                      max_guidance_scale=guidance, fps=request.fps, motion_bucket_id=MOTION_BUCKET_ID,
-                      noise_aug_strength=NOISE_AUG_STRENGTH, decode_chunk_size=DECODE_CHUNK_FRAMES)
+        kwargs = {"image": image, "height": request.height, "width": request.width, "num_frames": request.num_frames,
+                  "num_inference_steps": request.num_steps, "min_guidance_scale": min(1.0, guidance),
+                  "max_guidance_scale": guidance, "fps": request.fps, "motion_bucket_id": MOTION_BUCKET_ID,
+                  "noise_aug_strength": NOISE_AUG_STRENGTH, "decode_chunk_size": DECODE_CHUNK_FRAMES}
         if request.strokes:
             factor = self.pipe.vae_scale_factor
             noise = torch.randn(request.num_frames, self.pipe.unet.config.out_channels, request.height // factor,

@@ -8,7 +8,7 @@ Two edits, both on frames-first latents (F, C, h, w), both leaving everything ou
    trajectory so the object it seeds follows it. Blended variance-preservingly: √s·moved + √(1−s)·own.
 2. `paste_along_strokes` (after a few steps): the model's clean-latent estimate x0̂ inside the region of frame 0 is
    pasted, shifted along the stroke, into every later frame inside the moved mask (blend s), with its noise estimate
-   ε̂ moved alongside; the caller re-noises (x0̂', ε̂') to the current noise level inside the mask (SDEdit-style, as the
+   ε̂ moved alongside (blend √s, √(1−s)); the caller re-noises (x0̂', ε̂') to the current noise level inside the mask (SDEdit-style, as the
    samplers' `reproject` does) and keeps its latents outside it.
 
 Positions are in latent cells: a stroke point (x, y) in [0, 1] sits at column x·w, row y·h; shifts are whole cells, so
@@ -91,7 +91,8 @@ def warp_noise(noise: torch.Tensor, strokes: Sequence[Stroke], strength: float =
 
 def paste_along_strokes(x0: torch.Tensor, eps: torch.Tensor, strokes: Sequence[Stroke],
                         strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x0', eps', mask): frame 0's region of x0 (blend `strength`) and of eps (moved as is) pasted along each stroke.
+    """(x0', eps', mask): frame 0's region of x0 (linear blend) and of eps (variance-preserving blend) pasted along
+    each stroke; strength 0 changes nothing, 1 replaces the region.
 
     mask (F, h, w) bool marks every cell that changed; the caller re-noises (x0', eps') there and nowhere else.
     """
@@ -104,7 +105,7 @@ def paste_along_strokes(x0: torch.Tensor, eps: torch.Tensor, strokes: Sequence[S
         masks[0] = False
         m = masks[:, None]
         x0_out = torch.where(m, strength * moved_x0 + (1.0 - strength) * x0_out, x0_out)
-        eps_out = torch.where(m, moved_eps, eps_out)
+        eps_out = torch.where(m, strength**0.5 * moved_eps + (1.0 - strength) ** 0.5 * eps_out, eps_out)
         union |= masks
     return x0_out, eps_out, union
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from vdemo.backends.hub.animatediff import ControlNetMixin, available_controls, load_sd15_parts
 from vdemo.backends.hub.base import DiffusersBackend, RunState, place
 from vdemo.backends.hub.registry import HubSpec, Source, resolve
+from vdemo.backends.hub.sd15 import ControlNetMixin, available_controls, load_sd15_parts
 from vdemo.backends.hub.warping import warp_noise
 from vdemo.config import LIMITS
 from vdemo.pipeline import GenerationRequest
@@ -35,8 +35,11 @@ ZERO_SHOT_MODES = ("spatial", "full", "causal", "sparse_causal")
 class ZeroShotBackend(ControlNetMixin, DiffusersBackend):
     """SD 1.5 (+ ControlNet) with cross-frame self-attention: text, pose, depth, strokes."""
 
+    modalities = frozenset({"text", "pose", "depth", "strokes"})  # an instance narrows it to the ControlNets it has
     attention_modes = ZERO_SHOT_MODES
     samplers = tuple(sampler_names())
+    default_attention_mode = "sparse_causal"
+    default_sampler = "DDIM"
     limits = LIMITS
     default_size = (512, 512)
     seconds_per_unit = 0.08
@@ -101,9 +104,9 @@ class ZeroShotBackend(ControlNetMixin, DiffusersBackend):
         noise = torch.randn(shape, generator=state.generator).repeat(request.num_frames, 1, 1, 1)  # one noise, F frames
         if request.strokes:
             noise = warp_noise(noise, request.strokes, self.stroke_strength)
-        kwargs = dict(prompt=[request.prompt] * request.num_frames, height=request.height, width=request.width,
-                      num_inference_steps=request.num_steps, guidance_scale=request.guidance,
-                      latents=noise.to(self.device, self.dtype))
+        kwargs = {"prompt": [request.prompt] * request.num_frames, "height": request.height, "width": request.width,
+                  "num_inference_steps": request.num_steps, "guidance_scale": request.guidance,
+                  "latents": noise.to(self.device, self.dtype)}
         if self._active:
             kwargs["image"] = self.conditioning(request, request.height, request.width)
         return kwargs

@@ -1,0 +1,112 @@
+"""Shared pytest fixtures. Everything runs offline on a CPU: no hub, no GPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub id without network would otherwise retry for ~23 s
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+REPO = Path(__file__).resolve().parent.parent
+TRAINED_TINY = REPO / "assets" / "tiny"
+
+
+# ------------------------------------------------------------------------------------------------- app / UI
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The built-in model for app tests: the trained one in assets/tiny when it exists (unless
+    VDEMO_TEST_RANDOM_MODEL=1), else random weights saved in the same layout. Sets VDEMO_TINY_DIR for the session."""
+    if (TRAINED_TINY / "config.json").exists() and os.environ.get("VDEMO_TEST_RANDOM_MODEL") != "1":
+        folder = TRAINED_TINY
+    else:
+        from vdemo.backends.tiny import TinyBackend
+
+        folder = tmp_path_factory.mktemp("tiny-random")
+        backend = TinyBackend.random()
+        backend.model.save_pretrained(folder)
+        backend.tokenizer.save_pretrained(folder / "tokenizer")
+    previous = os.environ.get("VDEMO_TINY_DIR")
+    os.environ["VDEMO_TINY_DIR"] = str(folder)
+    from vdemo.backends import load_backend
+
+    load_backend.cache_clear()
+    yield folder
+    if previous is None:
+        os.environ.pop("VDEMO_TINY_DIR", None)
+    else:
+        os.environ["VDEMO_TINY_DIR"] = previous
+    load_backend.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def openpose_weights_dir(tmp_path_factory) -> Path:
+    """Random OpenPose weights in controlnet_aux's layout (body/hand keys without their first module prefix),
+    float16 to halve the ~0.5 GB; loading casts them back to float32."""
+    import torch
+    from controlnet_aux.open_pose.face import FaceNet
+    from controlnet_aux.open_pose.model import bodypose_model, handpose_model
+
+    folder = tmp_path_factory.mktemp("openpose")
+    torch.manual_seed(0)
+    for name, model in (("body_pose_model.pth", bodypose_model()), ("hand_pose_model.pth", handpose_model())):
+        state = {".".join(k.split(".")[1:]): v.half() for k, v in model.state_dict().items()}
+        torch.save(state, folder / name)
+    torch.save({k: v.half() for k, v in FaceNet().state_dict().items()}, folder / "facenet.pth")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def midas_small_weights_dir(tmp_path_factory) -> Path:
+    """Random MiDaS-small weights (midas_v21_small_256.pt) built with geffnet's EfficientNet-Lite3 (offline)."""
+    import torch
+    from controlnet_aux.midas.midas.midas_net_custom import MidasNet_small
+
+    from vdemo.ui.detectors import MIDAS_FILES, _geffnet_backbone
+
+    folder = tmp_path_factory.mktemp("midas")
+    torch.manual_seed(0)
+    with _geffnet_backbone():
+        model = MidasNet_small(None, features=64, backbone="efficientnet_lite3", exportable=True, non_negative=True,
+                               blocks={"expand": True})
+    torch.save(model.state_dict(), folder / MIDAS_FILES["midas_v21_small"])
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------- markers
+def pytest_configure(config):
+    config.addinivalue_line("markers", "hub: hub backends (vdemo/backends/hub) on tiny random components saved locally")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for the module: on a small shared CPU, two threads contending with other processes make
+    the built-in model several times slower (measured: 0.12 s vs 0.5-3 s per step at 8 frames)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_model_dir, one_torch_thread) -> str:
+    """The app's module-level `demo` (app.py, imported afresh), launched on a free local port for one test module."""
+    import importlib.util
+    import socket
+
+    from vdemo.ui import launch_kwargs
+
+    spec = importlib.util.spec_from_file_location("vdemo_app", REPO / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    _, url, _ = module.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                                   ssr_mode=False, **launch_kwargs())
+    yield url.rstrip("/")
+    module.demo.close()

@@ -1,0 +1,342 @@
+"""Benchmarks, one subcommand each: measured time next to what theory predicts.
+
+    python -m vdemo.bench attention                          # every mode, frames 8 16 32 × tokens 64 256 1024
+    python -m vdemo.bench attention --frames 16 --tokens 256 --json
+    python -m vdemo.bench pipeline                           # seconds per 16-frame clip, first preview, per mode/sampler
+    python -m vdemo.bench backends                           # hub backends on a GPU space (downloads; not in CI)
+
+`attention` times `vdemo.attention.attend` per mode (under torch.no_grad; one warm-up round per config, not counted)
+and prints the measured speedup over `full` next to the theoretical one, P(full) / P(mode), where P is the number of
+attention pairs of DESIGN.md's table. Modes are timed round-robin (one run of each mode per round, the order rotating
+from round to round) so that load from other processes hits every mode alike; ms is the median over rounds and a
+speedup is full's ms / the mode's ms. Configs whose P·batch·heads exceeds --max-pairs are reported, not run.
+
+Subcommands live in `SUBCOMMANDS` (name -> (add_args, run)); add one there to extend the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from vdemo.attention import attend, pair_count, parse_mode
+from vdemo.config import ATTENTION_MODES
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_once_ms(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def warn_if_busy(log: Callable[[str], None]) -> None:
+    """Say so loudly when other processes compete for the CPUs: then every ratio below is noise-bound."""
+    cpus = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > 0.5 * cpus:
+        log(f"WARNING: load average {load:.1f} on {cpus} CPUs; other processes compete, so timings are noisy and the "
+            "modes made of several kernel calls (causal, sparse_causal) suffer most. Re-run on an idle machine "
+            "(or compare with --threads 1).")
+
+
+# ------------------------------------------------------------------------------------------------------ attention
+def bench_attention(
+    frames: Sequence[int] = (8, 16, 32),
+    tokens: Sequence[int] = (64, 256, 1024),
+    modes: Sequence[str] = ATTENTION_MODES,
+    batch: int = 1,
+    heads: int = 4,
+    head_dim: int = 32,
+    repeats: int | None = None,
+    budget_s: float = 4.0,
+    max_pairs: float = 1e10,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Time `attend` per mode and config; one row per (frames, tokens, mode).
+
+    repeats=None picks it per config: as many rounds as fit in budget_s (1–15); ms is the median over rounds.
+    """
+    modes = [parse_mode(m) for m in modes]
+    dev = torch.device(device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    rows = []
+    with torch.no_grad():
+        for num_frames in frames:
+            for num_tokens in tokens:
+                shape = (batch, heads, num_frames * num_tokens, head_dim)
+                q, k, v = (torch.randn(shape, generator=gen).to(dev, dtype) for _ in range(3))  # (B, h, F·N, d)
+                runnable = [m for m in modes if pair_count(m, num_frames, num_tokens) * batch * heads <= max_pairs]
+                peaks = {m: _peak_mb(partial(attend, q, k, v, m, num_frames), dev) for m in runnable}  # warm-up
+                times = _time_round_robin(q, k, v, runnable, num_frames, repeats, budget_s, dev)
+                rows += _attention_rows(times, peaks, modes, num_frames, num_tokens, max_pairs)
+                if log:
+                    rounds = max((len(t) for t in times.values()), default=0)
+                    log(f"  frames {num_frames:>3} tokens {num_tokens:>5}: {rounds} rounds")
+    return rows
+
+
+def _peak_mb(fn: Callable[[], object], dev: torch.device) -> float | None:
+    """Run fn once (the warm-up); on CUDA return the peak memory it allocated beyond what was there, in MiB."""
+    if dev.type != "cuda":
+        fn()
+        return None
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    before = torch.cuda.memory_allocated(dev)
+    fn()
+    torch.cuda.synchronize(dev)
+    return (torch.cuda.max_memory_allocated(dev) - before) / 2**20
+
+
+def _time_round_robin(q, k, v, modes, num_frames, repeats, budget_s, dev) -> dict:
+    """{mode: [ms, ...]}: rounds of one run per mode; the number of rounds is `repeats` or fits `budget_s`."""
+    times = {m: [] for m in modes}
+    rounds, spent_s = 0, 0.0
+    while modes:
+        for mode in modes[rounds % len(modes) :] + modes[: rounds % len(modes)]:  # rotate: no mode always follows full
+            times[mode].append(_time_once_ms(partial(attend, q, k, v, mode, num_frames), dev))
+        rounds += 1
+        spent_s += sum(t[-1] for t in times.values()) / 1000.0
+        if repeats is not None:
+            if rounds >= repeats:
+                break
+        elif rounds >= 15 or spent_s * (rounds + 1) / rounds > budget_s:
+            break
+    return times
+
+
+def _attention_rows(times: dict, peaks: dict, modes, num_frames: int, num_tokens: int, max_pairs: float) -> list[dict]:
+    full = parse_mode("full")
+    full_pairs = pair_count(full, num_frames, num_tokens)
+    full_ms = statistics.median(times[full]) if times.get(full) else None
+    rows = []
+    for mode in modes:
+        pairs = pair_count(mode, num_frames, num_tokens)
+        ms = statistics.median(times[mode]) if times.get(mode) else None
+        row = {
+            "mode": mode.value, "frames": num_frames, "tokens": num_tokens, "ms": ms, "pairs": pairs,
+            "speedup_vs_full": full_ms / ms if ms and full_ms else None,
+            "theoretical_speedup_vs_full": full_pairs / pairs,
+            "repeats": len(times.get(mode, [])),
+            "peak_mb": peaks.get(mode),  # CUDA only
+        }
+        if ms is None:
+            row["note"] = f"skipped: pairs x batch x heads > --max-pairs {max_pairs:.0e}"
+        rows.append(row)
+    return rows
+
+
+def format_attention_table(rows: list[dict]) -> str:
+    """Plain-text table, one line per row; efficiency = measured speedup / theoretical speedup."""
+    with_peak = any(r.get("peak_mb") is not None for r in rows)
+    lines = [f"{'frames':>6} {'tokens':>6}  {'mode':<13} {'ms':>10} {'pairs':>14} {'speedup':>8} {'theory':>8} "
+             f"{'efficiency':>10} {'runs':>4}" + (f" {'peak MiB':>9}" if with_peak else "")]
+    for r in rows:
+        ms = f"{r['ms']:.2f}" if r["ms"] is not None else "skipped"
+        sp = f"{r['speedup_vs_full']:.2f}" if r["speedup_vs_full"] is not None else "-"
+        eff = f"{r['speedup_vs_full'] / r['theoretical_speedup_vs_full']:.2f}" if r["speedup_vs_full"] else "-"
+        line = (f"{r['frames']:>6} {r['tokens']:>6}  {r['mode']:<13} {ms:>10} {r['pairs']:>14,} {sp:>8} "
+                f"{r['theoretical_speedup_vs_full']:>8.2f} {eff:>10} {r['repeats']:>4}")
+        if with_peak:
+            line += f" {r['peak_mb']:>9.1f}" if r.get("peak_mb") is not None else f" {'-':>9}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def add_attention_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frames", type=int, nargs="+", default=[8, 16, 32])
+    p.add_argument("--tokens", type=int, nargs="+", default=[64, 256, 1024], help="spatial tokens per frame")
+    p.add_argument("--modes", nargs="+", default=list(ATTENTION_MODES), choices=ATTENTION_MODES)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--head-dim", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=None, help="rounds per config (default: as many as fit --budget-s)")
+    p.add_argument("--budget-s", type=float, default=4.0, help="time per config when --repeats is not given")
+    p.add_argument("--max-pairs", type=float, default=1e10, help="skip calls computing more pairs×batch×heads")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="print the rows as a JSON list instead of a table")
+
+
+def run_attention(args: argparse.Namespace) -> int:
+    """time each attention mode against full attention"""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if "full" not in args.modes:
+        args.modes = ["full", *args.modes]  # speedups are relative to full
+    log = None if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
+    if log:
+        log(f"attention: batch {args.batch}, heads {args.heads}, head_dim {args.head_dim}, {args.dtype}, "
+            f"{args.device}, {torch.get_num_threads()} CPU threads")
+        warn_if_busy(log)
+    rows = bench_attention(
+        frames=args.frames, tokens=args.tokens, modes=args.modes, batch=args.batch, heads=args.heads,
+        head_dim=args.head_dim, repeats=args.repeats, budget_s=args.budget_s, max_pairs=args.max_pairs,
+        device=args.device, dtype=getattr(torch, args.dtype), log=log,
+    )
+    print(json.dumps(rows, indent=1) if args.json else format_attention_table(rows))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------- pipeline
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 5 ms by a thread), in MiB."""
+
+    def __enter__(self) -> "PeakRSS":
+        import threading
+
+        import psutil
+
+        self._proc, self._stop, self.peak_mb = psutil.Process(), threading.Event(), 0.0
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self._proc.memory_info().rss / 2**20)
+            self._stop.wait(0.005)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def time_clip(pipe, request) -> dict:
+    """Seconds for one whole clip and to the first preview, and the run's peak RSS."""
+    from vdemo.pipeline import Progress
+
+    with PeakRSS() as mem:
+        start = time.perf_counter()
+        first = None
+        for event in pipe.generate(request):
+            if first is None and isinstance(event, Progress):
+                first = time.perf_counter() - start
+        total = time.perf_counter() - start
+    return {"clip_s": total, "first_preview_s": first, "peak_rss_mb": mem.peak_mb}
+
+
+def bench_pipeline(pipe, *, repeats: int = 5, modes: Sequence[str] = ATTENTION_MODES,
+                   samplers: Sequence[str] = (), num_frames: int = 16, num_steps: int = 20,
+                   log: Callable[[str], None] | None = None) -> list[dict]:
+    """End-to-end clips at the default settings: the default row, then one per attention mode and per sampler."""
+    from vdemo.config import DEFAULTS
+    from vdemo.pipeline import GenerationRequest
+
+    prompt = "a red circle moves right on a black background"
+    cases = [("default", DEFAULTS.attention_mode, DEFAULTS.sampler, repeats)]
+    cases += [("mode", m, DEFAULTS.sampler, max(1, repeats // 2)) for m in modes]
+    cases += [("sampler", DEFAULTS.attention_mode, s, 1) for s in samplers]
+    time_clip(pipe, GenerationRequest(prompt=prompt, num_frames=num_frames, num_steps=2))  # warm-up
+    rows = []
+    for kind, mode, sampler, n in cases:
+        runs = [time_clip(pipe, GenerationRequest(prompt=prompt, num_frames=num_frames, num_steps=num_steps,
+                                                  attention_mode=mode, sampler=sampler, seed=i)) for i in range(n)]
+        row = {"case": kind, "mode": mode, "sampler": sampler, "frames": num_frames, "steps": num_steps,
+               "repeats": n, "clip_s": statistics.median(r["clip_s"] for r in runs),
+               "first_preview_s": statistics.median(r["first_preview_s"] for r in runs),
+               "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
+        rows.append(row)
+        if log:
+            log(json.dumps(row))
+    return rows
+
+
+def format_pipeline_table(rows: list[dict]) -> str:
+    lines = [f"{'case':<8} {'mode':<13} {'sampler':<16} {'clip s':>7} {'1st preview s':>13} {'peak RSS MiB':>12} "
+             f"{'runs':>4}"]
+    lines += [f"{r['case']:<8} {r['mode']:<13} {r['sampler']:<16} {r['clip_s']:>7.2f} {r['first_preview_s']:>13.3f} "
+              f"{r['peak_rss_mb']:>12.0f} {r['repeats']:>4}" for r in rows]
+    return "\n".join(lines)
+
+
+def add_pipeline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repeats", type=int, default=5, help="clips for the default row (median reported)")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--modes", nargs="*", default=list(ATTENTION_MODES), choices=ATTENTION_MODES)
+    p.add_argument("--samplers", nargs="*", default=None, help="samplers to time (default: all the backend has)")
+    p.add_argument("--model-dir", default=None, help="built-in model folder (default: assets/tiny)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="print the rows as a JSON list instead of a table")
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    """end-to-end seconds per clip and to first preview on the built-in model"""
+    from vdemo.backends import load_backend
+    from vdemo.pipeline import VideoPipeline
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = VideoPipeline(load_backend("tiny", args.model_dir))
+    samplers = pipe.backend.samplers if args.samplers is None else args.samplers
+    log = None if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
+    if log:
+        log(f"pipeline: tiny backend, {torch.get_num_threads()} CPU threads")
+        warn_if_busy(log)
+    rows = bench_pipeline(pipe, repeats=args.repeats, modes=args.modes, samplers=samplers, num_frames=args.frames,
+                          num_steps=args.steps, log=log)
+    print(json.dumps(rows, indent=1) if args.json else format_pipeline_table(rows))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------- backends
+def add_backends_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", help="hub backends to time (default: all registered)")
+    p.add_argument("--out", default="runs/bench_backends", help="writes <out>.json and <out>.md")
+
+
+def run_backends(args: argparse.Namespace) -> int:
+    """download (when online) and time each hub backend at its default settings (GPU; not part of CI)"""
+    from vdemo.backends.hub.bench import run_backends_bench
+
+    paths = run_backends_bench(args.names or None, args.out)
+    print(Path(paths["markdown"]).read_text())
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "attention": (add_attention_args, run_attention),
+    "pipeline": (add_pipeline_args, run_pipeline),
+    "backends": (add_backends_args, run_backends),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vdemo.bench", description="vdemo benchmarks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add_args, run) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=(run.__doc__ or "").strip())
+        add_args(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
