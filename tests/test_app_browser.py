@@ -167,9 +167,9 @@ def test_text_tab(page, tmp_path, record_property):
     first_s = check_run(log, page, frames=16, fps=8, label="text, 16 frames")
     record_property("first_preview_s", first_s)
     assert first_s < 5.0  # the target is ≤ 1 s; a loaded shared CPU gets slack here, the number is printed
+    screenshot(page, "text", tmp_path)
     manifest = json.loads(fetch(download_urls(page)[".json"]))
     assert manifest["request"]["prompt"] == "a blue square moves right on a black background"
-    screenshot(page, "text", tmp_path)
 
 
 def test_image_tab(page, tmp_path):
@@ -315,9 +315,9 @@ def test_mode_switch_mid_run_is_in_the_manifest(page):
     page.click("#vd-generate-text")
     page.wait_for_function("() => /step [3-9]\\//.test(document.querySelector('#vd-status').innerText)")
     page.locator("#vd-mode").get_by_text("causal", exact=True).click()
-    page.wait_for_function("() => document.querySelector('#vd-status').innerText.includes('mode `causal`')"
-                           " || document.querySelector('#vd-status').innerText.includes('mode causal')",
+    page.wait_for_function("() => /causal · DDIM ×[2-9]/.test(document.querySelector('#vd-status').innerText)",
                            timeout=RUN_TIMEOUT_MS)
+    page.click("#vd-stop")  # two causal steps are enough; the stopped run's manifest is just as complete
     page.wait_for_function(VIDEO_READY_JS, timeout=RUN_TIMEOUT_MS)
     manifest = json.loads(fetch(download_urls(page)[".json"]))
     modes = [s["mode"] for s in manifest["steps"]]

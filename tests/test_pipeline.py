@@ -13,6 +13,8 @@ from vdemo.pipeline import Done, GenerationRequest, Progress, RequestError, Vide
 from vdemo.samplers import SAMPLERS
 from vdemo.strokes import Stroke
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def pipe() -> VideoPipeline:

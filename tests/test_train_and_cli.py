@@ -22,6 +22,8 @@ from vdemo.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:

@@ -28,15 +28,7 @@ import torch
 from vdemo import __version__
 from vdemo.attention import parse_mode
 from vdemo.config import ATTENTION_MODES, DEFAULTS, LIMITS, MODALITIES, Limits
-from vdemo.samplers import (
-    SAMPLERS,
-    equivalent_index,
-    make_scheduler,
-    reproject,
-    scheduler_step,
-    set_timesteps,
-    split_prediction,
-)
+from vdemo.samplers import SAMPLERS, make_scheduler, sample_steps
 from vdemo.strokes import Stroke
 
 
@@ -298,38 +290,40 @@ class DenoisingBackend(Backend):
         generator = torch.Generator().manual_seed(int(request.seed))
         with self.lock:
             cond = self.prepare(request)
-        sampler = control.sampler
-        scheduler = make_scheduler(sampler, self.scheduler_config)
-        set_timesteps(scheduler, request.num_steps)
-        x = torch.randn(self.latent_shape(request), generator=generator) * scheduler.init_noise_sigma
-        x0_hat = eps_hat = None
-        i, first_preview_s = 0, None
-        while i < len(scheduler.timesteps):
-            if control.stopped:
-                break
-            if control.sampler != sampler and x0_hat is not None:  # live sampler switch
-                new = make_scheduler(control.sampler, self.scheduler_config)
-                set_timesteps(new, request.num_steps)
-                i = equivalent_index(len(scheduler.timesteps), i, len(new.timesteps))
-                x, _ = reproject(new, x0_hat, eps_hat, i)
-                scheduler, sampler = new, control.sampler
-                if i >= len(scheduler.timesteps):
-                    break
-            mode = control.mode
-            t = scheduler.timesteps[i]
-            x_in = scheduler.scale_model_input(x, t)
+        current = {"sampler": control.sampler, "mode": control.mode}
+
+        def model_fn(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with self.lock:
-                out = self.predict(x_in, t, cond, request.guidance, mode)
-            x0_hat, eps_hat = split_prediction(scheduler, out, x_in, t)
-            x = scheduler_step(scheduler, out, t, x, generator)
-            i += 1
-            control.history.append({"step": i, "mode": mode, "sampler": sampler})
-            preview = self.decode(x0_hat)
+                return self.predict(x_in, t, cond, request.guidance, current["mode"])
+
+        def switch_to(_calls: int) -> str | None:  # read the live sampler once per step
+            wanted = control.sampler
+            if wanted == current["sampler"]:
+                return None
+            current["sampler"] = wanted
+            return wanted
+
+        scheduler = make_scheduler(current["sampler"], self.scheduler_config)
+        steps = sample_steps(model_fn, scheduler, self.latent_shape(request), request.num_steps, generator, switch_to)
+        x0_hat = final = None
+        first_preview_s, total, stopped = None, 0, False
+        while True:
+            if control.stopped:
+                stopped = True
+                break
+            current["mode"] = control.mode
+            try:
+                step = next(steps)
+            except StopIteration as end:
+                final = end.value
+                break
+            x0_hat, total = step["denoised"], len(step["scheduler"].timesteps)
+            control.history.append({"step": step["i"] + 1, "mode": current["mode"], "sampler": current["sampler"]})
             elapsed = time.perf_counter() - started
             first_preview_s = first_preview_s if first_preview_s is not None else elapsed
-            yield Progress(i, len(scheduler.timesteps), preview, mode, sampler, elapsed)
-        stopped = i < len(scheduler.timesteps)
-        final = x0_hat if stopped and x0_hat is not None else x
+            yield Progress(step["i"] + 1, total, self.decode(x0_hat), current["mode"], current["sampler"], elapsed)
+        steps.close()
+        final = x0_hat if stopped else final
         frames = self.decode(final) if final is not None else np.zeros((0, 1, 1, 3), np.uint8)
         total_s = time.perf_counter() - started
         manifest = {
@@ -340,7 +334,7 @@ class DenoisingBackend(Backend):
             "samplers_used": list(dict.fromkeys(h["sampler"] for h in control.history)),
             "stopped": stopped,
             "timings": {"total_s": round(total_s, 4), "first_preview_s": round(first_preview_s or 0.0, 4),
-                        "steps_done": i},
+                        "steps_done": len(control.history)},
             "versions": {"vdemo": __version__, "torch": torch.__version__},
         }
         yield Done(frames, manifest, stopped)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from types import MappingProxyType
@@ -281,28 +281,24 @@ def scheduler_step(scheduler: SchedulerMixin, model_output: torch.Tensor, t: flo
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def denoise(model_fn: ModelFn, scheduler: SchedulerMixin, latents_shape: tuple[int, ...], num_steps: int,
-            generator: torch.Generator, callback: Callable[[dict], None] | None = None,
-            switch_at: Mapping[int, str] | None = None) -> torch.Tensor:
-    """Sample from pure noise; `switch_at[k] = name` switches sampler after k model calls.
+def sample_steps(model_fn: ModelFn, scheduler: SchedulerMixin, latents_shape: tuple[int, ...], num_steps: int,
+                 generator: torch.Generator,
+                 switch_to: Callable[[int], str | None] | None = None) -> Generator[dict, None, torch.Tensor]:
+    """The sampling loop as a generator: one dict per model call, k-diffusion style.
 
+    Yields {"i": model calls so far − 1, "index", "t", "x" (after the step), "denoised", "eps", "scheduler"}.
+    Before each call, `switch_to(calls)` may name another sampler; the run then continues on that scheduler from the
+    same progress, re-projected onto its noise level (`reproject`). Stop early by closing / leaving the generator.
     model_fn(x_in, t) returns the model output in the scheduler's prediction_type for the VP-normalised x_in.
-    callback gets {"i": model calls so far − 1, "index", "t", "x" (after the step), "denoised", "eps", "scheduler"},
-    k-diffusion style.
     """
-    switch_at = dict(switch_at or {})
-    bad = [k for k in switch_at if k < 1]
-    if bad:
-        raise ValueError(f"switch_at keys count model calls and must be >= 1, got {bad}")
-    for name in switch_at.values():
-        make_scheduler(name, scheduler.config)  # fail early on an unknown name
     set_timesteps(scheduler, num_steps)
     x = torch.randn(latents_shape, generator=generator, device=generator.device) * scheduler.init_noise_sigma
     x0_hat = eps_hat = None
     i = calls = 0
     while i < len(scheduler.timesteps):
-        if calls in switch_at:
-            new = switch_scheduler(scheduler, switch_at[calls])
+        name = switch_to(calls) if switch_to is not None and x0_hat is not None else None
+        if name is not None:
+            new = switch_scheduler(scheduler, name)
             set_timesteps(new, num_steps)
             i = equivalent_index(len(scheduler.timesteps), i, len(new.timesteps))
             x, _ = reproject(new, x0_hat, eps_hat, i)
@@ -314,9 +310,30 @@ def denoise(model_fn: ModelFn, scheduler: SchedulerMixin, latents_shape: tuple[i
         out = model_fn(x_in, t)
         x0_hat, eps_hat = split_prediction(scheduler, out, x_in, t)
         x = scheduler_step(scheduler, out, t, x, generator)
-        if callback is not None:
-            callback({"i": calls, "index": i, "t": t, "x": x, "denoised": x0_hat, "eps": eps_hat,
-                      "scheduler": scheduler})
+        yield {"i": calls, "index": i, "t": t, "x": x, "denoised": x0_hat, "eps": eps_hat, "scheduler": scheduler}
         i += 1
         calls += 1
     return x
+
+
+def denoise(model_fn: ModelFn, scheduler: SchedulerMixin, latents_shape: tuple[int, ...], num_steps: int,
+            generator: torch.Generator, callback: Callable[[dict], None] | None = None,
+            switch_at: Mapping[int, str] | None = None) -> torch.Tensor:
+    """Sample from pure noise to the end; `switch_at[k] = name` switches sampler after k model calls.
+
+    callback gets each step's dict from `sample_steps`.
+    """
+    switch_at = dict(switch_at or {})
+    bad = [k for k in switch_at if k < 1]
+    if bad:
+        raise ValueError(f"switch_at keys count model calls and must be >= 1, got {bad}")
+    for name in switch_at.values():
+        make_scheduler(name, scheduler.config)  # fail early on an unknown name
+    steps = sample_steps(model_fn, scheduler, latents_shape, num_steps, generator, switch_at.get)
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as done:
+            return done.value
+        if callback is not None:
+            callback(step)

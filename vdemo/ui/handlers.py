@@ -608,7 +608,3 @@ def on_backend_change(backend: str, attention_mode: str, sampler: str):
             gr.update(minimum=lim.min_steps, maximum=lim.max_steps),
             gr.update(minimum=lim.min_guidance, maximum=lim.max_guidance),
             gr.update(minimum=lim.min_frames, maximum=lim.max_frames), *tabs)
-
-
-def manifest_json(manifest: dict) -> str:
-    return json.dumps(manifest, indent=2)
