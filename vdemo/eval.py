@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -241,12 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
     parser.add_argument("--steps", type=int, default=EvalSettings.num_steps)
     parser.add_argument("--model-dir", default=None)
+    parser.add_argument("--out", default=None, help="also write the rows as JSON here (e.g. assets/tiny/eval.json)")
     args = parser.parse_args(argv)
     from vdemo.backends import load_backend
 
     pipe = VideoPipeline(load_backend("tiny", args.model_dir))
     rows = evaluate(pipe, EvalSettings(cases=args.cases, num_steps=args.steps), args.modes, args.metrics)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
 
