@@ -17,6 +17,7 @@ Cases come from world seeds the training stream never draws (`HELDOUT_SEED0 + i`
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import sys
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from vdemo import world
 from vdemo.config import ATTENTION_MODES, DEFAULTS
@@ -209,6 +211,27 @@ def eval_depth(pipe, s: EvalSettings, mode: str) -> dict:
     return {"near_larger_in_front": float(np.mean(correct))}
 
 
+def sample_grid(pipe: VideoPipeline, s: EvalSettings, mode: str = "full", frames_shown: int = 8) -> np.ndarray:
+    """One row per modality (held-out cases; the row above each conditioned sample is its ground truth), as uint8."""
+    cases = [("objects", lambda sp: len(sp["objects"]) == 1, lambda c: {"prompt": c.caption}),
+             ("objects", lambda sp: len(sp["objects"]) == 2, lambda c: {"prompt": c.caption}),
+             ("objects", lambda sp: len(sp["objects"]) == 1, lambda c: {"image": c.frames[0]}),
+             ("path", lambda sp: True, lambda c: {"image": c.frames[0],
+                                                   "strokes": tuple(strokes_from_paths(c.paths[:1], 0.1))}),
+             ("person", lambda sp: True, lambda c: {"prompt": c.caption, "pose": c.pose}),
+             ("depth", lambda sp: len(sp["objects"]) >= 2, lambda c: {"prompt": c.caption, "depth": c.depth})]
+    pick = np.round(np.linspace(0, s.num_frames - 1, frames_shown)).astype(int)
+    rows = []
+    for i, (kind, accept, inputs) in enumerate(cases):
+        clip = world.make_clip(held_out_specs(kind, 1 + i % 2, accept)[-1], s.num_frames, s.size)
+        rows.append(clip.frames[pick])
+        rows.append(generate(pipe, s, mode, seed=i, **inputs(clip))[pick])
+    gap = np.full((s.size, 4, 3), 255, np.uint8)
+    lines = [np.concatenate([x for f in row for x in (f, gap)][:-1], 1) for row in rows]
+    spacer = np.full((4, lines[0].shape[1], 3), 255, np.uint8)
+    return np.concatenate([x for line in lines for x in (line, spacer)][:-1], 0)
+
+
 EVALS = {"text": eval_text, "image": eval_image, "strokes": eval_strokes, "pose": eval_pose, "depth": eval_depth}
 
 
@@ -224,6 +247,22 @@ def evaluate(pipe: VideoPipeline, settings: EvalSettings, modes: Iterable[str] =
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
+
+
+def append_learning_curve(path: Path, rows: list[dict], model_dir: Path) -> None:
+    """One CSV line per eval run: training step and hours of the checkpoint, then every metric of the `full` rows."""
+    state_path = model_dir / "train_state.pt"
+    state = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.exists() else {}
+    values = {f"{r['metric']}.{k}": v for r in rows if r["mode"] == "full" for k, v in r.items()
+              if k not in ("metric", "mode", "seconds")}
+    header = ["step", "hours", *sorted(values)]
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(header)
+        writer.writerow([state.get("step", ""), round(state.get("elapsed_s", 0.0) / 3600, 3),
+                         *(round(values[k], 4) for k in header[2:])])
 
 
 def format_table(rows: list[dict]) -> str:
@@ -243,14 +282,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=EvalSettings.num_steps)
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--out", default=None, help="also write the rows as JSON here (e.g. assets/tiny/eval.json)")
+    parser.add_argument("--grid", default=None, help="only render a sample grid PNG (truth / sample row pairs)")
+    parser.add_argument("--curve", default=None, help="append the full-mode metrics and the checkpoint's step to a CSV")
     args = parser.parse_args(argv)
     from vdemo.backends import load_backend
 
     pipe = VideoPipeline(load_backend("tiny", args.model_dir))
+    if args.grid:
+        from PIL import Image
+
+        grid = sample_grid(pipe, EvalSettings(num_steps=args.steps))
+        Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.Resampling.NEAREST).save(args.grid)
+        print(f"wrote {args.grid}")
+        return 0
     rows = evaluate(pipe, EvalSettings(cases=args.cases, num_steps=args.steps), args.modes, args.metrics)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+    if args.curve:
+        from vdemo.backends.tiny import ASSETS
+
+        append_learning_curve(Path(args.curve), rows, Path(args.model_dir or ASSETS))
     return 0
 
 

@@ -1,0 +1,75 @@
+"""The eval's measurements on ground truth (a perfect model must score perfectly) and its CLI on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vdemo import world
+from vdemo.eval import (
+    METRICS,
+    append_learning_curve,
+    colour_drift,
+    held_out_specs,
+    main,
+    main_object,
+    psnr,
+    read_direction,
+    size_drift,
+    track_error,
+)
+from vdemo.strokes import resample_stroke, strokes_from_paths
+
+
+def test_held_out_specs_are_deterministic_and_filtered():
+    a = held_out_specs("objects", 4, lambda sp: len(sp["objects"]) == 1)
+    assert a == held_out_specs("objects", 4, lambda sp: len(sp["objects"]) == 1)
+    assert all(len(sp["objects"]) == 1 for sp in a)
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_ground_truth_scores_perfectly(index):
+    spec = held_out_specs("objects", index + 1, lambda sp: len(sp["objects"]) == 1)[-1]
+    clip = world.make_clip(spec, 16, 64)
+    bg = world.BACKGROUNDS[clip.meta["background"]]
+    dets = [main_object(f, bg) for f in clip.frames]
+    truth = clip.objects[0]
+    assert all(d.colour == truth["colour"] and d.shape == truth["shape"] for d in dets)
+    assert read_direction(dets) == truth["motion"]
+    assert colour_drift(clip.frames, dets) < 0.01 and size_drift(dets) < 0.05
+    assert psnr(clip.frames[0], clip.frames[0]) == 99.0
+
+
+def test_stroke_error_on_ground_truth_and_reversed():
+    spec = held_out_specs("path", 1, lambda sp: True)[0]
+    clip = world.make_clip(spec, 16, 64)
+    bg = world.BACKGROUNDS[clip.meta["background"]]
+    stroke = strokes_from_paths(clip.paths[:1], 0.1)[0]
+    target = resample_stroke(np.array(stroke.points), 16)
+    assert track_error(clip.frames, bg, clip.objects[0]["colour"], target) < 0.01
+    assert track_error(clip.frames, bg, clip.objects[0]["colour"], target[::-1]) > 0.1
+
+
+def test_eval_cli_reports_every_metric(tmp_path, capsys):
+    from vdemo.backends.tiny import TinyBackend
+
+    folder = tmp_path / "model"
+    backend = TinyBackend.random()
+    backend.model.save_pretrained(folder)
+    backend.tokenizer.save_pretrained(folder / "tokenizer")
+    out, curve = tmp_path / "eval.json", tmp_path / "curve.csv"
+    assert main(["--json", "--cases", "1", "--steps", "1", "--modes", "full", "causal", "--model-dir", str(folder),
+                 "--out", str(out), "--curve", str(curve)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["metric"], r["mode"]) for r in rows] == [(m, mode) for mode in ("full", "causal") for m in METRICS]
+    keys = set().union(*(r.keys() for r in rows))
+    for key in ("colour_acc", "shape_acc", "direction_acc", "first_frame_psnr_db", "identity_kept",
+                "stroke_error_diag", "no_stroke_error_diag", "pose_iou", "near_larger_in_front", "colour_change",
+                "size_change"):
+        assert key in keys
+    header = curve.read_text().splitlines()[0].split(",")
+    assert header[:2] == ["step", "hours"] and "text.colour_acc" in header
+    append_learning_curve(curve, rows, folder)
+    assert len(curve.read_text().splitlines()) == 3
