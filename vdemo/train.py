@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 
