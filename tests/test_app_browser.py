@@ -183,6 +183,14 @@ def test_text_tab(page, tmp_path, record_property):
     assert manifest["request"]["prompt"] == "a blue square moves right on a black background"
 
 
+def run_tab_and_check(page, tab: str, tmp_path) -> None:
+    """Small settings, Generate, watch previews stream, check the mp4, screenshot the tab."""
+    small_settings(page)
+    log = generate_and_watch(page, tab)
+    check_run(log, page, frames=8, fps=8, label=tab)
+    screenshot(page, tab, tmp_path)
+
+
 def test_image_tab(page, tmp_path):
     from vdemo.ui.sources import scene_frame
 
@@ -192,10 +200,7 @@ def test_image_tab(page, tmp_path):
     open_tab(page, "Image")
     page.set_input_files("#vd-image-file input[type=file]", str(path))
     page.wait_for_selector("#vd-image-preview img")
-    small_settings(page)
-    log = generate_and_watch(page, "image")
-    check_run(log, page, frames=8, fps=8, label="image")
-    screenshot(page, "image", tmp_path)
+    run_tab_and_check(page, "image", tmp_path)
 
 
 def test_pose_tab(page, tmp_path):
@@ -203,19 +208,13 @@ def test_pose_tab(page, tmp_path):
     page.locator("#vd-pose-preset input").click()
     page.get_by_role("option", name="wave").click()
     page.wait_for_selector("#vd-control-pose img")
-    small_settings(page)
-    log = generate_and_watch(page, "pose")
-    check_run(log, page, frames=8, fps=8, label="pose")
-    screenshot(page, "pose", tmp_path)
+    run_tab_and_check(page, "pose", tmp_path)
 
 
 def test_depth_tab(page, tmp_path):
     open_tab(page, "Depth")
     page.wait_for_selector("#vd-control-depth img")
-    small_settings(page)
-    log = generate_and_watch(page, "depth")
-    check_run(log, page, frames=8, fps=8, label="depth")
-    screenshot(page, "depth", tmp_path)
+    run_tab_and_check(page, "depth", tmp_path)
 
 
 def test_strokes_tab_draw_with_the_mouse(page, tmp_path):
