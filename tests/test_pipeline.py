@@ -33,6 +33,19 @@ def run_all(pipe: VideoPipeline, request: GenerationRequest) -> tuple[list[Progr
     return events[:-1], events[-1]
 
 
+def run_acting_at(run, step: int, action) -> tuple[list[Progress], Done]:
+    """Drive a run; call `action()` right after the Progress event of `step`."""
+    progress, done = [], None
+    for event in run:
+        if isinstance(event, Progress):
+            progress.append(event)
+            if event.step == step:
+                action()
+        else:
+            done = event
+    return progress, done
+
+
 def test_events_previews_and_manifest(pipe):
     progress, done = run_all(pipe, small())
     assert [p.step for p in progress] == [1, 2, 3] and all(p.total == 3 for p in progress)
@@ -77,29 +90,16 @@ def test_all_modalities_and_modes(pipe):
 def test_live_mode_switch_takes_effect_next_step(pipe):
     _, plain = run_all(pipe, small(num_steps=4, attention_mode="spatial"))
     run = pipe.start(small(num_steps=4, attention_mode="spatial"))
-    modes = []
-    for event in run:
-        if isinstance(event, Progress):
-            modes.append(event.mode)
-            if event.step == 2:
-                run.set_attention_mode("causal")
-        else:
-            done = event
-    assert modes == ["spatial", "spatial", "causal", "causal"]
+    progress, done = run_acting_at(run, 2, lambda: run.set_attention_mode("causal"))
+    assert [p.mode for p in progress] == ["spatial", "spatial", "causal", "causal"]
     assert done.manifest["attention_modes_used"] == ["causal", "spatial"]
     assert not np.array_equal(plain.frames, done.frames)
 
 
 def test_live_sampler_switch(pipe):
     run = pipe.start(small(num_steps=6, sampler="DDIM"))
-    samplers = []
-    for event in run:
-        if isinstance(event, Progress):
-            samplers.append(event.sampler)
-            if event.step == 3:
-                pipe.set_sampler("Euler")  # pipeline-level setter reaches the active run
-        else:
-            done = event
+    progress, done = run_acting_at(run, 3, lambda: pipe.set_sampler("Euler"))  # the pipeline's setter reaches the run
+    samplers = [p.sampler for p in progress]
     assert samplers[:3] == ["DDIM"] * 3 and set(samplers[3:]) == {"Euler"}
     assert done.manifest["samplers_used"] == ["DDIM", "Euler"]
     assert np.isfinite(done.frames.astype(float)).all()
@@ -107,15 +107,8 @@ def test_live_sampler_switch(pipe):
 
 def test_stop_within_one_step(pipe):
     run = pipe.start(small(num_steps=10))
-    steps = []
-    for event in run:
-        if isinstance(event, Progress):
-            steps.append(event.step)
-            if event.step == 2:
-                threading.Thread(target=run.stop).start()
-        else:
-            done = event
-    assert steps[-1] <= 3 and done.stopped and done.manifest["stopped"]
+    progress, done = run_acting_at(run, 2, lambda: threading.Thread(target=run.stop).start())
+    assert progress[-1].step <= 3 and done.stopped and done.manifest["stopped"]
     assert done.frames.shape == (4, 48, 48, 3), "a stopped run keeps its last prediction"
 
 

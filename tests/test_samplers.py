@@ -29,9 +29,11 @@ from vdemo.samplers import (
     default_scheduler_config,
     denoise,
     equivalent_index,
+    from_clean,
     input_alpha_bar,
     make_scheduler,
     reproject,
+    sample_steps,
     sampler_names,
     scheduler_step,
     set_timesteps,
@@ -210,6 +212,48 @@ def test_split_prediction_recovers_clean_and_noise(prediction_type):
     x0_hat, eps_hat = split_prediction(scheduler, oracle(prediction_type)(x_in, t), x_in, t)
     torch.testing.assert_close(x0_hat, X_DATA, atol=1e-5, rtol=0)
     torch.testing.assert_close(eps_hat, eps, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+@pytest.mark.parametrize("name", ["DDIM", "Euler", "DPM++ 2M Karras"])
+def test_from_clean_is_the_inverse_of_split_prediction(name, prediction_type):
+    scheduler = make_scheduler(name, default_scheduler_config(prediction_type))
+    set_timesteps(scheduler, 10)
+    t = scheduler.timesteps[3]
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2), dtype=torch.float64)  # ε at σ≈700: 1/√ᾱ
+    x_in = scheduler.scale_model_input(x, t)
+    out = from_clean(scheduler, X_DATA.double(), x_in, t)
+    x0_hat, eps_hat = split_prediction(scheduler, out, x_in, t)
+    a = input_alpha_bar(scheduler, t)
+    torch.testing.assert_close(x0_hat, X_DATA.double(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(eps_hat, (x_in - math.sqrt(a) * X_DATA) / math.sqrt(1 - a), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", sampler_names())
+def test_a_noise_blind_clean_sample_model_samples_like_the_exact_v_model(name):
+    """A model that returns x0 without looking at the noise (the point-mass oracle, as x0) must sample exactly like
+    the same oracle giving v, which every sampler takes to X_DATA (up to its last step's own noise level)."""
+
+    def finish(model_fn, output_type):
+        scheduler = make_scheduler(name, default_scheduler_config())
+        steps = sample_steps(model_fn, scheduler, SHAPE, 12, torch.Generator().manual_seed(0), output_type=output_type)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as end:
+                return end.value
+
+    from_x0 = finish(lambda x_in, t: X_DATA.clone(), "sample")
+    from_v = finish(oracle("v_prediction"), None)
+    torch.testing.assert_close(from_x0, from_v, atol=2e-4, rtol=0)
+    assert (from_x0 - X_DATA).abs().max().item() < 0.03
+
+
+def test_output_type_must_match_the_scheduler_or_be_sample():
+    scheduler = make_scheduler("DDIM", default_scheduler_config("epsilon"))
+    steps = sample_steps(lambda x_in, t: x_in, scheduler, SHAPE, 4, torch.Generator(), output_type="v_prediction")
+    with pytest.raises(ValueError, match="output_type"):
+        next(steps)
 
 
 # --- reproject: state at the right level, in the right convention, and a scheduler ready to continue ----------------

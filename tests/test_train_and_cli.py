@@ -12,13 +12,15 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
+from diffusers import DDPMScheduler
 
 from vdemo.__main__ import main as cli
 from vdemo.backends.tiny import TinyBackend
 from vdemo.config import ATTENTION_MODES
 from vdemo.pipeline import Done, GenerationRequest, VideoPipeline
+from vdemo.samplers import default_scheduler_config
 from vdemo.strokes import Stroke
-from vdemo.train import TrainConfig, train
+from vdemo.train import TrainConfig, diffusion_loss, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,6 +41,52 @@ def trained(tmp_path_factory) -> Path:
     assert rows[0].startswith("step,loss") and len(rows) == 6
     assert all(np.isfinite(float(r.split(",")[1])) for r in rows[1:])
     return tmp / "model"
+
+
+def test_a_v_prediction_state_resumes_as_an_x0_model_with_the_head_negated(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path / "model"), state=str(tmp_path / "state.pt"), log=str(tmp_path / "log.csv"),
+                      tiny=True, max_steps=1, batch_size=2, minutes=5, bf16=False, prediction="v_prediction")
+    train(cfg)
+    before = torch.load(tmp_path / "state.pt", weights_only=False)
+    assert before["config"]["prediction_type"] == "v_prediction"
+    train(TrainConfig(**{**cfg.__dict__, "prediction": "sample"}))  # max_steps reached: converts and saves only
+    after = torch.load(tmp_path / "state.pt", weights_only=False)
+    assert after["config"]["prediction_type"] == "sample" and after["step"] == 1
+    for key in ("conv_out.weight", "conv_out.bias"):
+        torch.testing.assert_close(after["model"][key], -before["model"][key])
+    torch.testing.assert_close(after["model"]["conv_in.weight"], before["model"]["conv_in.weight"])
+    backend = TinyBackend.from_pretrained(tmp_path / "model")
+    assert backend.output_type == "sample" and backend.scheduler_config["prediction_type"] == "v_prediction"
+
+
+class _Oracle(torch.nn.Module):
+    """Stands in for the model in `diffusion_loss`: returns the clean clip plus a fixed error."""
+
+    def __init__(self, x0: torch.Tensor, error: float):
+        super().__init__()
+        self.config = type("Config", (), {"prediction_type": "sample"})()
+        self.x0, self.error = x0, error
+
+    def encode_text(self, ids):
+        return None, None
+
+    def forward(self, xt, t, *_):
+        return self.x0 + self.error
+
+
+@pytest.mark.parametrize("snr_cap", [1.0, 5.0])
+def test_x0_loss_is_weighted_by_capped_snr_plus_one(snr_cap):
+    scheduler = DDPMScheduler.from_config(default_scheduler_config())
+    x0 = torch.rand(4, 2, 3, 8, 8) * 2 - 1
+    batch = {"x0": x0, "ids": None, "controls": None, "flags": None, "fg": torch.zeros(4, 2, 1, 8, 8)}
+    assert diffusion_loss(_Oracle(x0, 0.0), scheduler, batch, 4.0, torch.Generator().manual_seed(0)) == 0
+    loss = diffusion_loss(_Oracle(x0, 0.1), scheduler, batch, 4.0, torch.Generator().manual_seed(0), snr_cap)
+    generator = torch.Generator().manual_seed(0)
+    torch.randn(x0.shape, generator=generator)  # the same draws as diffusion_loss: noise, then t
+    t = torch.randint(0, 1000, (4,), generator=generator)
+    expected = (1 / (1 - scheduler.alphas_cumprod[t])).clamp(max=snr_cap).mean() * 0.01
+    assert float(loss) == pytest.approx(float(expected), rel=1e-4)
+    assert snr_cap > 1 or float(loss) == pytest.approx(0.01, rel=1e-4)
 
 
 def test_checkpoint_layout_and_loading(trained):

@@ -268,6 +268,7 @@ class DenoisingBackend(Backend):
 
     scheduler_config: dict
     lock: threading.Lock
+    output_type: str | None = None  # "sample": predict() returns x0, converted to the scheduler's prediction_type
 
     @abstractmethod
     def prepare(self, request: GenerationRequest) -> Any:
@@ -279,7 +280,7 @@ class DenoisingBackend(Backend):
 
     @abstractmethod
     def predict(self, x_in: torch.Tensor, t: torch.Tensor, cond: Any, guidance: float, mode: str) -> torch.Tensor:
-        """Model output (in the scheduler's prediction_type) for the VP-normalised sample x_in at timestep t."""
+        """Model output for the VP-normalised x_in: the scheduler's prediction_type, or x0 if output_type is "sample"."""
 
     @abstractmethod
     def decode(self, x0: torch.Tensor) -> np.ndarray:
@@ -304,7 +305,8 @@ class DenoisingBackend(Backend):
             return wanted
 
         scheduler = make_scheduler(current["sampler"], self.scheduler_config)
-        steps = sample_steps(model_fn, scheduler, self.latent_shape(request), request.num_steps, generator, switch_to)
+        steps = sample_steps(model_fn, scheduler, self.latent_shape(request), request.num_steps, generator, switch_to,
+                             self.output_type)
         x0_hat = final = None
         first_preview_s, total, stopped = None, 0, False
         while True:

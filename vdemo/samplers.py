@@ -215,6 +215,24 @@ def split_prediction(scheduler: SchedulerMixin, model_output: torch.Tensor, x_in
     raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
 
 
+def from_clean(scheduler: SchedulerMixin, x0_hat: torch.Tensor, x_in: torch.Tensor,
+               t: float | torch.Tensor) -> torch.Tensor:
+    """The scheduler's model output (ε or v) equivalent to a clean-sample prediction x0_hat for the input x_in.
+
+    For models trained to predict x0 ("sample"): ε = (x_in − √ᾱ·x0) / √(1−ᾱ), v = (√ᾱ·x_in − x0) / √(1−ᾱ). The per-pixel
+    noise of x_in goes into ε exactly, so a model that cannot reproduce per-pixel noise still leaves clean samples.
+    Call it where `split_prediction` would be called (it reads the scheduler's current step index).
+    """
+    a = input_alpha_bar(scheduler, t)
+    sa, sb = math.sqrt(a), math.sqrt(1 - a)
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "v_prediction":
+        return (sa * x_in - x0_hat) / sb
+    if prediction_type == "epsilon":
+        return (x_in - sa * x0_hat) / sb
+    raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
+
+
 def _align_schedule(new: SchedulerMixin, step_index: int) -> None:
     """Make the timestep list valid to start at `step_index` (see `reproject`); a no-op for most schedulers."""
     if isinstance(new, (HeunDiscreteScheduler, DPMSolverSDEScheduler)) and step_index % 2 == 1:
@@ -283,14 +301,18 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def sample_steps(model_fn: ModelFn, scheduler: SchedulerMixin, latents_shape: tuple[int, ...], num_steps: int,
                  generator: torch.Generator,
-                 switch_to: Callable[[int], str | None] | None = None) -> Generator[dict, None, torch.Tensor]:
+                 switch_to: Callable[[int], str | None] | None = None,
+                 output_type: str | None = None) -> Generator[dict, None, torch.Tensor]:
     """The sampling loop as a generator: one dict per model call, k-diffusion style.
 
     Yields {"i": model calls so far − 1, "index", "t", "x" (after the step), "denoised", "eps", "scheduler"}.
     Before each call, `switch_to(calls)` may name another sampler; the run then continues on that scheduler from the
     same progress, re-projected onto its noise level (`reproject`). Stop early by closing / leaving the generator.
-    model_fn(x_in, t) returns the model output in the scheduler's prediction_type for the VP-normalised x_in.
+    model_fn(x_in, t) returns the model output in the scheduler's prediction_type for the VP-normalised x_in, or the
+    clean sample x0 when `output_type == "sample"` (converted with `from_clean`).
     """
+    if output_type not in (None, "sample", scheduler.config.prediction_type):
+        raise ValueError(f"output_type must be 'sample' or the scheduler's prediction_type, got {output_type!r}")
     set_timesteps(scheduler, num_steps)
     x = torch.randn(latents_shape, generator=generator, device=generator.device) * scheduler.init_noise_sigma
     x0_hat = eps_hat = None
@@ -308,6 +330,8 @@ def sample_steps(model_fn: ModelFn, scheduler: SchedulerMixin, latents_shape: tu
         t = scheduler.timesteps[i]
         x_in = scheduler.scale_model_input(x, t)
         out = model_fn(x_in, t)
+        if output_type == "sample":
+            out = from_clean(scheduler, out, x_in, t)
         x0_hat, eps_hat = split_prediction(scheduler, out, x_in, t)
         x = scheduler_step(scheduler, out, t, x, generator)
         yield {"i": calls, "index": i, "t": t, "x": x, "denoised": x0_hat, "eps": eps_hat, "scheduler": scheduler}

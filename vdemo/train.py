@@ -5,8 +5,9 @@
 
 Every step draws fresh clips from `vdemo.world` (no dataset on disk), with modality dropout so that any subset of
 {text, known frames, pose, depth, strokes} can condition the model, and an all-dropped share for classifier-free
-guidance. The attention mode is sampled per step so that every mode gives sensible videos. v-prediction on diffusers'
-DDPM cosine schedule, foreground-weighted MSE, AdamW, EMA (diffusers' EMAModel).
+guidance. The attention mode is sampled per step so that every mode gives sensible videos. x0-prediction ("sample") on
+diffusers' DDPM cosine schedule, the loss weighted like v-prediction's but capped (min(SNR + 1, 5), Hang et al. 2023's
+min-SNR), foreground-weighted MSE, AdamW, EMA (diffusers' EMAModel).
 
 Checkpointing (overwritten in place, never a new file per run):
   - `<out>/` (default `assets/tiny/`): the EMA weights in fp16 safetensors + config + tokenizer — what the app loads;
@@ -64,6 +65,8 @@ class TrainConfig:
     threads: int = 0  # 0 = torch default
     tiny: bool = False  # a minute-scale model for tests
     channels: tuple[int, int, int] = (64, 128, 192)
+    prediction: str = "sample"  # what the model predicts: sample (x0), v_prediction or epsilon
+    snr_cap: float = 5.0  # x0 loss weight min(SNR + 1, snr_cap); SNR + 1 alone is v-prediction's weighting
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> TrainConfig:
@@ -89,8 +92,10 @@ def max_tokens() -> int:
 def new_model(cfg: TrainConfig, vocab_size: int) -> TinyVideoUNet:
     if cfg.tiny:
         return TinyVideoUNet(vocab_size=vocab_size, channels=(16, 32, 32), attention_head_dim=16, temb_dim=64,
-                             norm_groups=8, text_dim=32, text_layers=1, max_tokens=max_tokens())
-    return TinyVideoUNet(vocab_size=vocab_size, channels=cfg.channels, max_tokens=max_tokens())
+                             norm_groups=8, text_dim=32, text_layers=1, max_tokens=max_tokens(),
+                             prediction_type=cfg.prediction)
+    return TinyVideoUNet(vocab_size=vocab_size, channels=cfg.channels, max_tokens=max_tokens(),
+                         prediction_type=cfg.prediction)
 
 
 def make_tokenizer():
@@ -139,17 +144,41 @@ def make_batch(rng: np.random.Generator, batch_size: int, num_frames: int, cfg: 
 
 
 def diffusion_loss(model: TinyVideoUNet, scheduler: DDPMScheduler, batch: dict, fg_weight: float,
-                   generator: torch.Generator) -> torch.Tensor:
-    """Foreground-weighted v-prediction MSE (Salimans & Ho 2022 for v; object pixels weighted up)."""
+                   generator: torch.Generator, snr_cap: float = 5.0) -> torch.Tensor:
+    """Foreground-weighted MSE on the model's own target (x0, v or ε); object pixels weighted up.
+
+    For x0 ("sample") the per-clip weight is min(SNR + 1, snr_cap): v-prediction's implicit weighting (its MSE is the
+    x0 MSE times SNR + 1) without the blow-up at low noise.
+    """
     x0 = batch["x0"]
     noise = torch.randn(x0.shape, generator=generator)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
     xt = scheduler.add_noise(x0, noise, t)
-    target = scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+    prediction = model.config.prediction_type
+    if prediction == "sample":
+        target = x0
+        alpha_bar = scheduler.alphas_cumprod[t].float()
+        clip_weight = (1.0 / (1.0 - alpha_bar)).clamp(max=snr_cap).reshape(-1, 1, 1, 1, 1)
+    else:
+        target = scheduler.get_velocity(x0, noise, t) if prediction == "v_prediction" else noise
+        clip_weight = torch.ones(x0.shape[0], 1, 1, 1, 1)
     tokens, pooled = model.encode_text(batch["ids"])
     pred = model(xt, t, tokens, pooled, batch["controls"], batch["flags"]).float()
     weight = 1.0 + fg_weight * batch["fg"]
-    return (weight * (pred - target) ** 2).mean() / weight.mean()
+    return (clip_weight * weight * (pred - target) ** 2).mean() / weight.mean()
+
+
+def switch_parameterisation(model: TinyVideoUNet, old: str, new: str) -> None:
+    """Resume a v-prediction state as an x0 ("sample") model: negate the output layer.
+
+    At high noise v = √ᾱ·ε − √(1−ᾱ)·x0 ≈ −x0, so the negated head starts as a fair x0 predictor where the layout of the
+    clip is decided; fine-tuning fixes the rest. Other switches keep the weights as they are.
+    """
+    model.register_to_config(prediction_type=new)
+    if old == "v_prediction" and new == "sample":
+        with torch.no_grad():
+            model.conv_out.weight.neg_()
+            model.conv_out.bias.neg_()
 
 
 def save_state(path: Path, model, ema: EMAModel, step: int, rng: np.random.Generator, elapsed_s: float) -> None:
@@ -200,10 +229,16 @@ def train(cfg: TrainConfig) -> dict:
         model.load_state_dict({k: v.float() for k, v in state["model"].items()})
         step, elapsed_prev = state["step"], state["elapsed_s"]
         rng.bit_generator.state = state["rng"]
-        ema_source = TinyVideoUNet.from_pretrained(out, torch_dtype=torch.float32) if (out / "config.json").exists() \
-            else model
-        ema = EMAModel(ema_source.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
-        ema.optimization_step = state["ema_step"]
+        old_prediction = state["config"].get("prediction_type", "v_prediction")
+        if old_prediction != cfg.prediction:  # restart the EMA from the converted weights
+            switch_parameterisation(model, old_prediction, cfg.prediction)
+            ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
+            print(f"switched the model from {old_prediction} to {cfg.prediction} at step {step}", flush=True)
+        else:
+            ema_source = TinyVideoUNet.from_pretrained(out, torch_dtype=torch.float32) \
+                if (out / "config.json").exists() else model
+            ema = EMAModel(ema_source.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
+            ema.optimization_step = state["ema_step"]
         print(f"resumed from {state_path} at step {step} ({elapsed_prev / 3600:.2f} h trained)", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters; threads {torch.get_num_threads()}", flush=True)
@@ -233,7 +268,7 @@ def train(cfg: TrainConfig) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = diffusion_loss(model, scheduler, batch, cfg.fg_weight, gen)
+            loss = diffusion_loss(model, scheduler, batch, cfg.fg_weight, gen, cfg.snr_cap)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

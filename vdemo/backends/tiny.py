@@ -57,7 +57,10 @@ class TinyBackend(DenoisingBackend):
         self.tokenizer = tokenizer
         self.source = source
         # "trailing" spacing starts sampling at t = 999 (pure noise), as the model was trained (Lin et al. 2024).
-        self.scheduler_config = dict(default_scheduler_config(timestep_spacing="trailing"))
+        prediction = model.config.prediction_type
+        self.output_type = "sample" if prediction == "sample" else None  # x0 -> v for the scheduler, per step
+        self.scheduler_config = dict(default_scheduler_config(
+            "v_prediction" if prediction == "sample" else prediction, timestep_spacing="trailing"))
         self.lock = threading.Lock()
 
     @classmethod

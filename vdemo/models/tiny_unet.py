@@ -4,10 +4,11 @@ Frames are folded into the batch for every convolution (as in Make-A-Video / Ani
 only in the self-attention of the transformer blocks, whose processor is `vdemo.attention.FrameAttnProcessor`, so the
 attention mode (spatial, temporal, full, causal, sparse-causal) decides how the video is tied together.
 
-Pixel space at 64×64: the input is pixel-unshuffled (space-to-depth, factor 2) to 32×32×12 — lossless, so the output
-stays crisp at 64 px without a VAE — then a U-Net 32→16→8 with attention at 16×16 and 8×8. Built from diffusers
-blocks (ResnetBlock2D with scale-shift timestep conditioning, Transformer2DModel with text cross-attention), saved and
-loaded with diffusers' ModelMixin (`save_pretrained` / `from_pretrained`, safetensors, local folders only).
+Pixel space at 64×64: the input (3 noisy + 9 control channels) is pixel-unshuffled (space-to-depth, factor 4) to
+16×16×192 — lossless, no VAE — then a U-Net 16→8→4 with attention at every level; the output is pixel-shuffled
+back. Built from diffusers blocks (ResnetBlock2D with scale-shift timestep conditioning, Transformer2DModel with text
+cross-attention), saved and loaded with diffusers' ModelMixin (`save_pretrained` / `from_pretrained`, safetensors,
+local folders only).
 
 Conditioning (any subset; absent = zeros and a cleared presence flag):
   - text: word tokens -> a 2-layer transformer encoder -> cross-attention tokens + a pooled vector added to the time
@@ -37,6 +38,7 @@ from vdemo.attention import FrameContext, install_frame_attention, parse_mode
 # Control channels, in the order they are concatenated to the noisy frames.
 CONTROL_CHANNELS = {"known": 3, "known_mask": 1, "pose": 3, "depth": 1, "strokes": 1}
 PRESENCE_FLAGS = ("text", "image", "pose", "depth", "strokes")
+PREDICTION_TYPES = ("sample", "v_prediction", "epsilon")
 
 
 class TextEncoder(torch.nn.Module):
@@ -68,7 +70,13 @@ def frame_position_embedding(num_frames: int, dim: int, device: torch.device) ->
 
 
 class TinyVideoUNet(ModelMixin, ConfigMixin, AttentionMixin):
-    """Conditional video U-Net predicting v (or ε) for clips shaped (batch, frames, 3, H, W) in [-1, 1]."""
+    """Conditional video U-Net for clips shaped (batch, frames, 3, H, W) in [-1, 1].
+
+    It predicts `config.prediction_type`: the shipped model predicts the clean clip x0 ("sample"). The patch-4 stem sees
+    each 4×4 pixel patch as one token, so reproducing per-pixel noise (which ε and v targets need) is hard for it and
+    its leftovers show up as grain in every sample; predicting x0 only needs the flat shapes, and the sampler derives
+    ε from the input exactly (`vdemo.samplers.from_clean`).
+    """
 
     @register_to_config
     def __init__(
@@ -84,8 +92,11 @@ class TinyVideoUNet(ModelMixin, ConfigMixin, AttentionMixin):
         norm_groups: int = 16,
         unshuffle: int = 4,
         sample_size: int = 64,
+        prediction_type: str = "v_prediction",  # what forward() returns: "sample" (x0), "v_prediction" or "epsilon"
     ):
         super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
         c0, c1, c2 = channels
         r = unshuffle
         in_ch = (3 + sum(CONTROL_CHANNELS.values())) * r * r

@@ -181,6 +181,15 @@ class DiffusersBackend(Backend):
         self.key = f"{spec.name}@{id(self):x}"
         LOADED[self.key] = self
 
+    def adopt(self, pipe, controls: dict[str, Source]) -> None:
+        """Take `pipe` as the base pipeline (placed on the device) with ControlNets `controls` loadable on demand."""
+        self.controls = controls
+        self.modalities = frozenset({"text", "strokes", *controls})
+        self._controlnets: dict = {}
+        self.offload = place(pipe, self.device, self.min_vram_gib)
+        self.pipes = {(): pipe}
+        self._active: tuple[str, ...] = ()
+
     # ------------------------------------------------------------------------------------------ subclass hooks
     def pipeline_for(self, request: GenerationRequest):
         """The diffusers pipeline that runs this request (loaded and placed)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from vdemo.backends.hub.base import DiffusersBackend, RunState, place
+from vdemo.backends.hub.base import DiffusersBackend, RunState
 from vdemo.backends.hub.registry import HubSpec, Source, resolve
 from vdemo.backends.hub.sd15 import ControlNetMixin, available_controls, load_sd15_parts
 from vdemo.backends.hub.warping import warp_noise
@@ -58,12 +58,7 @@ class ZeroShotBackend(ControlNetMixin, DiffusersBackend):
         self.layers = {"self": install_frame_attention(pipe.unet, self.ctx_self, layers="self")}
         if not self.layers["self"]:
             raise RuntimeError("SD 1.5 UNet: no self-attention layers to inflate")
-        self.controls = controls
-        self.modalities = frozenset({"text", "strokes", *controls})
-        self._controlnets: dict = {}
-        self.offload = place(pipe, device, self.min_vram_gib)
-        self.pipes = {(): pipe}
-        self._active: tuple[str, ...] = ()
+        self.adopt(pipe, controls)
 
     @classmethod
     def load(cls, spec: HubSpec, root: Path | None, device: str, dtype: torch.dtype) -> ZeroShotBackend:
