@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from vdemo import world
 from vdemo.eval import (
@@ -73,3 +74,7 @@ def test_eval_cli_reports_every_metric(tmp_path, capsys):
     assert header[:2] == ["step", "hours"] and "text.colour_acc" in header
     append_learning_curve(curve, rows, folder)
     assert len(curve.read_text().splitlines()) == 3
+    png = tmp_path / "curve.png"
+    assert main(["--plot", str(curve), str(png)]) == 0
+    image = np.asarray(Image.open(png).convert("RGB"))
+    assert image.shape == (520, 800, 3) and len(np.unique(image.reshape(-1, 3), axis=0)) > 10  # drawn, not blank

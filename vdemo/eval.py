@@ -2,6 +2,7 @@
 
     python -m vdemo.eval                      # a table; --json for machine-readable rows
     python -m vdemo.eval --cases 16 --modes full causal --model-dir assets/tiny
+    python -m vdemo.eval --plot assets/tiny/learning_curve.csv assets/learning_curve.png
 
 Cases come from world seeds the training stream never draws (`HELDOUT_SEED0 + i`). Objects are found by
 `vdemo.world.detect` (colour segmentation against the background), never by the model. Metrics:
@@ -265,6 +266,46 @@ def append_learning_curve(path: Path, rows: list[dict], model_dir: Path) -> None
                          *(round(values[k], 4) for k in header[2:])])
 
 
+CURVE_PANELS = {  # panel title: (CSV columns, y limits); bars at the issue's targets
+    "accuracy (text, depth)": (["text.colour_acc", "text.shape_acc", "text.direction_acc",
+                                "depth.near_larger_in_front", "image.identity_kept"], (0.0, 1.05)),
+    "stroke error (÷ diagonal)": (["strokes.stroke_error_diag", "strokes.no_stroke_error_diag"], (0.0, None)),
+    "pose IoU": (["pose.pose_iou"], (0.0, 1.0)),
+    "first-frame PSNR (dB)": (["image.first_frame_psnr_db"], (0.0, None)),
+}
+TARGETS = {"text.colour_acc": 0.95, "strokes.stroke_error_diag": 0.05, "pose.pose_iou": 0.6,
+           "image.first_frame_psnr_db": 28.0}
+
+
+def plot_learning_curve(csv_path: Path, png_path: Path) -> None:
+    """The learning curve (eval metrics of `full` mode against training hours) as a 2×2 PNG, with the targets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{csv_path} has no rows to plot")
+    hours = [float(r["hours"]) for r in rows]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), constrained_layout=True)
+    for ax, (title, (columns, ylim)) in zip(axes.flat, CURVE_PANELS.items(), strict=True):
+        for column in columns:
+            if column in rows[0]:
+                line, = ax.plot(hours, [float(r[column]) for r in rows], marker="o", label=column.split(".", 1)[1])
+                if column in TARGETS:
+                    ax.axhline(TARGETS[column], color=line.get_color(), linestyle=":", linewidth=1)
+        ax.set_title(title)
+        ax.set_xlabel("training hours (2-core CPU)")
+        ax.set_ylim(*ylim)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{csv_path.name}: full mode, held-out cases; dotted = target")
+    fig.savefig(png_path, dpi=80)
+    plt.close(fig)
+
+
 def format_table(rows: list[dict]) -> str:
     lines = ["| metric | mode | results |", "|---|---|---|"]
     for r in rows:
@@ -284,7 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="also write the rows as JSON here (e.g. assets/tiny/eval.json)")
     parser.add_argument("--grid", default=None, help="only render a sample grid PNG (truth / sample row pairs)")
     parser.add_argument("--curve", default=None, help="append the full-mode metrics and the checkpoint's step to a CSV")
+    parser.add_argument("--plot", nargs=2, metavar=("CSV", "PNG"), default=None,
+                        help="only plot a learning-curve CSV (from --curve) to a PNG")
     args = parser.parse_args(argv)
+    if args.plot:
+        plot_learning_curve(Path(args.plot[0]), Path(args.plot[1]))
+        print(f"wrote {args.plot[1]}")
+        return 0
     from vdemo.backends import load_backend
 
     pipe = VideoPipeline(load_backend("tiny", args.model_dir))
