@@ -20,7 +20,7 @@ from vdemo.config import ATTENTION_MODES
 from vdemo.pipeline import Done, GenerationRequest, VideoPipeline
 from vdemo.samplers import default_scheduler_config
 from vdemo.strokes import Stroke
-from vdemo.train import TrainConfig, diffusion_loss, train
+from vdemo.train import TrainConfig, diffusion_loss, load_weights, new_model, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,20 +43,36 @@ def trained(tmp_path_factory) -> Path:
     return tmp / "model"
 
 
-def test_a_v_prediction_state_resumes_as_an_x0_model_with_the_head_negated(tmp_path):
+def test_an_older_state_resumes_as_an_x0_model_with_position_embeddings(tmp_path):
+    """v-prediction without position embeddings -> x0 with them: head negated, new layers at zero, rest kept."""
     cfg = TrainConfig(out=str(tmp_path / "model"), state=str(tmp_path / "state.pt"), log=str(tmp_path / "log.csv"),
-                      tiny=True, max_steps=1, batch_size=2, minutes=5, bf16=False, prediction="v_prediction")
+                      tiny=True, max_steps=1, batch_size=2, minutes=5, bf16=False, prediction="v_prediction",
+                      position_embedding=False)
     train(cfg)
     before = torch.load(tmp_path / "state.pt", weights_only=False)
-    assert before["config"]["prediction_type"] == "v_prediction"
-    train(TrainConfig(**{**cfg.__dict__, "prediction": "sample"}))  # max_steps reached: converts and saves only
+    assert before["config"]["prediction_type"] == "v_prediction" and not before["config"]["position_embedding"]
+    train(TrainConfig(**{**cfg.__dict__, "prediction": "sample", "position_embedding": True}))  # converts, saves
     after = torch.load(tmp_path / "state.pt", weights_only=False)
-    assert after["config"]["prediction_type"] == "sample" and after["step"] == 1
+    assert after["config"]["prediction_type"] == "sample" and after["config"]["position_embedding"]
+    assert after["step"] == 1
     for key in ("conv_out.weight", "conv_out.bias"):
         torch.testing.assert_close(after["model"][key], -before["model"][key])
     torch.testing.assert_close(after["model"]["conv_in.weight"], before["model"]["conv_in.weight"])
+    new_keys = set(after["model"]) - set(before["model"])
+    assert new_keys and all(k.startswith("pos_proj.") and not after["model"][k].any() for k in new_keys)
     backend = TinyBackend.from_pretrained(tmp_path / "model")
     assert backend.output_type == "sample" and backend.scheduler_config["prediction_type"] == "v_prediction"
+    assert backend.model.config.position_embedding
+
+
+def test_load_weights_refuses_a_checkpoint_of_another_model():
+    model = new_model(TrainConfig(tiny=True), vocab_size=128)
+    state = model.state_dict()
+    with pytest.raises(RuntimeError, match="does not match"):
+        load_weights(model, {**state, "extra.weight": torch.zeros(1)})
+    with pytest.raises(RuntimeError, match="conv_in.weight"):
+        load_weights(model, {k: v for k, v in state.items() if k != "conv_in.weight"})
+    assert load_weights(model, {k: v for k, v in state.items() if not k.startswith("pos_proj.")})
 
 
 class _Oracle(torch.nn.Module):

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file
 
 from vdemo import world
 from vdemo.config import ATTENTION_MODES
@@ -67,6 +68,7 @@ class TrainConfig:
     channels: tuple[int, int, int] = (64, 128, 192)
     prediction: str = "sample"  # what the model predicts: sample (x0), v_prediction or epsilon
     snr_cap: float = 5.0  # x0 loss weight min(SNR + 1, snr_cap); SNR + 1 alone is v-prediction's weighting
+    position_embedding: bool = True  # 2D token positions before every attention block
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> TrainConfig:
@@ -93,9 +95,9 @@ def new_model(cfg: TrainConfig, vocab_size: int) -> TinyVideoUNet:
     if cfg.tiny:
         return TinyVideoUNet(vocab_size=vocab_size, channels=(16, 32, 32), attention_head_dim=16, temb_dim=64,
                              norm_groups=8, text_dim=32, text_layers=1, max_tokens=max_tokens(),
-                             prediction_type=cfg.prediction)
+                             prediction_type=cfg.prediction, position_embedding=cfg.position_embedding)
     return TinyVideoUNet(vocab_size=vocab_size, channels=cfg.channels, max_tokens=max_tokens(),
-                         prediction_type=cfg.prediction)
+                         prediction_type=cfg.prediction, position_embedding=cfg.position_embedding)
 
 
 def make_tokenizer():
@@ -168,6 +170,19 @@ def diffusion_loss(model: TinyVideoUNet, scheduler: DDPMScheduler, batch: dict, 
     return (clip_weight * weight * (pred - target) ** 2).mean() / weight.mean()
 
 
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+NEW_LAYER_PREFIXES = ("pos_proj.",)  # layers a checkpoint may lack: zero-initialised, so they start as identity
+
+
+def load_weights(model: TinyVideoUNet, state_dict: dict) -> list[str]:
+    """Load a checkpoint into `model`; returns the keys it lacked, which may only be zero-initialised new layers."""
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=False)
+    wrong = unexpected + [k for k in missing if not k.startswith(NEW_LAYER_PREFIXES)]
+    if wrong:
+        raise RuntimeError(f"checkpoint does not match the model: {', '.join(wrong[:5])}")
+    return missing
+
+
 def switch_parameterisation(model: TinyVideoUNet, old: str, new: str) -> None:
     """Resume a v-prediction state as an x0 ("sample") model: negate the output layer.
 
@@ -226,7 +241,7 @@ def train(cfg: TrainConfig) -> dict:
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+        added = load_weights(model, state["model"])
         step, elapsed_prev = state["step"], state["elapsed_s"]
         rng.bit_generator.state = state["rng"]
         old_prediction = state["config"].get("prediction_type", "v_prediction")
@@ -235,10 +250,14 @@ def train(cfg: TrainConfig) -> dict:
             ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
             print(f"switched the model from {old_prediction} to {cfg.prediction} at step {step}", flush=True)
         else:
-            ema_source = TinyVideoUNet.from_pretrained(out, torch_dtype=torch.float32) \
-                if (out / "config.json").exists() else model
+            ema_source = model
+            if (out / WEIGHTS).exists():
+                ema_source = new_model(cfg, vocab_size=model.config.vocab_size)
+                load_weights(ema_source, load_file(out / WEIGHTS))
             ema = EMAModel(ema_source.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
             ema.optimization_step = state["ema_step"]
+        if added:
+            print(f"new layers start at zero: {', '.join(sorted({k.rsplit('.', 2)[0] for k in added}))}", flush=True)
         print(f"resumed from {state_path} at step {step} ({elapsed_prev / 3600:.2f} h trained)", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters; threads {torch.get_num_threads()}", flush=True)

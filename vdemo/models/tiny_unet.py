@@ -69,6 +69,23 @@ def frame_position_embedding(num_frames: int, dim: int, device: torch.device) ->
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+POS_FEATURES = 32  # 8 frequencies × sin/cos × 2 axes
+
+
+def position_features(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """2D sin-cos features of each token's centre in normalised [0, 1] coordinates (DiT / MAE style): (1, 32, h, w).
+
+    Normalised coordinates keep a position's meaning when the video is made at another size than in training.
+    """
+    freqs = 2.0 ** torch.arange(POS_FEATURES // 4, device=device) * math.pi  # (8,)
+    ys = (torch.arange(height, device=device) + 0.5) / height
+    xs = (torch.arange(width, device=device) + 0.5) / width
+    ay, ax = ys[:, None] * freqs, xs[:, None] * freqs  # (h, 8), (w, 8)
+    fy = torch.cat([ay.sin(), ay.cos()], -1)[:, None, :].expand(height, width, -1)  # (h, w, 16)
+    fx = torch.cat([ax.sin(), ax.cos()], -1)[None, :, :].expand(height, width, -1)  # (h, w, 16)
+    return torch.cat([fy, fx], -1).permute(2, 0, 1)[None].to(dtype)
+
+
 class TinyVideoUNet(ModelMixin, ConfigMixin, AttentionMixin):
     """Conditional video U-Net for clips shaped (batch, frames, 3, H, W) in [-1, 1].
 
@@ -93,6 +110,7 @@ class TinyVideoUNet(ModelMixin, ConfigMixin, AttentionMixin):
         unshuffle: int = 4,
         sample_size: int = 64,
         prediction_type: str = "v_prediction",  # what forward() returns: "sample" (x0), "v_prediction" or "epsilon"
+        position_embedding: bool = False,  # 2D sin-cos token positions before every attention block
     ):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -136,8 +154,26 @@ class TinyVideoUNet(ModelMixin, ConfigMixin, AttentionMixin):
         torch.nn.init.zeros_(self.conv_out.weight)
         torch.nn.init.zeros_(self.conv_out.bias)
 
+        # Where each token sits: without it, attention across frames matches content only and cannot tell where the
+        # object was in another frame (conv padding leaks a little absolute position, not enough for motion). Zero-init
+        # projections, so a checkpoint trained without them starts unchanged.
+        self.pos_proj = torch.nn.ModuleDict({
+            name: torch.nn.Conv2d(POS_FEATURES, ch, 1)
+            for name, ch in (("down0", c0), ("down1", c1), ("down2", c2), ("mid", c2), ("up2", c2), ("up1", c1),
+                             ("up0", c0))
+        }) if position_embedding else None
+        for proj in (self.pos_proj or {}).values():
+            torch.nn.init.zeros_(proj.weight)
+            torch.nn.init.zeros_(proj.bias)
+
         self.frame_ctx = FrameContext()
         install_frame_attention(self, self.frame_ctx, layers="self")
+
+    def _pos(self, name: str, h: torch.Tensor) -> torch.Tensor:
+        """h plus its level's learned projection of the token positions (identity without position embeddings)."""
+        if self.pos_proj is None:
+            return h
+        return h + self.pos_proj[name](position_features(h.shape[-2], h.shape[-1], h.device, h.dtype))
 
     def set_attention_mode(self, mode: str) -> None:
         """Switch how frames mix; takes effect on the next forward, no weights touched."""
@@ -168,15 +204,19 @@ class TinyVideoUNet(ModelMixin, ConfigMixin, AttentionMixin):
 
         x = torch.cat([sample, controls], dim=2)  # (B, F, 12, H, W)
         x = F.pixel_unshuffle(rearrange(x, "b f c h w -> (b f) c h w"), r)  # (B*F, 12*r*r, H/r, W/r)
-        h0 = self.down0_attn(self.down0(self.conv_in(x), temb), ctx, return_dict=False)[0]  # (BF, c0, S, S), S = H / r
-        h1 = self.down1_attn(self.down1(self.ds0(h0), temb), ctx, return_dict=False)[0]  # (BF, c1, S/2, S/2)
-        h2 = self.down2_attn(self.down2(self.ds1(h1), temb), ctx, return_dict=False)[0]  # (BF, c2, S/4, S/4)
-        m = self.mid2(self.mid_attn(self.mid1(h2, temb), ctx, return_dict=False)[0], temb)
-        u = self.up2_attn(self.up2(torch.cat([m, h2], 1), temb), ctx, return_dict=False)[0]  # (BF, c2, S/4, S/4)
+        h0 = self.down0_attn(self._pos("down0", self.down0(self.conv_in(x), temb)), ctx,
+                             return_dict=False)[0]  # (BF, c0, S, S), S = H / r
+        h1 = self.down1_attn(self._pos("down1", self.down1(self.ds0(h0), temb)), ctx,
+                             return_dict=False)[0]  # (BF, c1, S/2, S/2)
+        h2 = self.down2_attn(self._pos("down2", self.down2(self.ds1(h1), temb)), ctx,
+                             return_dict=False)[0]  # (BF, c2, S/4, S/4)
+        m = self.mid2(self.mid_attn(self._pos("mid", self.mid1(h2, temb)), ctx, return_dict=False)[0], temb)
+        u = self.up2_attn(self._pos("up2", self.up2(torch.cat([m, h2], 1), temb)), ctx,
+                          return_dict=False)[0]  # (BF, c2, S/4, S/4)
         u = self.us1(F.interpolate(u, scale_factor=2.0, mode="nearest"))  # (BF, c1, S/2, S/2)
-        u = self.up1_attn(self.up1(torch.cat([u, h1], 1), temb), ctx, return_dict=False)[0]
+        u = self.up1_attn(self._pos("up1", self.up1(torch.cat([u, h1], 1), temb)), ctx, return_dict=False)[0]
         u = self.us0(F.interpolate(u, scale_factor=2.0, mode="nearest"))  # (BF, c0, S, S)
-        u = self.up0_attn(self.up0(torch.cat([u, h0], 1), temb), ctx, return_dict=False)[0]
+        u = self.up0_attn(self._pos("up0", self.up0(torch.cat([u, h0], 1), temb)), ctx, return_dict=False)[0]
         out = self.conv_out(F.silu(self.norm_out(u)))  # (BF, 3*r*r, S, S)
         out = F.pixel_shuffle(out, r)  # (BF, 3, H, W)
         return rearrange(out, "(b f) c h w -> b f c h w", b=B)
