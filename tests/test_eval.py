@@ -18,6 +18,7 @@ from vdemo.eval import (
     main_object,
     psnr,
     read_direction,
+    readme_table,
     size_drift,
     track_error,
 )
@@ -74,6 +75,10 @@ def test_eval_cli_reports_every_metric(tmp_path, capsys):
     assert header[:2] == ["step", "hours"] and "text.colour_acc" in header
     append_learning_curve(curve, rows, folder)
     assert len(curve.read_text().splitlines()) == 3
+    table = readme_table(rows).splitlines()
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| full", "| causal"]
+    assert len(table[0].split(" | ")) == len(table[2].split(" | ")) and "dB" in table[2]
+    assert "–" in readme_table([r for r in rows if r["metric"] != "pose"])
     png = tmp_path / "curve.png"
     assert main(["--plot", str(curve), str(png)]) == 0
     image = np.asarray(Image.open(png).convert("RGB"))

@@ -306,6 +306,32 @@ def plot_learning_curve(csv_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
+README_COLUMNS = (  # (header, metric, key, format)
+    ("colour", "text", "colour_acc", "{:.2f}"), ("shape", "text", "shape_acc", "{:.2f}"),
+    ("direction", "text", "direction_acc", "{:.2f}"),
+    ("stroke error (÷ diagonal)", "strokes", "stroke_error_diag", "{:.3f}"),
+    ("… without the stroke", "strokes", "no_stroke_error_diag", "{:.3f}"),
+    ("pose IoU", "pose", "pose_iou", "{:.2f}"), ("depth: near larger", "depth", "near_larger_in_front", "{:.2f}"),
+    ("first-frame PSNR", "image", "first_frame_psnr_db", "{:.1f} dB"),
+    ("identity kept", "image", "identity_kept", "{:.2f}"),
+    ("colour change / frame", "text", "colour_change", "{:.3f}"), ("size change / frame", "text", "size_change",
+                                                                    "{:.2f}"),
+)
+
+
+def readme_table(rows: list[dict]) -> str:
+    """The README's results table: one line per attention mode, one column per metric ("–" where not run)."""
+    by = {(r["metric"], r["mode"]): r for r in rows}
+    modes = [m for m in ATTENTION_MODES if any(mode == m for _, mode in by)]
+    lines = ["| mode | " + " | ".join(h for h, *_ in README_COLUMNS) + " |",
+             "|---|" + "---|" * len(README_COLUMNS)]
+    for mode in modes:
+        cells = [fmt.format(by[(metric, mode)][key]) if (metric, mode) in by else "–"
+                 for _, metric, key, fmt in README_COLUMNS]
+        lines.append(f"| {mode.replace('_', '-')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_table(rows: list[dict]) -> str:
     lines = ["| metric | mode | results |", "|---|---|---|"]
     for r in rows:
@@ -327,7 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curve", default=None, help="append the full-mode metrics and the checkpoint's step to a CSV")
     parser.add_argument("--plot", nargs=2, metavar=("CSV", "PNG"), default=None,
                         help="only plot a learning-curve CSV (from --curve) to a PNG")
+    parser.add_argument("--table", nargs="+", metavar="JSON", default=None,
+                        help="only print the README results table from eval JSON files (from --out)")
     args = parser.parse_args(argv)
+    if args.table:
+        print(readme_table([row for path in args.table for row in json.loads(Path(path).read_text())]))
+        return 0
     if args.plot:
         plot_learning_curve(Path(args.plot[0]), Path(args.plot[1]))
         print(f"wrote {args.plot[1]}")
