@@ -65,6 +65,17 @@ def test_an_older_state_resumes_as_an_x0_model_with_position_embeddings(tmp_path
     assert backend.model.config.position_embedding
 
 
+def test_mode_weights_decide_which_attention_modes_train(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path / "model"), state=str(tmp_path / "state.pt"), log=str(tmp_path / "log.csv"),
+                      tiny=True, max_steps=4, batch_size=1, minutes=5, bf16=False,
+                      mode_weights=(1e-9, 1e-9, 1e-9, 1.0, 1e-9))
+    train(cfg)
+    rows = (tmp_path / "log.csv").read_text().strip().splitlines()[1:]
+    assert [row.split(",")[4] for row in rows] == ["causal"] * 4
+    with pytest.raises(ValueError, match="mode_weights"):
+        train(TrainConfig(**{**cfg.__dict__, "mode_weights": (1.0, 0.0, 1.0, 1.0, 1.0)}))
+
+
 def test_load_weights_refuses_a_checkpoint_of_another_model():
     model = new_model(TrainConfig(tiny=True), vocab_size=128)
     state = model.state_dict()

@@ -21,7 +21,6 @@ import argparse
 import copy
 import csv
 import math
-import random
 import signal
 import time
 from dataclasses import dataclass, fields
@@ -69,6 +68,9 @@ class TrainConfig:
     prediction: str = "sample"  # what the model predicts: sample (x0), v_prediction or epsilon
     snr_cap: float = 5.0  # x0 loss weight min(SNR + 1, snr_cap); SNR + 1 alone is v-prediction's weighting
     position_embedding: bool = True  # 2D token positions before every attention block
+    # How often each attention mode (config.ATTENTION_MODES order: spatial, temporal, full, causal, sparse_causal) is
+    # drawn per step: every mode is trained, the frame-mixing ones more (only they can learn coherent motion).
+    mode_weights: tuple[float, ...] = (1.0, 1.5, 3.0, 2.5, 2.0)
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> TrainConfig:
@@ -79,10 +81,12 @@ class TrainConfig:
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
             elif f.name == "channels":
                 parser.add_argument(flag, type=int, nargs=3, default=list(f.default))
+            elif f.name == "mode_weights":
+                parser.add_argument(flag, type=float, nargs=len(ATTENTION_MODES), default=list(f.default))
             else:
                 parser.add_argument(flag, type=type(f.default), default=f.default)
         args = vars(parser.parse_args(argv))
-        args["channels"] = tuple(args["channels"])
+        args["channels"], args["mode_weights"] = tuple(args["channels"]), tuple(args["mode_weights"])
         return cls(**args)
 
 
@@ -262,6 +266,9 @@ def train(cfg: TrainConfig) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters; threads {torch.get_num_threads()}", flush=True)
 
+    mode_p = np.asarray(cfg.mode_weights, float) / sum(cfg.mode_weights)
+    if len(mode_p) != len(ATTENTION_MODES) or (mode_p <= 0).any():
+        raise ValueError(f"mode_weights needs {len(ATTENTION_MODES)} positive weights, got {cfg.mode_weights}")
     stop = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
     signal.signal(signal.SIGINT, lambda *_: stop.update(flag=True))
@@ -279,7 +286,7 @@ def train(cfg: TrainConfig) -> dict:
         t0 = time.time()
         num_frames = 8 if rng.random() < 0.7 else 16
         batch_size = cfg.batch_size if num_frames == 8 else max(1, cfg.batch_size // 2)
-        mode = random.Random(int(rng.integers(1 << 31))).choice(ATTENTION_MODES)
+        mode = ATTENTION_MODES[int(rng.choice(len(ATTENTION_MODES), p=mode_p))]
         model.set_attention_mode(mode)
         batch = make_batch(rng, batch_size, num_frames, cfg, tokenizer)
         warm = cfg.warmup_steps if first_step == 0 else cfg.resume_warmup_steps
