@@ -21,6 +21,7 @@ Conditioning (any subset; absent = zeros and a cleared presence flag):
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -72,10 +73,12 @@ def frame_position_embedding(num_frames: int, dim: int, device: torch.device) ->
 POS_FEATURES = 32  # 8 frequencies × sin/cos × 2 axes
 
 
+@functools.lru_cache(maxsize=32)
 def position_features(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """2D sin-cos features of each token's centre in normalised [0, 1] coordinates (DiT / MAE style): (1, 32, h, w).
 
     Normalised coordinates keep a position's meaning when the video is made at another size than in training.
+    Cached: every attention block of every denoising step asks for the same few grids (do not modify the result).
     """
     freqs = 2.0 ** torch.arange(POS_FEATURES // 4, device=device) * math.pi  # (8,)
     ys = (torch.arange(height, device=device) + 0.5) / height
