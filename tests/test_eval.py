@@ -83,3 +83,15 @@ def test_eval_cli_reports_every_metric(tmp_path, capsys):
     assert main(["--plot", str(curve), str(png)]) == 0
     image = np.asarray(Image.open(png).convert("RGB"))
     assert image.shape == (520, 800, 3) and len(np.unique(image.reshape(-1, 3), axis=0)) > 10  # drawn, not blank
+
+
+def test_table_and_plot_give_one_line_errors_on_bad_files(tmp_path, capsys):
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("{not json")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("step,hours\n")
+    for argv in (["--table", str(garbage)], ["--table", str(tmp_path / "missing.json")],
+                 ["--plot", str(empty), str(tmp_path / "x.png")], ["--table", str(empty)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("python -m vdemo.eval: error:") and "\n" not in err and "Traceback" not in err

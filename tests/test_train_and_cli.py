@@ -21,6 +21,7 @@ from vdemo.pipeline import Done, GenerationRequest, VideoPipeline
 from vdemo.samplers import default_scheduler_config
 from vdemo.strokes import Stroke
 from vdemo.train import TrainConfig, diffusion_loss, load_weights, new_model, train
+from vdemo.train import main as train_main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,6 +75,8 @@ def test_mode_weights_decide_which_attention_modes_train(tmp_path):
     assert [row.split(",")[4] for row in rows] == ["causal"] * 4
     with pytest.raises(ValueError, match="mode_weights"):
         train(TrainConfig(**{**cfg.__dict__, "mode_weights": (1.0, 0.0, 1.0, 1.0, 1.0)}))
+    with pytest.raises(SystemExit, match="^python -m vdemo.train: error: mode_weights needs 5 positive"):
+        train_main(["--mode-weights", "1", "1", "1", "1", "-1"])
 
 
 def test_load_weights_refuses_a_checkpoint_of_another_model():

@@ -356,13 +356,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", nargs="+", metavar="JSON", default=None,
                         help="only print the README results table from eval JSON files (from --out)")
     args = parser.parse_args(argv)
-    if args.table:
-        print(readme_table([row for path in args.table for row in json.loads(Path(path).read_text())]))
-        return 0
-    if args.plot:
-        plot_learning_curve(Path(args.plot[0]), Path(args.plot[1]))
-        print(f"wrote {args.plot[1]}")
-        return 0
+    try:
+        if args.table:
+            print(readme_table([row for path in args.table for row in json.loads(Path(path).read_text())]))
+            return 0
+        if args.plot:
+            plot_learning_curve(Path(args.plot[0]), Path(args.plot[1]))
+            print(f"wrote {args.plot[1]}")
+            return 0
+    except (OSError, ValueError, KeyError, TypeError) as err:  # a missing, empty or foreign file: one line, no trace
+        print(f"python -m vdemo.eval: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
     from vdemo.backends import load_backend
 
     pipe = VideoPipeline(load_backend("tiny", args.model_dir))

@@ -72,6 +72,10 @@ class TrainConfig:
     # drawn per step: every mode is trained, the frame-mixing ones more (only they can learn coherent motion).
     mode_weights: tuple[float, ...] = (1.0, 1.5, 3.0, 2.5, 2.0)
 
+    def __post_init__(self) -> None:
+        if len(self.mode_weights) != len(ATTENTION_MODES) or min(self.mode_weights) <= 0:
+            raise ValueError(f"mode_weights needs {len(ATTENTION_MODES)} positive weights, got {self.mode_weights}")
+
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> TrainConfig:
         parser = argparse.ArgumentParser(prog="python -m vdemo.train", description=__doc__.split("\n\n")[0])
@@ -267,8 +271,6 @@ def train(cfg: TrainConfig) -> dict:
     print(f"model: {n_params / 1e6:.2f}M parameters; threads {torch.get_num_threads()}", flush=True)
 
     mode_p = np.asarray(cfg.mode_weights, float) / sum(cfg.mode_weights)
-    if len(mode_p) != len(ATTENTION_MODES) or (mode_p <= 0).any():
-        raise ValueError(f"mode_weights needs {len(ATTENTION_MODES)} positive weights, got {cfg.mode_weights}")
     stop = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
     signal.signal(signal.SIGINT, lambda *_: stop.update(flag=True))
@@ -322,7 +324,11 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    train(TrainConfig.from_args(argv))
+    try:
+        cfg = TrainConfig.from_args(argv)
+    except ValueError as err:
+        raise SystemExit(f"python -m vdemo.train: error: {err}") from None
+    train(cfg)
 
 
 if __name__ == "__main__":
