@@ -6,13 +6,17 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from vdemo import world
 from vdemo.eval import (
+    COUPLING_T,
     METRICS,
+    EvalSettings,
     append_learning_curve,
     colour_drift,
+    eval_coupling,
     held_out_specs,
     main,
     main_object,
@@ -69,7 +73,7 @@ def test_eval_cli_reports_every_metric(tmp_path, capsys):
     keys = set().union(*(r.keys() for r in rows))
     for key in ("colour_acc", "shape_acc", "direction_acc", "first_frame_psnr_db", "identity_kept",
                 "stroke_error_diag", "no_stroke_error_diag", "pose_iou", "near_larger_in_front", "colour_change",
-                "size_change"):
+                "size_change", "x0_mse_t950", "x0_mse_t850"):
         assert key in keys
     header = curve.read_text().splitlines()[0].split(",")
     assert header[:2] == ["step", "hours"] and "text.colour_acc" in header
@@ -82,7 +86,7 @@ def test_eval_cli_reports_every_metric(tmp_path, capsys):
     png = tmp_path / "curve.png"
     assert main(["--plot", str(curve), str(png)]) == 0
     image = np.asarray(Image.open(png).convert("RGB"))
-    assert image.shape == (520, 800, 3) and len(np.unique(image.reshape(-1, 3), axis=0)) > 10  # drawn, not blank
+    assert image.shape == (520, 1120, 3) and len(np.unique(image.reshape(-1, 3), axis=0)) > 10  # drawn, not blank
 
 
 def test_table_and_plot_give_one_line_errors_on_bad_files(tmp_path, capsys):
@@ -95,3 +99,51 @@ def test_table_and_plot_give_one_line_errors_on_bad_files(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("python -m vdemo.eval: error:") and "\n" not in err and "Traceback" not in err
+
+
+class _ZeroBackend:
+    """Predicts x0 = 0 everywhere: its coupling error is the clips' own foreground-weighted mean square."""
+
+    output_type = "sample"
+    scheduler_config = {"prediction_type": "v_prediction"}
+
+    def __init__(self):
+        self.calls = []
+
+    def prepare(self, request):
+        return {"prompt": request.prompt}
+
+    def predict(self, x_in, t, cond, guidance, mode):
+        self.calls.append((float(t), guidance, mode, tuple(x_in.shape)))
+        return torch.zeros_like(x_in)
+
+
+def test_coupling_error_is_the_foreground_weighted_x0_mse():
+    backend = _ZeroBackend()
+    settings = EvalSettings(cases=2, num_frames=8)
+    row = eval_coupling(type("Pipe", (), {"backend": backend})(), settings, "causal")
+    assert set(row) == {f"x0_mse_t{t}" for t in COUPLING_T}
+    assert [c[:3] for c in backend.calls] == [(float(t), 1.0, "causal") for _ in range(2) for t in COUPLING_T]
+    assert backend.calls[0][3] == (1, 8, 3, 64, 64)
+    expected = []
+    for spec in held_out_specs("objects", 2, lambda sp: len(sp["objects"]) == 1):
+        clip = world.make_clip(spec, 8, 64)
+        x0 = clip.frames.astype(np.float64) / 127.5 - 1.0
+        bg = np.array(world.BACKGROUNDS[clip.meta["background"]])
+        w = 1.0 + 4.0 * (np.abs(clip.frames.astype(int) - bg).max(-1) > 24)[..., None]
+        expected.append((w * x0**2).sum() / (3 * w.sum()))
+    assert row["x0_mse_t950"] == pytest.approx(np.mean(expected), rel=1e-5)
+    assert row["x0_mse_t850"] == pytest.approx(row["x0_mse_t950"])
+
+
+def test_learning_curve_widens_for_new_metrics(tmp_path):
+    curve = tmp_path / "curve.csv"
+    curve.write_text("step,hours,text.colour_acc\n100,0.5,0.25\n")
+    rows = [{"metric": "text", "mode": "full", "colour_acc": 0.5, "seconds": 1.0},
+            {"metric": "coupling", "mode": "full", "x0_mse_t950": 0.12, "x0_mse_t850": 0.04},
+            {"metric": "coupling", "mode": "spatial", "x0_mse_t950": 0.2, "x0_mse_t850": 0.05}]
+    append_learning_curve(curve, rows, tmp_path)
+    lines = curve.read_text().splitlines()
+    assert lines == ["step,hours,text.colour_acc,coupling.x0_mse_t850,coupling.x0_mse_t950", "100,0.5,0.25,,",
+                     ",0.0,0.5,0.04,0.12"]
+    assert main(["--plot", str(curve), str(tmp_path / "curve.png")]) == 0

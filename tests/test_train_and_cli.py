@@ -20,7 +20,7 @@ from vdemo.config import ATTENTION_MODES
 from vdemo.pipeline import Done, GenerationRequest, VideoPipeline
 from vdemo.samplers import default_scheduler_config
 from vdemo.strokes import Stroke
-from vdemo.train import TrainConfig, diffusion_loss, load_weights, new_model, train
+from vdemo.train import TrainConfig, diffusion_loss, load_weights, new_model, sample_timesteps, train
 from vdemo.train import main as train_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +87,19 @@ def test_load_weights_refuses_a_checkpoint_of_another_model():
     with pytest.raises(RuntimeError, match="conv_in.weight"):
         load_weights(model, {k: v for k, v in state.items() if k != "conv_in.weight"})
     assert load_weights(model, {k: v for k, v in state.items() if not k.startswith("pos_proj.")})
+
+
+def test_high_noise_share_of_training_timesteps():
+    uniform = sample_timesteps(20_000, 1000, torch.Generator().manual_seed(0))
+    assert torch.equal(uniform, torch.randint(0, 1000, (20_000,), generator=torch.Generator().manual_seed(0)))
+    assert float((uniform >= 850).float().mean()) == pytest.approx(0.15, abs=0.01)
+    mixed = sample_timesteps(20_000, 1000, torch.Generator().manual_seed(0), high_noise_frac=0.5, high_noise_from=850)
+    assert float((mixed >= 850).float().mean()) == pytest.approx(0.5 + 0.5 * 0.15, abs=0.015)
+    assert int(mixed.min()) == 0 and int(mixed.max()) == 999
+    only_high = sample_timesteps(1000, 1000, torch.Generator().manual_seed(0), high_noise_frac=1.0, high_noise_from=900)
+    assert int(only_high.min()) >= 900
+    with pytest.raises(SystemExit, match="^python -m vdemo.train: error: high_noise_frac must be in"):
+        train_main(["--high-noise-frac", "1.5"])
 
 
 class _Oracle(torch.nn.Module):

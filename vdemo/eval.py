@@ -12,7 +12,10 @@ Cases come from world seeds the training stream never draws (`HELDOUT_SEED0 + i`
     the frame diagonal, given first frame + stroke; the same without the stroke is the "ignores the stroke" baseline;
   - pose: IoU between the generated figure and the ground-truth figure drawn from the same skeleton;
   - depth: share of frames where the nearer object is larger than the farther one and wins where they overlap;
-  - temporal: frame-to-frame change of the object's mean colour (/255) and area (relative) in text runs.
+  - temporal: frame-to-frame change of the object's mean colour (/255) and area (relative) in text runs;
+  - coupling: the denoiser's own x0 error (MSE, foreground-weighted like training, text given) on held-out clips noised
+    to t = 950 and 850. There a single frame barely shows where the object is, so only mixing frames can lower the
+    error: a mode that ties frames together should beat `spatial` here, and text-only motion needs it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import DDPMScheduler
 
 from vdemo import world
 from vdemo.config import ATTENTION_MODES, DEFAULTS
@@ -39,7 +43,8 @@ from vdemo.world.palette import nearest_direction
 
 HELDOUT_SEED0 = 1_000_000
 STILL_FRAC = 0.05  # a net displacement under 5% of the frame reads as "still"
-METRICS = ("text", "image", "strokes", "pose", "depth")
+METRICS = ("text", "image", "strokes", "pose", "depth", "coupling")
+COUPLING_T = (950, 850)
 
 
 @dataclass(frozen=True)
@@ -212,6 +217,33 @@ def eval_depth(pipe, s: EvalSettings, mode: str) -> dict:
     return {"near_larger_in_front": float(np.mean(correct))}
 
 
+def eval_coupling(pipe, s: EvalSettings, mode: str) -> dict:
+    """x0 MSE of the backend's prediction (no guidance) at the COUPLING_T noise levels; fixed noise per case."""
+    from vdemo.samplers import default_scheduler_config, split_prediction
+
+    backend = pipe.backend
+    specs = held_out_specs("objects", s.cases, lambda sp: len(sp["objects"]) == 1)
+    scheduler = DDPMScheduler.from_config(default_scheduler_config(
+        backend.scheduler_config.get("prediction_type", "v_prediction")))
+    errors: dict[int, list[float]] = {t: [] for t in COUPLING_T}
+    for i, spec in enumerate(specs):
+        clip = world.make_clip(spec, s.num_frames, s.size)
+        request = GenerationRequest(prompt=clip.caption, num_frames=s.num_frames, height=s.size, width=s.size,
+                                    attention_mode=mode)
+        cond = backend.prepare(request)
+        x0 = torch.from_numpy(clip.frames.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)[None]  # (1, F, 3, H, W)
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(HELDOUT_SEED0 + i))
+        bg = np.array(world.BACKGROUNDS[clip.meta["background"]], np.int16)
+        fg = torch.from_numpy(np.abs(clip.frames.astype(np.int16) - bg).max(-1) > 24)[None, :, None]  # (1, F, 1, H, W)
+        weight = 1.0 + 4.0 * fg.float()
+        for t in COUPLING_T:
+            x_in = scheduler.add_noise(x0, noise, torch.tensor([t]))
+            out = backend.predict(x_in, torch.tensor(float(t)), cond, 1.0, mode).float()
+            x0_hat = out if backend.output_type == "sample" else split_prediction(scheduler, out, x_in, t)[0]
+            errors[t].append(float((weight * (x0_hat - x0) ** 2).sum() / (3 * weight.sum())))
+    return {f"x0_mse_t{t}": float(np.mean(v)) for t, v in errors.items()}
+
+
 def sample_grid(pipe: VideoPipeline, s: EvalSettings, mode: str = "full", frames_shown: int = 8) -> np.ndarray:
     """One row per modality (held-out cases; the row above each conditioned sample is its ground truth), as uint8."""
     cases = [("objects", lambda sp: len(sp["objects"]) == 1, lambda c: {"prompt": c.caption}),
@@ -233,7 +265,8 @@ def sample_grid(pipe: VideoPipeline, s: EvalSettings, mode: str = "full", frames
     return np.concatenate([x for line in lines for x in (line, spacer)][:-1], 0)
 
 
-EVALS = {"text": eval_text, "image": eval_image, "strokes": eval_strokes, "pose": eval_pose, "depth": eval_depth}
+EVALS = {"text": eval_text, "image": eval_image, "strokes": eval_strokes, "pose": eval_pose, "depth": eval_depth,
+         "coupling": eval_coupling}
 
 
 def evaluate(pipe: VideoPipeline, settings: EvalSettings, modes: Iterable[str] = ATTENTION_MODES,
@@ -251,19 +284,25 @@ def evaluate(pipe: VideoPipeline, settings: EvalSettings, modes: Iterable[str] =
 
 
 def append_learning_curve(path: Path, rows: list[dict], model_dir: Path) -> None:
-    """One CSV line per eval run: training step and hours of the checkpoint, then every metric of the `full` rows."""
+    """One CSV line per eval run: training step and hours of the checkpoint, then every metric of the `full` rows.
+
+    A run that reports a metric the file has no column for widens the file (earlier lines get empty cells).
+    """
     state_path = model_dir / "train_state.pt"
     state = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.exists() else {}
-    values = {f"{r['metric']}.{k}": v for r in rows if r["mode"] == "full" for k, v in r.items()
+    values = {f"{r['metric']}.{k}": round(v, 4) for r in rows if r["mode"] == "full" for k, v in r.items()
               if k not in ("metric", "mode", "seconds")}
-    header = ["step", "hours", *sorted(values)]
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.writer(f)
-        if new:
-            writer.writerow(header)
-        writer.writerow([state.get("step", ""), round(state.get("elapsed_s", 0.0) / 3600, 3),
-                         *(round(values[k], 4) for k in header[2:])])
+    old_rows, old_metrics = [], []
+    if path.exists():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            old_rows, old_metrics = list(reader), [k for k in reader.fieldnames or [] if k not in ("step", "hours")]
+    header = ["step", "hours", *old_metrics, *sorted(set(values) - set(old_metrics))]
+    new_row = {"step": state.get("step", ""), "hours": round(state.get("elapsed_s", 0.0) / 3600, 3), **values}
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header, restval="")
+        writer.writeheader()
+        writer.writerows([*old_rows, new_row])
 
 
 CURVE_PANELS = {  # panel title: (CSV columns, y limits); bars at the issue's targets
@@ -272,13 +311,14 @@ CURVE_PANELS = {  # panel title: (CSV columns, y limits); bars at the issue's ta
     "stroke error (÷ diagonal)": (["strokes.stroke_error_diag", "strokes.no_stroke_error_diag"], (0.0, None)),
     "pose IoU": (["pose.pose_iou"], (0.0, 1.0)),
     "first-frame PSNR (dB)": (["image.first_frame_psnr_db"], (0.0, None)),
+    "coupling: x0 error at high noise": (["coupling.x0_mse_t950", "coupling.x0_mse_t850"], (0.0, None)),
 }
 TARGETS = {"text.colour_acc": 0.95, "strokes.stroke_error_diag": 0.05, "pose.pose_iou": 0.6,
            "image.first_frame_psnr_db": 28.0}
 
 
 def plot_learning_curve(csv_path: Path, png_path: Path) -> None:
-    """The learning curve (eval metrics of `full` mode against training hours) as a 2×2 PNG, with the targets."""
+    """The learning curve (full-mode eval metrics against training hours): a panel per metric group, targets dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -289,18 +329,21 @@ def plot_learning_curve(csv_path: Path, png_path: Path) -> None:
     if not rows:
         raise ValueError(f"{csv_path} has no rows to plot")
     hours = [float(r["hours"]) for r in rows]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), constrained_layout=True)
-    for ax, (title, (columns, ylim)) in zip(axes.flat, CURVE_PANELS.items(), strict=True):
+    fig, axes = plt.subplots(2, 3, figsize=(14, 6.5), constrained_layout=True)
+    axes.flat[-1].set_visible(False)
+    for ax, (title, (columns, ylim)) in zip(axes.flat, CURVE_PANELS.items()):
         for column in columns:
-            if column in rows[0]:
-                line, = ax.plot(hours, [float(r[column]) for r in rows], marker="o", label=column.split(".", 1)[1])
+            points = [(h, float(r[column])) for h, r in zip(hours, rows) if r.get(column)]  # "" = not measured then
+            if points:
+                line, = ax.plot(*zip(*points), marker="o", label=column.split(".", 1)[1])
                 if column in TARGETS:
                     ax.axhline(TARGETS[column], color=line.get_color(), linestyle=":", linewidth=1)
         ax.set_title(title)
         ax.set_xlabel("training hours (2-core CPU)")
         ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
     fig.suptitle(f"{csv_path.name}: full mode, held-out cases; dotted = target")
     fig.savefig(png_path, dpi=80)
     plt.close(fig)
@@ -316,6 +359,7 @@ README_COLUMNS = (  # (header, metric, key, format)
     ("identity kept", "image", "identity_kept", "{:.2f}"),
     ("colour change / frame", "text", "colour_change", "{:.3f}"), ("size change / frame", "text", "size_change",
                                                                     "{:.2f}"),
+    ("x0 error at t=950", "coupling", "x0_mse_t950", "{:.4f}"),
 )
 
 
