@@ -4,7 +4,7 @@ Sizes follow diffusers' own pipeline tests (tests/pipelines/animatediff, control
 levels, a handful of channels, a 32-wide CLIP text/vision tower, and a CLIPTokenizer built from a vocab.json +
 merges.txt written here (transformers 5 no longer ships `bytes_to_unicode`, and nothing may come from the hub).
 
-    root = build_hub_folder(tmp_path)   # root/base, root/motion_adapter, root/controlnet_pose, root/controlnet_depth, root/svd
+    root = build_hub_folder(tmp_path)   # root/base, motion_adapter, controlnet_pose, controlnet_depth, svd
 
 Each role folder mirrors one hub repo: `base` is stable-diffusion-v1-5 (model_index.json, unet/, vae/, text_encoder/,
 tokenizer/, scheduler/), `motion_adapter` and `controlnet_*` are single-model repos (config.json +
@@ -31,7 +31,8 @@ def write_clip_tokenizer(folder: Path, max_length: int = 16) -> None:
     """vocab.json + merges.txt (+ configs) in the layout of openai/clip-vit-large-patch14's tokenizer."""
     folder.mkdir(parents=True, exist_ok=True)
     letters = "abcdefghijklmnopqrstuvwxyz"
-    tokens = ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters), *(w + "</w>" for w in WORDS)]
+    tokens = ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters),
+              *(w + "</w>" for w in WORDS)]
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
     merges = []  # whole-word merges, built character by character, so the words above become single tokens
     for word in WORDS:
@@ -91,7 +92,8 @@ def save_motion_adapter(folder: Path) -> None:
     from diffusers import MotionAdapter
 
     MotionAdapter(block_out_channels=CHANNELS, motion_layers_per_block=1, motion_norm_num_groups=GROUPS,
-                  motion_num_attention_heads=2, motion_max_seq_length=32).save_pretrained(folder, safe_serialization=True)
+                  motion_num_attention_heads=2, motion_max_seq_length=32).save_pretrained(folder,
+                                                                                           safe_serialization=True)
 
 
 def save_controlnet(folder: Path) -> None:
@@ -104,7 +106,8 @@ def save_controlnet(folder: Path) -> None:
 
 
 def save_svd(folder: Path) -> None:
-    """stable-video-diffusion-img2vid layout: model_index.json, unet/, vae/, image_encoder/, feature_extractor/, scheduler/."""
+    """stable-video-diffusion-img2vid layout: model_index.json, unet/, vae/, image_encoder/, feature_extractor/,
+    scheduler/."""
     from diffusers import (
         AutoencoderKLTemporalDecoder,
         EulerDiscreteScheduler,

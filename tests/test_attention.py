@@ -9,6 +9,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from vdemo.attention import (
     AttentionMode,
+    DistanceBias,
     FrameAttnProcessor,
     FrameContext,
     attend,
@@ -300,3 +301,83 @@ def test_bench_cli_json(capsys):
     assert main(["attention", "--frames", "2", "--tokens", "4", "--repeats", "1", "--modes", "causal", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["mode"] for r in rows} == {"full", "causal"}  # full is always timed: speedups are relative to it
+
+
+# ------------------------------------------------------------------------------------- the distance bias
+def token_positions(gh: int, gw: int, frames: int) -> torch.Tensor:
+    """(F·N, 2) token centres in DistanceBias's reference units (a 16-token grid over the frame), frame-major."""
+    ys, xs = ((torch.arange(n) + 0.5) * 16 / n for n in (gh, gw))
+    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2).repeat(frames, 1)
+
+
+def biased_reference(q, k, v, mode, frames, bias: DistanceBias, grid) -> torch.Tensor:
+    """The oracle: the full score matrix plus the bias evaluated at every query-key displacement, masked, softmax."""
+    pos = token_positions(*grid, frames)
+    with torch.no_grad():
+        b = bias.kernel(pos[:, None] - pos[None])  # (h, FN, FN)
+    scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + b
+    return scores.masked_fill(~mode_mask(mode, frames, grid[0] * grid[1]), float("-inf")).softmax(-1) @ v
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
+def test_distance_bias_is_exact_and_starts_off(mode):
+    grid, frames = (4, 5), 3
+    q, k, v = qkv(2, frames, 20)
+    bias = DistanceBias(heads=2)
+    plain = attend(q, k, v, mode, frames)
+    torch.testing.assert_close(attend(*bias.augment(q, k, v, grid), mode, frames)[..., :8], plain, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        bias.strength.normal_(0, 0.1, generator=torch.Generator().manual_seed(3))
+    got = attend(*bias.augment(q, k, v, grid), mode, frames)
+    assert got.shape[-1] == 8 + DistanceBias.EXTRA and got[..., 8:].abs().max() == 0  # zero-padded values
+    want = biased_reference(q, k, v, mode, frames, bias, grid)
+    torch.testing.assert_close(got[..., :8], want, atol=1e-5, rtol=0)
+    if mode is not AttentionMode.TEMPORAL:  # all keys of a temporal query share its position: the bias cancels
+        assert (got[..., :8] - plain).abs().max() > 1e-2
+
+
+def test_distance_bias_peaks_at_the_query_position_when_positive():
+    bias = DistanceBias(heads=1)
+    with torch.no_grad():
+        bias.strength.fill_(0.1)
+    delta = torch.stack(torch.meshgrid(torch.arange(-15.0, 16), torch.arange(-15.0, 16), indexing="ij"), -1)
+    kernel = bias.kernel(delta)[0]  # (31, 31)
+    assert kernel[15, 15] == kernel.max() and (kernel.flatten().argmax() == 15 * 31 + 15)
+    assert (kernel[15, 15:].diff() < 0).all()  # falls with distance along an axis, no alias inside the frame
+
+
+def test_distance_bias_moves_attention_towards_near_keys():
+    """With equal content scores, a strong positive bias puts most of a query's attention on its own position.
+
+    Each value holds its key's index, so the output is the attention-weighted mean key index."""
+    grid, frames = (4, 4), 2
+    q = torch.zeros(1, 1, frames * 16, 8)
+    k = torch.zeros_like(q)
+    v = torch.arange(frames * 16, dtype=torch.float32)[None, None, :, None].expand(1, 1, -1, 8).contiguous()
+    bias = DistanceBias(heads=1)
+    with torch.no_grad():
+        bias.strength.fill_(1.0)
+    out = attend(*bias.augment(q, k, v, grid), "temporal", frames)[..., :8]
+    torch.testing.assert_close(out[0, 0, :16, 0], torch.arange(16.0) + 8.0)  # temporal: mean of the two frames
+    spatial = attend(*bias.augment(q, k, v, grid), "spatial", frames)[0, 0, :16, 0]
+    plain = attend(q, k, v, "spatial", frames)[0, 0, :16, 0]
+    assert (spatial - torch.arange(16.0)).abs().mean() < 0.1 * (plain - torch.arange(16.0)).abs().mean()
+
+
+def test_processor_with_distance_bias_needs_a_token_grid():
+    attn = make_attn()
+    bias = DistanceBias(HEADS)
+    with torch.no_grad():
+        bias.strength.fill_(0.05)
+    ctx = FrameContext("full", num_frames=2)
+    x = torch.randn(2, 16, C)  # 2 frames of a 4×4 grid
+    got = run(attn, FrameAttnProcessor(ctx, bias=bias), x)
+    h = x.reshape(1, 32, C)
+    q, k, v = (proj(h).unflatten(-1, (HEADS, -1)).transpose(1, 2) for proj in (attn.to_q, attn.to_k, attn.to_v))
+    with torch.no_grad():
+        want = attn.to_out[0](biased_reference(q, k, v, "full", 2, bias, (4, 4)).transpose(1, 2).flatten(2))
+    torch.testing.assert_close(got, want.reshape(2, 16, C), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="not a square"):
+        run(attn, FrameAttnProcessor(ctx, bias=bias), torch.randn(2, 15, C))
+    with pytest.raises(ValueError, match="frames_in_batch"):
+        FrameAttnProcessor(ctx, layout="frames_in_sequence", bias=bias)

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from vdemo.models.tiny_unet import PREDICTION_TYPES, TinyVideoUNet, position_features
+from vdemo.models.tiny_unet import LEVELS, PREDICTION_TYPES, TinyVideoUNet, position_features
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def small_unet(position_embedding: bool = True, seed: int = 0) -> TinyVideoUNet:
+def small_unet(position_embedding: bool = True, seed: int = 0, distance_bias: bool = False) -> TinyVideoUNet:
     """Minute-scale weights with non-zero output and position layers (both start at zero in training)."""
     torch.manual_seed(seed)
     model = TinyVideoUNet(channels=(16, 32, 32), attention_head_dim=16, temb_dim=64, norm_groups=8, text_dim=32,
-                          text_layers=1, prediction_type="sample", position_embedding=position_embedding).eval()
+                          text_layers=1, prediction_type="sample", position_embedding=position_embedding,
+                          distance_bias=distance_bias).eval()
     layers = [model.conv_out, *(model.pos_proj.values() if position_embedding else [])]
     for layer in layers:
         for p in layer.parameters():
@@ -71,6 +74,37 @@ def test_zero_position_layers_leave_the_model_as_it_was():
         torch.nn.init.zeros_(proj.bias)
     x = torch.randn(1, 4, 3, 64, 64)
     torch.testing.assert_close(forward(plain, x), forward(with_pos, x))
+
+
+def test_distance_bias_starts_off_is_saved_and_wired_after_loading(tmp_path):
+    plain, biased = small_unet(), small_unet(distance_bias=True)
+    assert set(biased.state_dict()) - set(plain.state_dict()) == {f"pos_bias.{n}.strength" for n in LEVELS}
+    x = torch.randn(1, 4, 3, 64, 64)
+    torch.testing.assert_close(forward(plain, x), forward(biased, x))  # strength 0: the same model
+    with torch.no_grad():
+        for bias in biased.pos_bias.values():
+            bias.strength.fill_(0.05)
+    moved = forward(biased, x)
+    assert (moved - forward(plain, x)).abs().max() > 1e-3
+    biased.save_pretrained(tmp_path)
+    loaded = TinyVideoUNet.from_pretrained(tmp_path).eval()  # processors must see the loaded strengths
+    torch.testing.assert_close(forward(loaded, x), moved)
+    copied = copy.deepcopy(biased)  # the trainer exports a deep copy: its processors must follow its own biases
+    with torch.no_grad():
+        for bias in copied.pos_bias.values():
+            bias.strength.zero_()
+    torch.testing.assert_close(forward(copied, x), forward(plain, x))
+    torch.testing.assert_close(forward(biased, x), moved)
+
+
+def test_distance_bias_learns():
+    model = small_unet(distance_bias=True).train()
+    x = torch.randn(1, 3, 3, 64, 64)
+    ids = torch.ones(1, 4, dtype=torch.long)
+    tokens, pooled = model.encode_text(ids)
+    out = model(x, torch.full((1,), 900), tokens, pooled, torch.zeros(1, 3, 9, 64, 64), torch.zeros(1, 5))
+    out.square().mean().backward()
+    assert all(b.strength.grad is not None and b.strength.grad.abs().sum() > 0 for b in model.pos_bias.values())
 
 
 def test_position_features_tell_every_token_apart_at_any_size():

@@ -86,7 +86,8 @@ def test_load_weights_refuses_a_checkpoint_of_another_model():
         load_weights(model, {**state, "extra.weight": torch.zeros(1)})
     with pytest.raises(RuntimeError, match="conv_in.weight"):
         load_weights(model, {k: v for k, v in state.items() if k != "conv_in.weight"})
-    assert load_weights(model, {k: v for k, v in state.items() if not k.startswith("pos_proj.")})
+    missing = load_weights(model, {k: v for k, v in state.items() if not k.startswith(("pos_proj.", "pos_bias."))})
+    assert {k.split(".")[0] for k in missing} == {"pos_proj", "pos_bias"}
 
 
 def test_high_noise_share_of_training_timesteps():

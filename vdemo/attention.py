@@ -21,6 +21,7 @@ never from the batch size (which silently mis-groups frames when classifier-free
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -206,6 +207,66 @@ class FrameContext:
         super().__setattr__(name, value)
 
 
+class DistanceBias(torch.nn.Module):
+    """A learned per-head bias on self-attention scores by the spatial displacement Δ = p − p' of query and key tokens.
+
+    It lets any mode prefer keys near the query's own position, in its own frame or in others, which content-based
+    scores learn slowly (a frame-mixing mode can then start from what `temporal` mode does by construction: look at
+    the same place in the other frames). The bias is a learned sum of cosines, per head, axis and frequency ω:
+    b(Δ) = Σ λ·cos(ω·Δ), peaked at Δ = 0 when the λ are positive; the periods (32 and 64 units) are at least twice
+    the frame's width, so the bias falls all the way across the frame and the far side never aliases to "near".
+    Positions are in units of a 16-token grid over the frame (one token of the tiny model's finest level), whatever
+    the level or the video size.
+
+    No score matrix is built: cos(ω(p − p')) = cos ωp·cos ωp' + sin ωp·sin ωp', a dot product of extra query and key
+    channels (bounded, so bf16 keeps it exact enough), so every kernel of `attend`, with its cheap gathering, works
+    unchanged. λ = GAIN · strength, strength starting at 0: exactly the attention without the bias.
+    """
+
+    GAIN = 20.0  # Adam moves a parameter by ~lr per step; this moves λ by ~6e-3 per step at lr 3e-4
+    REFERENCE_GRID = 16
+    OMEGAS = (2 * math.pi / 32, 2 * math.pi / 64)
+    EXTRA = 2 * len(OMEGAS) * 2  # axes × frequencies × (cos, sin)
+
+    def __init__(self, heads: int):
+        super().__init__()
+        self.strength = torch.nn.Parameter(torch.zeros(heads, 2, len(self.OMEGAS)))  # (heads, axis, frequency)
+
+    def features(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(N, 2, len(OMEGAS), 2) cos/sin of ω·y and ω·x for each token of a frame (row-major)."""
+        gh, gw = grid
+        ys = (torch.arange(gh, device=device, dtype=torch.float32) + 0.5) * (self.REFERENCE_GRID / gh)
+        xs = (torch.arange(gw, device=device, dtype=torch.float32) + 0.5) * (self.REFERENCE_GRID / gw)
+        pos = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(gh * gw, 2)  # (N, 2)
+        angles = pos[:, :, None] * torch.tensor(self.OMEGAS, device=device)  # (N, 2, W)
+        return torch.stack([angles.cos(), angles.sin()], -1).to(dtype)
+
+    def augment(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, h, F·N, d) q, k, v of frame-major tokens on a token grid -> all three with EXTRA more channels.
+
+        v is zero-padded: SDPA's fused CPU kernels want one head size for q, k and v (4× slower otherwise); drop the
+        output's last EXTRA channels."""
+        B, heads, S, d = q.shape
+        N = grid[0] * grid[1]
+        if S % N:
+            raise ValueError(f"{S} tokens do not split into frames of a {grid[0]}×{grid[1]} token grid")
+        feats = self.features(grid, q.device, torch.float32).repeat(S // N, 1, 1, 1)  # (S, 2, W, 2)
+        d_aug = d + self.EXTRA
+        lam = (self.GAIN * self.strength.float())[:, None, :, :, None]  # (h, 1, 2, W, 1)
+        q_extra = (lam * feats * math.sqrt(d_aug)).flatten(2).to(q.dtype)  # (h, S, EXTRA)
+        k_extra = feats.flatten(1).to(k.dtype)  # (S, EXTRA)
+        q = torch.cat([q * math.sqrt(d_aug / d), q_extra.expand(B, -1, -1, -1)], -1)  # scores keep q·k / √d
+        k = torch.cat([k, k_extra.expand(B, heads, -1, -1)], -1)
+        return q, k, F.pad(v, (0, self.EXTRA))
+
+    def kernel(self, delta: torch.Tensor) -> torch.Tensor:
+        """The bias for displacements delta (..., 2) in reference units: (heads, ...); for tests and plots."""
+        angles = delta[..., :, None] * torch.tensor(self.OMEGAS)  # (..., 2, W)
+        lam = self.GAIN * self.strength  # (h, 2, W)
+        return (lam.reshape(lam.shape[0], *([1] * (delta.dim() - 1)), *lam.shape[1:]) * angles.cos()).sum((-1, -2))
+
+
 LAYOUTS = ("frames_in_batch", "frames_in_sequence")
 
 
@@ -218,11 +279,24 @@ class FrameAttnProcessor:
     Cross-attention (encoder_hidden_states given) is exactly `AttnProcessor2_0`.
     """
 
-    def __init__(self, ctx: FrameContext, layout: str = "frames_in_batch"):
+    def __init__(self, ctx: FrameContext, layout: str = "frames_in_batch", bias: DistanceBias | None = None):
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
+        if bias is not None and layout != "frames_in_batch":
+            raise ValueError("a DistanceBias needs spatial tokens: layout 'frames_in_batch'")
         self.ctx = ctx
         self.layout = layout
+        self.bias = bias  # owned (and saved) by the model; None = plain scores
+
+    @staticmethod
+    def _grid(tokens: int, shape: tuple[int, int] | None) -> tuple[int, int]:
+        """The token grid of a frame: from a 4-D input's shape, else square (Transformer2DModel flattens it)."""
+        if shape is not None:
+            return shape
+        side = math.isqrt(tokens)
+        if side * side != tokens:
+            raise ValueError(f"a DistanceBias needs the token grid: {tokens} flattened tokens are not a square")
+        return side, side
 
     def _frames(self, slices: int, tokens: int) -> tuple[int, int]:
         """(num_frames, batch) of self-attention hidden states shaped (slices, tokens, C)."""
@@ -250,9 +324,11 @@ class FrameAttnProcessor:
             hidden_states = attn.spatial_norm(hidden_states, temb)
 
         input_ndim = hidden_states.ndim
+        grid = None
         if input_ndim == 4:
             batch_size, channel, height, width = hidden_states.shape
             hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+            grid = (height, width)
 
         batch_size, sequence_length, _ = hidden_states.shape if not is_cross else encoder_hidden_states.shape
 
@@ -293,6 +369,9 @@ class FrameAttnProcessor:
             hidden_states = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
             )  # (B, h, L, d)
+        elif self.bias is not None:
+            q_aug, k_aug, v_aug = self.bias.augment(query, key, value, self._grid(tokens, grid))
+            hidden_states = attend(q_aug, k_aug, v_aug, self.ctx.mode, num_frames)[..., :head_dim]  # (B, h, F·N, d)
         else:
             hidden_states = attend(query, key, value, self.ctx.mode, num_frames)  # (B, h, F·N, d)
 

@@ -2,7 +2,7 @@
 
     python -m vdemo.bench attention                          # every mode, frames 8 16 32 × tokens 64 256 1024
     python -m vdemo.bench attention --frames 16 --tokens 256 --json
-    python -m vdemo.bench pipeline                           # seconds per 16-frame clip, first preview, per mode/sampler
+    python -m vdemo.bench pipeline                           # s per 16-frame clip, first preview, per mode/sampler
     python -m vdemo.bench backends                           # hub backends on a GPU space (downloads; not in CI)
 
 `attention` times `vdemo.attention.attend` per mode (under torch.no_grad; one warm-up round per config, not counted)

@@ -2,7 +2,7 @@
 
     pipe = VideoPipeline(backend)
     run = pipe.start(GenerationRequest(prompt="a red circle moves right", num_frames=16))
-    for event in run:                    # Progress(step, total, preview, mode, sampler, ...) ... then Done(frames, manifest)
+    for event in run:                    # Progress(step, total, preview, mode, sampler, ...), then Done(frames, …)
         run.set_attention_mode("causal")  # live: takes effect on the next denoising step, no weight reload
         run.stop()                        # ends the loop within one step; Done carries the last prediction
 
@@ -280,7 +280,7 @@ class DenoisingBackend(Backend):
 
     @abstractmethod
     def predict(self, x_in: torch.Tensor, t: torch.Tensor, cond: Any, guidance: float, mode: str) -> torch.Tensor:
-        """Model output for the VP-normalised x_in: the scheduler's prediction_type, or x0 if output_type is "sample"."""
+        """Model output for the VP-normalised x_in: the scheduler's prediction_type, or x0 if output_type = "sample"."""
 
     @abstractmethod
     def decode(self, x0: torch.Tensor) -> np.ndarray:

@@ -68,6 +68,7 @@ class TrainConfig:
     prediction: str = "sample"  # what the model predicts: sample (x0), v_prediction or epsilon
     snr_cap: float = 5.0  # x0 loss weight min(SNR + 1, snr_cap); SNR + 1 alone is v-prediction's weighting
     position_embedding: bool = True  # 2D token positions before every attention block
+    distance_bias: bool = True  # learned per-head attention bias by query-key distance (vdemo.attention.DistanceBias)
     # How often each attention mode (config.ATTENTION_MODES order: spatial, temporal, full, causal, sparse_causal) is
     # drawn per step: every mode is trained, the frame-mixing ones more (only they can learn coherent motion).
     mode_weights: tuple[float, ...] = (1.0, 1.5, 3.0, 2.5, 2.0)
@@ -110,9 +111,11 @@ def new_model(cfg: TrainConfig, vocab_size: int) -> TinyVideoUNet:
     if cfg.tiny:
         return TinyVideoUNet(vocab_size=vocab_size, channels=(16, 32, 32), attention_head_dim=16, temb_dim=64,
                              norm_groups=8, text_dim=32, text_layers=1, max_tokens=max_tokens(),
-                             prediction_type=cfg.prediction, position_embedding=cfg.position_embedding)
+                             prediction_type=cfg.prediction, position_embedding=cfg.position_embedding,
+                             distance_bias=cfg.distance_bias)
     return TinyVideoUNet(vocab_size=vocab_size, channels=cfg.channels, max_tokens=max_tokens(),
-                         prediction_type=cfg.prediction, position_embedding=cfg.position_embedding)
+                         prediction_type=cfg.prediction, position_embedding=cfg.position_embedding,
+                         distance_bias=cfg.distance_bias)
 
 
 def make_tokenizer():
@@ -199,7 +202,8 @@ def diffusion_loss(model: TinyVideoUNet, scheduler: DDPMScheduler, batch: dict, 
 
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-NEW_LAYER_PREFIXES = ("pos_proj.",)  # layers a checkpoint may lack: zero-initialised, so they start as identity
+# Layers a checkpoint may lack: zero-initialised, so they start as the identity.
+NEW_LAYER_PREFIXES = ("pos_proj.", "pos_bias.")
 
 
 def load_weights(model: TinyVideoUNet, state_dict: dict) -> list[str]:

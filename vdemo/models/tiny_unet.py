@@ -34,7 +34,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from einops import rearrange
 
-from vdemo.attention import FrameContext, install_frame_attention, parse_mode
+from vdemo.attention import DistanceBias, FrameContext, install_frame_attention, parse_mode
 
 # Control channels, in the order they are concatenated to the noisy frames.
 CONTROL_CHANNELS = {"known": 3, "known_mask": 1, "pose": 3, "depth": 1, "strokes": 1}
@@ -71,6 +71,7 @@ def frame_position_embedding(num_frames: int, dim: int, device: torch.device) ->
 
 
 POS_FEATURES = 32  # 8 frequencies × sin/cos × 2 axes
+LEVELS = ("down0", "down1", "down2", "mid", "up2", "up1", "up0")  # the transformer blocks, `<level>_attn`
 
 
 @functools.lru_cache(maxsize=32)
@@ -114,6 +115,7 @@ class TinyVideoUNet(ModelMixin, ConfigMixin, AttentionMixin):
         sample_size: int = 64,
         prediction_type: str = "v_prediction",  # what forward() returns: "sample" (x0), "v_prediction" or "epsilon"
         position_embedding: bool = False,  # 2D sin-cos token positions before every attention block
+        distance_bias: bool = False,  # a learned per-head bias by query-key distance in every self-attention
     ):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -161,9 +163,7 @@ class TinyVideoUNet(ModelMixin, ConfigMixin, AttentionMixin):
         # object was in another frame (conv padding leaks a little absolute position, not enough for motion). Zero-init
         # projections, so a checkpoint trained without them starts unchanged.
         self.pos_proj = torch.nn.ModuleDict({
-            name: torch.nn.Conv2d(POS_FEATURES, ch, 1)
-            for name, ch in (("down0", c0), ("down1", c1), ("down2", c2), ("mid", c2), ("up2", c2), ("up1", c1),
-                             ("up0", c0))
+            name: torch.nn.Conv2d(POS_FEATURES, ch, 1) for name, ch in zip(LEVELS, (c0, c1, c2, c2, c2, c1, c0))
         }) if position_embedding else None
         for proj in (self.pos_proj or {}).values():
             torch.nn.init.zeros_(proj.weight)
@@ -171,6 +171,12 @@ class TinyVideoUNet(ModelMixin, ConfigMixin, AttentionMixin):
 
         self.frame_ctx = FrameContext()
         install_frame_attention(self, self.frame_ctx, layers="self")
+        # Scores prefer keys near the query's own place in every frame (zero-initialised: off until learned).
+        self.pos_bias = torch.nn.ModuleDict({
+            name: DistanceBias(getattr(self, f"{name}_attn").transformer_blocks[0].attn1.heads) for name in LEVELS
+        }) if distance_bias else None
+        for name, bias in (self.pos_bias or {}).items():
+            getattr(self, f"{name}_attn").transformer_blocks[0].attn1.processor.bias = bias
 
     def _pos(self, name: str, h: torch.Tensor) -> torch.Tensor:
         """h plus its level's learned projection of the token positions (identity without position embeddings)."""

@@ -1,7 +1,7 @@
 """Hub backends for GPU spaces: AnimateDiff, zero-shot SD 1.5 + ControlNet, Stable Video Diffusion.
 
     backend = load_hub_backend("animatediff")                       # pinned hub repos (downloads when online)
-    backend = load_hub_backend("animatediff", local_dir="/models")  # or a local copy: /models/base, /models/motion_adapter …
+    backend = load_hub_backend("animatediff", local_dir="/models")  # or a local copy: /models/base, …
     VideoPipeline(backend).generate(GenerationRequest(prompt="a cat walks", num_frames=16, height=512, width=512))
 
 `HUB_BACKENDS` (registry name → pinned spec) is the allow-list; `$VDEMO_<NAME>_DIR` (e.g. VDEMO_SVD_XT_DIR) points an

@@ -141,7 +141,8 @@ def local_root(spec: HubSpec, local_dir: str | os.PathLike | None = None) -> Pat
 
 def check_safetensors(folder: Path) -> None:
     """Refuse a folder whose weights are pickle files only (.bin/.pt/.ckpt): safetensors are required."""
-    weights = [p for p in folder.rglob("*") if p.is_file() and (p.suffix in PICKLE_SUFFIXES or p.suffix == ".safetensors")]
+    weights = [p for p in folder.rglob("*")
+               if p.is_file() and (p.suffix in PICKLE_SUFFIXES or p.suffix == ".safetensors")]
     by_dir: dict[Path, set[str]] = {}
     for p in weights:
         by_dir.setdefault(p.parent, set()).add(p.suffix)

@@ -8,8 +8,8 @@ Two edits, both on frames-first latents (F, C, h, w), both leaving everything ou
    trajectory so the object it seeds follows it. Blended variance-preservingly: √s·moved + √(1−s)·own.
 2. `paste_along_strokes` (after a few steps): the model's clean-latent estimate x0̂ inside the region of frame 0 is
    pasted, shifted along the stroke, into every later frame inside the moved mask (blend s), with its noise estimate
-   ε̂ moved alongside (blend √s, √(1−s)); the caller re-noises (x0̂', ε̂') to the current noise level inside the mask (SDEdit-style, as the
-   samplers' `reproject` does) and keeps its latents outside it.
+   ε̂ moved alongside (blend √s, √(1−s)); the caller re-noises (x0̂', ε̂') to the current noise level inside the mask
+   (SDEdit-style, as the samplers' `reproject` does) and keeps its latents outside it.
 
 Positions are in latent cells: a stroke point (x, y) in [0, 1] sits at column x·w, row y·h; shifts are whole cells, so
 a moved region ends within half a cell of where the stroke ends. The region is a disc of radius `stroke.radius` ×
