@@ -123,3 +123,18 @@ def test_prediction_type_is_checked():
     assert "sample" in PREDICTION_TYPES
     with pytest.raises(ValueError, match="prediction_type"):
         TinyVideoUNet(channels=(16, 32, 32), norm_groups=8, prediction_type="noise")
+
+
+def test_frame_conditioning_starts_off_and_makes_frames_differ():
+    plain = small_unet()
+    mixed = TinyVideoUNet(**{**plain.config, "frame_conditioning": True}).eval()
+    missing, unexpected = mixed.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and {k.split(".")[0] for k in missing} == {"frame_cond"}
+    x = torch.zeros(1, 4, 3, 64, 64)
+    torch.testing.assert_close(forward(plain, x), forward(mixed, x))  # zero last layer: no change
+    with torch.no_grad():
+        torch.nn.init.normal_(mixed.frame_cond[-1].weight, std=0.5)
+    before, after = forward(plain, x), forward(mixed, x)
+    assert (after - before).abs().amax(dim=(0, 2, 3, 4)).min() > 1e-3  # every frame's output moves
+    gaps = [(after[0, i] - after[0, 0]).abs().max() - (before[0, i] - before[0, 0]).abs().max() for i in (1, 2, 3)]
+    assert max(abs(float(g)) for g in gaps) > 1e-3  # and not by the same amount in every frame

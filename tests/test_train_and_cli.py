@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from safetensors.torch import load_file
 
 from vdemo.__main__ import main as cli
 from vdemo.backends.tiny import TinyBackend
@@ -64,6 +65,19 @@ def test_an_older_state_resumes_as_an_x0_model_with_position_embeddings(tmp_path
     backend = TinyBackend.from_pretrained(tmp_path / "model")
     assert backend.output_type == "sample" and backend.scheduler_config["prediction_type"] == "v_prediction"
     assert backend.model.config.position_embedding
+
+
+def test_new_layers_of_a_resumed_run_start_the_same_in_the_model_and_its_ema(tmp_path):
+    """The EMA of a layer the checkpoint lacked starts from the model's own init (an MLP's random first layer too)."""
+    cfg = TrainConfig(out=str(tmp_path / "model"), state=str(tmp_path / "state.pt"), log=str(tmp_path / "log.csv"),
+                      tiny=True, max_steps=1, batch_size=2, minutes=5, bf16=False, frame_conditioning=False)
+    train(cfg)
+    train(TrainConfig(**{**cfg.__dict__, "frame_conditioning": True}))  # at max_steps already: loads, saves, exports
+    state = torch.load(tmp_path / "state.pt", weights_only=False)["model"]
+    shipped = load_file(tmp_path / "model" / "diffusion_pytorch_model.safetensors")
+    assert {k for k in state if k.startswith("frame_cond.")} == {k for k in shipped if k.startswith("frame_cond.")}
+    torch.testing.assert_close(shipped["frame_cond.0.weight"], state["frame_cond.0.weight"])
+    assert shipped["frame_cond.0.weight"].abs().max() > 0 and not shipped["frame_cond.2.weight"].any()
 
 
 def test_mode_weights_decide_which_attention_modes_train(tmp_path):

@@ -69,6 +69,7 @@ class TrainConfig:
     snr_cap: float = 5.0  # x0 loss weight min(SNR + 1, snr_cap); SNR + 1 alone is v-prediction's weighting
     position_embedding: bool = True  # 2D token positions before every attention block
     distance_bias: bool = True  # learned per-head attention bias by query-key distance (vdemo.attention.DistanceBias)
+    frame_conditioning: bool = True  # per-frame MLP of (clip conditioning, frame time) in the time embedding
     # How often each attention mode (config.ATTENTION_MODES order: spatial, temporal, full, causal, sparse_causal) is
     # drawn per step: every mode is trained, the frame-mixing ones more (only they can learn coherent motion).
     mode_weights: tuple[float, ...] = (1.0, 1.5, 3.0, 2.5, 2.0)
@@ -112,10 +113,10 @@ def new_model(cfg: TrainConfig, vocab_size: int) -> TinyVideoUNet:
         return TinyVideoUNet(vocab_size=vocab_size, channels=(16, 32, 32), attention_head_dim=16, temb_dim=64,
                              norm_groups=8, text_dim=32, text_layers=1, max_tokens=max_tokens(),
                              prediction_type=cfg.prediction, position_embedding=cfg.position_embedding,
-                             distance_bias=cfg.distance_bias)
+                             distance_bias=cfg.distance_bias, frame_conditioning=cfg.frame_conditioning)
     return TinyVideoUNet(vocab_size=vocab_size, channels=cfg.channels, max_tokens=max_tokens(),
                          prediction_type=cfg.prediction, position_embedding=cfg.position_embedding,
-                         distance_bias=cfg.distance_bias)
+                         distance_bias=cfg.distance_bias, frame_conditioning=cfg.frame_conditioning)
 
 
 def make_tokenizer():
@@ -203,7 +204,7 @@ def diffusion_loss(model: TinyVideoUNet, scheduler: DDPMScheduler, batch: dict, 
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 # Layers a checkpoint may lack: zero-initialised, so they start as the identity.
-NEW_LAYER_PREFIXES = ("pos_proj.", "pos_bias.")
+NEW_LAYER_PREFIXES = ("pos_proj.", "pos_bias.", "frame_cond.")
 
 
 def load_weights(model: TinyVideoUNet, state_dict: dict) -> list[str]:
@@ -285,7 +286,10 @@ def train(cfg: TrainConfig) -> dict:
             ema_source = model
             if (out / WEIGHTS).exists():
                 ema_source = new_model(cfg, vocab_size=model.config.vocab_size)
-                load_weights(ema_source, load_file(out / WEIGHTS))
+                ema_missing = load_weights(ema_source, load_file(out / WEIGHTS))
+                if ema_missing:  # new layers: the EMA starts from the model's own init (both halves of an MLP agree)
+                    own = model.state_dict()
+                    ema_source.load_state_dict({k: own[k] for k in ema_missing}, strict=False)
             ema = EMAModel(ema_source.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
             ema.optimization_step = state["ema_step"]
         if added:

@@ -116,6 +116,7 @@ class TinyVideoUNet(ModelMixin, ConfigMixin, AttentionMixin):
         prediction_type: str = "v_prediction",  # what forward() returns: "sample" (x0), "v_prediction" or "epsilon"
         position_embedding: bool = False,  # 2D sin-cos token positions before every attention block
         distance_bias: bool = False,  # a learned per-head bias by query-key distance in every self-attention
+        frame_conditioning: bool = False,  # an MLP of (clip conditioning, frame time) added to each frame's embedding
     ):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -129,6 +130,15 @@ class TinyVideoUNet(ModelMixin, ConfigMixin, AttentionMixin):
         self.frame_embed = torch.nn.Linear(temb_dim // 2, temb_dim)
         self.text_embed = torch.nn.Linear(text_dim, temb_dim)
         self.flag_embed = torch.nn.Linear(len(PRESENCE_FLAGS), temb_dim)
+        # Where the object should be in frame k depends on the caption's direction *times* the frame's time; summed
+        # embeddings only meet in one SiLU per ResNet, so that product is hard to form. A small MLP of both (the last
+        # layer zero-initialised: it starts as no change) gives each frame its own conditioning.
+        self.frame_cond = torch.nn.Sequential(
+            torch.nn.Linear(temb_dim + temb_dim // 2, temb_dim), torch.nn.SiLU(), torch.nn.Linear(temb_dim, temb_dim),
+        ) if frame_conditioning else None
+        if self.frame_cond is not None:
+            torch.nn.init.zeros_(self.frame_cond[-1].weight)
+            torch.nn.init.zeros_(self.frame_cond[-1].bias)
 
         def res(cin: int, cout: int) -> ResnetBlock2D:
             return ResnetBlock2D(
@@ -207,8 +217,12 @@ class TinyVideoUNet(ModelMixin, ConfigMixin, AttentionMixin):
         t = timestep.reshape(-1).expand(B) if timestep.numel() == 1 else timestep
         temb = self.time_embed(self.time_proj(t.to(sample.device)).to(sample.dtype))  # (B, T)
         temb = temb + self.text_embed(text_pooled) + self.flag_embed(flags.to(sample.dtype))  # (B, T)
-        femb = self.frame_embed(frame_position_embedding(Fr, self.config.temb_dim // 2, sample.device))  # (F, T)
-        temb = rearrange(temb[:, None] + femb[None], "b f c -> (b f) c")  # (B*F, T)
+        fpos = frame_position_embedding(Fr, self.config.temb_dim // 2, sample.device).to(sample.dtype)  # (F, T/2)
+        femb = temb[:, None] + self.frame_embed(fpos)[None]  # (B, F, T)
+        if self.frame_cond is not None:
+            both = torch.cat([temb[:, None].expand(-1, Fr, -1), fpos[None].expand(B, -1, -1)], dim=-1)  # (B, F, 3T/2)
+            femb = femb + self.frame_cond(both)
+        temb = rearrange(femb, "b f c -> (b f) c")  # (B*F, T)
         ctx = text_tokens.repeat_interleave(Fr, dim=0)  # (B*F, L, D)
 
         x = torch.cat([sample, controls], dim=2)  # (B, F, 12, H, W)
