@@ -151,3 +151,35 @@ def test_unsupported_modality_refused():
     backend.modalities = frozenset({"text"})
     with pytest.raises(RequestError, match="does not support strokes conditioning"):
         VideoPipeline(backend).start(small(strokes=(Stroke(((0.5, 0.5),), 0.1),)))
+
+
+def test_cpu_bf16_setting(monkeypatch):
+    from vdemo.backends.tiny import CPU_BF16_FLAGS, cpu_bf16
+
+    assert cpu_bf16("1") is True and cpu_bf16("0") is False
+    try:
+        flags = open("/proc/cpuinfo").read().split()
+    except OSError:
+        flags = []
+    assert cpu_bf16("auto") == any(f in flags for f in CPU_BF16_FLAGS)
+    monkeypatch.setenv("VDEMO_CPU_BF16", "0")
+    assert TinyBackend.random().bf16 is False and TinyBackend.random().describe()["compute"] == "float32"
+    monkeypatch.setenv("VDEMO_CPU_BF16", "yes")
+    with pytest.raises(ValueError, match="VDEMO_CPU_BF16 must be 1, 0 or auto"):
+        TinyBackend.random()
+
+
+def test_bf16_autocast_changes_little_and_really_runs():
+    import torch
+
+    backend = TinyBackend.random()
+    request = small(prompt="a red circle moves right")
+    cond = backend.prepare(request)
+    x = torch.randn(1, request.num_frames, 3, request.height, request.width, generator=torch.Generator().manual_seed(0))
+    outs = {}
+    for bf16 in (False, True):
+        backend.bf16 = bf16
+        outs[bf16] = backend.predict(x, torch.tensor(500.0), cond, 3.0, "full")
+        assert outs[bf16].dtype == torch.float32
+    gap = (outs[True] - outs[False]).abs()
+    assert 0 < float(gap.max()) < 0.05 * float(outs[False].abs().max())
