@@ -224,3 +224,19 @@ def test_cli_runs_as_module(trained, tmp_path):
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "unknown attention mode 'nope'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_shares_of_known_frames_and_strokes():
+    from vdemo import world
+    from vdemo.train import example_from_clip
+
+    rng = np.random.default_rng(0)
+    clips = [world.sample_clip(rng, num_frames=8, size=32, kind="objects") for _ in range(60)]
+    for p_known, p_strokes in ((0.0, 0.0), (0.3, 0.3), (1.0, 1.0)):
+        cfg = TrainConfig(p_known=p_known, p_strokes=p_strokes, p_drop_all=0.0)
+        ex_rng = np.random.default_rng(1)
+        flags = np.stack([example_from_clip(c, ex_rng, cfg)["flags"] for c in clips for _ in range(5)])  # (300, 5)
+        known, strokes = flags[:, 1].mean(), flags[:, 4].mean()
+        assert known == pytest.approx(p_known, abs=0.08) and strokes == pytest.approx(p_strokes, abs=0.08)
+    with pytest.raises(SystemExit, match="p_known must be in"):
+        train_main(["--p-known", "1.5"])

@@ -60,6 +60,10 @@ class TrainConfig:
     fg_weight: float = 4.0
     p_drop_all: float = 0.1
     p_drop_text: float = 0.25
+    # Shares of clips given known frames (image-to-video : extension : in-betweening = 7 : 2 : 1) and, for object and
+    # path clips, strokes. Both give the layout away; only clips without them teach the layout from a caption alone.
+    p_known: float = 0.3
+    p_strokes: float = 0.3
     ckpt_every_s: float = 300.0
     seed: int = 0
     threads: int = 0  # 0 = torch default
@@ -80,6 +84,9 @@ class TrainConfig:
     high_noise_from: int = 850
 
     def __post_init__(self) -> None:
+        for name in ("p_known", "p_strokes", "p_drop_all", "p_drop_text"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if len(self.mode_weights) != len(ATTENTION_MODES) or min(self.mode_weights) <= 0:
             raise ValueError(f"mode_weights needs {len(ATTENTION_MODES)} positive weights, got {self.mode_weights}")
         if not 0.0 <= self.high_noise_frac <= 1.0:
@@ -130,18 +137,18 @@ def example_from_clip(clip, rng: np.random.Generator, cfg: TrainConfig) -> dict:
     caption = "" if drop_all or rng.random() < cfg.p_drop_text else clip.caption
     known = None
     if not drop_all:
-        u = rng.random()
-        if u < 0.35:  # image-to-video
+        u = rng.random() / cfg.p_known if cfg.p_known > 0 else 1.0  # uniform in [0, 1) when known frames are given
+        if u < 0.7:  # image-to-video
             known = {0: clip.frames[0]}
-        elif u < 0.45:  # extension: the first k frames come from the previous clip
+        elif u < 0.9:  # extension: the first k frames come from the previous clip
             k = int(rng.integers(1, max(2, num_frames // 4) + 1))
             known = {i: clip.frames[i] for i in range(k)}
-        elif u < 0.5:  # in-betweening
+        elif u < 1.0:  # in-betweening
             known = {0: clip.frames[0], num_frames - 1: clip.frames[-1]}
     pose = clip.pose if (clip.pose is not None and not drop_all and rng.random() < 0.7) else None
     depth = clip.depth if (clip.depth is not None and not drop_all and rng.random() < 0.7) else None
     stroke_maps = None
-    if clip.paths and clip.kind in ("objects", "path") and not drop_all and rng.random() < 0.5:
+    if clip.paths and clip.kind in ("objects", "path") and not drop_all and rng.random() < cfg.p_strokes:
         chosen = [p for p in clip.paths if rng.random() < 0.8] or clip.paths[:1]
         stroke_maps = stroke_heatmaps(strokes_from_paths(chosen, 0.1), num_frames, size)
     controls, flags = control_tensors(num_frames, size, known=known, pose=pose, depth=depth,
