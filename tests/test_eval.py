@@ -147,3 +147,37 @@ def test_learning_curve_widens_for_new_metrics(tmp_path):
     assert lines == ["step,hours,text.colour_acc,coupling.x0_mse_t850,coupling.x0_mse_t950", "100,0.5,0.25,,",
                      ",0.0,0.5,0.04,0.12"]
     assert main(["--plot", str(curve), str(tmp_path / "curve.png")]) == 0
+
+
+class _LayoutBackend(_ZeroBackend):
+    """Draws a white square on black in every frame: drifting the way the prompt's word says, or fixed at the centre."""
+
+    def __init__(self, knows_words: bool):
+        super().__init__()
+        self.knows_words = knows_words
+
+    def predict(self, x_in, t, cond, guidance, mode):
+        from vdemo.world.palette import MOTIONS
+
+        self.calls.append((float(t), guidance, mode, tuple(x_in.shape)))
+        _, frames, _, size, _ = x_in.shape
+        word = cond["prompt"].split(" moves ")[1].split(" on ")[0]
+        dx, dy = MOTIONS[word] if self.knows_words else (0.0, 0.0)
+        out = -torch.ones_like(x_in)
+        for f in range(frames):
+            u = f / max(frames - 1, 1) - 0.5
+            cx, cy = int((0.5 + 0.3 * u * dx) * size), int((0.5 + 0.3 * u * dy) * size)
+            out[0, f, :, cy - 4:cy + 4, cx - 4:cx + 4] = 1.0
+        return out
+
+
+def test_layout_reads_the_drift_of_the_mean_layout_per_direction_word():
+    from vdemo.eval import eval_layout
+
+    settings = EvalSettings(cases=2, num_frames=8)
+    knows = _LayoutBackend(knows_words=True)
+    row = eval_layout(type("Pipe", (), {"backend": knows})(), settings, "full")
+    assert row["layout_direction_acc"] == 1.0 and row["layout_drift"] > 0.2
+    assert {c[:3] for c in knows.calls} == {(999.0, 1.0, "full")} and len(knows.calls) == 8 * 2
+    centred = eval_layout(type("Pipe", (), {"backend": _LayoutBackend(knows_words=False)})(), settings, "full")
+    assert centred == {"layout_direction_acc": 0.0, "layout_drift": 0.0}

@@ -15,7 +15,8 @@ Cases come from world seeds the training stream never draws (`HELDOUT_SEED0 + i`
   - temporal: frame-to-frame change of the object's mean colour (/255) and area (relative) in text runs;
   - coupling: the denoiser's own x0 error (MSE, foreground-weighted like training, text given) on held-out clips noised
     to t = 950 and 850. There a single frame barely shows where the object is, so only mixing frames can lower the
-    error: a mode that ties frames together should beat `spatial` here, and text-only motion needs it.
+    error: a mode that ties frames together should beat `spatial` here, and text-only motion needs it;
+  - layout: from pure noise, does the object's mean position drift the way each direction word says (`eval_layout`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from vdemo.world.palette import nearest_direction
 
 HELDOUT_SEED0 = 1_000_000
 STILL_FRAC = 0.05  # a net displacement under 5% of the frame reads as "still"
-METRICS = ("text", "image", "strokes", "pose", "depth", "coupling")
+METRICS = ("text", "image", "strokes", "pose", "depth", "coupling", "layout")
 COUPLING_T = (950, 850)
 
 
@@ -217,14 +218,26 @@ def eval_depth(pipe, s: EvalSettings, mode: str) -> dict:
     return {"near_larger_in_front": float(np.mean(correct))}
 
 
+def _x0_prediction(backend, scheduler, x_in: torch.Tensor, t: int, cond, mode: str) -> torch.Tensor:
+    """The backend's clean-clip estimate (no guidance) for x_in at integer timestep t."""
+    from vdemo.samplers import split_prediction
+
+    out = backend.predict(x_in, torch.tensor(float(t)), cond, 1.0, mode).float()
+    return out if backend.output_type == "sample" else split_prediction(scheduler, out, x_in, t)[0]
+
+
+def _ddpm(backend) -> DDPMScheduler:
+    from vdemo.samplers import default_scheduler_config
+
+    return DDPMScheduler.from_config(default_scheduler_config(
+        backend.scheduler_config.get("prediction_type", "v_prediction")))
+
+
 def eval_coupling(pipe, s: EvalSettings, mode: str) -> dict:
     """x0 MSE of the backend's prediction (no guidance) at the COUPLING_T noise levels; fixed noise per case."""
-    from vdemo.samplers import default_scheduler_config, split_prediction
-
     backend = pipe.backend
     specs = held_out_specs("objects", s.cases, lambda sp: len(sp["objects"]) == 1)
-    scheduler = DDPMScheduler.from_config(default_scheduler_config(
-        backend.scheduler_config.get("prediction_type", "v_prediction")))
+    scheduler = _ddpm(backend)
     errors: dict[int, list[float]] = {t: [] for t in COUPLING_T}
     for i, spec in enumerate(specs):
         clip = world.make_clip(spec, s.num_frames, s.size)
@@ -238,10 +251,41 @@ def eval_coupling(pipe, s: EvalSettings, mode: str) -> dict:
         weight = 1.0 + 4.0 * fg.float()
         for t in COUPLING_T:
             x_in = scheduler.add_noise(x0, noise, torch.tensor([t]))
-            out = backend.predict(x_in, torch.tensor(float(t)), cond, 1.0, mode).float()
-            x0_hat = out if backend.output_type == "sample" else split_prediction(scheduler, out, x_in, t)[0]
+            x0_hat = _x0_prediction(backend, scheduler, x_in, t, cond, mode)
             errors[t].append(float((weight * (x0_hat - x0) ** 2).sum() / (3 * weight.sum())))
     return {f"x0_mse_t{t}": float(np.mean(v)) for t, v in errors.items()}
+
+
+def eval_layout(pipe, s: EvalSettings, mode: str) -> dict:
+    """Where the denoiser puts the object from pure noise (t = 999: its mean layout), per direction word.
+
+    For "a white circle moves <word> on a black background", the drift of the foreground's centroid from the first to
+    the last frame, averaged over `cases` noise draws, is read as a compass word (under STILL_FRAC: "still"). A model
+    that knows what the word means frame by frame drifts that way (the world's own mean drift is 0.3-0.4 of the frame);
+    one that does not puts the object in the same place in every frame, and text-only motion cannot come out of it.
+    """
+    from vdemo.world.palette import DIRECTIONS
+
+    backend = pipe.backend
+    scheduler = _ddpm(backend)
+    bg = torch.tensor(world.BACKGROUNDS["black"], dtype=torch.float32)[:, None, None] / 127.5 - 1.0  # (3, 1, 1)
+    grid = (torch.arange(s.size, dtype=torch.float32) + 0.5) / s.size
+    correct, drifts = 0, []
+    for word in DIRECTIONS:
+        cond = backend.prepare(GenerationRequest(prompt=f"a white circle moves {word} on a black background",
+                                                 num_frames=s.num_frames, height=s.size, width=s.size,
+                                                 attention_mode=mode))
+        centres = []
+        for i in range(s.cases):
+            shape = (1, s.num_frames, 3, s.size, s.size)
+            x_in = torch.randn(shape, generator=torch.Generator().manual_seed(HELDOUT_SEED0 + i))
+            w = (_x0_prediction(backend, scheduler, x_in, 999, cond, mode)[0] - bg).abs().mean(1)  # (F, H, W)
+            w = w / w.sum((1, 2), keepdim=True).clamp(min=1e-8)
+            centres.append(torch.stack([(w.sum(1) * grid).sum(-1), (w.sum(2) * grid).sum(-1)], -1))  # (F, 2): x, y
+        dx, dy = (torch.stack(centres).mean(0)[-1] - torch.stack(centres).mean(0)[0]).tolist()
+        drifts.append(math.hypot(dx, dy))
+        correct += math.hypot(dx, dy) >= STILL_FRAC and nearest_direction(dx, dy) == word
+    return {"layout_direction_acc": correct / len(DIRECTIONS), "layout_drift": float(np.mean(drifts))}
 
 
 def sample_grid(pipe: VideoPipeline, s: EvalSettings, mode: str = "full", frames_shown: int = 8) -> np.ndarray:
@@ -266,7 +310,7 @@ def sample_grid(pipe: VideoPipeline, s: EvalSettings, mode: str = "full", frames
 
 
 EVALS = {"text": eval_text, "image": eval_image, "strokes": eval_strokes, "pose": eval_pose, "depth": eval_depth,
-         "coupling": eval_coupling}
+         "coupling": eval_coupling, "layout": eval_layout}
 
 
 def evaluate(pipe: VideoPipeline, settings: EvalSettings, modes: Iterable[str] = ATTENTION_MODES,
@@ -307,7 +351,8 @@ def append_learning_curve(path: Path, rows: list[dict], model_dir: Path) -> None
 
 CURVE_PANELS = {  # panel title: (CSV columns, y limits); bars at the issue's targets
     "accuracy (text, depth)": (["text.colour_acc", "text.shape_acc", "text.direction_acc",
-                                "depth.near_larger_in_front", "image.identity_kept"], (0.0, 1.05)),
+                                "depth.near_larger_in_front", "image.identity_kept", "layout.layout_direction_acc"],
+                               (0.0, 1.05)),
     "stroke error (÷ diagonal)": (["strokes.stroke_error_diag", "strokes.no_stroke_error_diag"], (0.0, None)),
     "pose IoU": (["pose.pose_iou"], (0.0, 1.0)),
     "first-frame PSNR (dB)": (["image.first_frame_psnr_db"], (0.0, None)),
@@ -360,6 +405,7 @@ README_COLUMNS = (  # (header, metric, key, format)
     ("colour change / frame", "text", "colour_change", "{:.3f}"), ("size change / frame", "text", "size_change",
                                                                     "{:.2f}"),
     ("x0 error at t=950", "coupling", "x0_mse_t950", "{:.4f}"),
+    ("mean-layout direction", "layout", "layout_direction_acc", "{:.2f}"),
 )
 
 
