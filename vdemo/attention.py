@@ -21,6 +21,7 @@ never from the batch size (which silently mis-groups frames when classifier-free
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from dataclasses import dataclass
@@ -232,14 +233,19 @@ class DistanceBias(torch.nn.Module):
         super().__init__()
         self.strength = torch.nn.Parameter(torch.zeros(heads, 2, len(self.OMEGAS)))  # (heads, axis, frequency)
 
-    def features(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """(N, 2, len(OMEGAS), 2) cos/sin of ω·y and ω·x for each token of a frame (row-major)."""
+    @classmethod
+    @functools.lru_cache(maxsize=32)
+    def features(cls, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+        """(N, 2, len(OMEGAS), 2) float32 cos/sin of ω·y and ω·x for each token of a frame (row-major).
+
+        Cached: every attention block of every denoising step asks for the same few grids (do not modify the result).
+        """
         gh, gw = grid
-        ys = (torch.arange(gh, device=device, dtype=torch.float32) + 0.5) * (self.REFERENCE_GRID / gh)
-        xs = (torch.arange(gw, device=device, dtype=torch.float32) + 0.5) * (self.REFERENCE_GRID / gw)
+        ys = (torch.arange(gh, device=device, dtype=torch.float32) + 0.5) * (cls.REFERENCE_GRID / gh)
+        xs = (torch.arange(gw, device=device, dtype=torch.float32) + 0.5) * (cls.REFERENCE_GRID / gw)
         pos = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(gh * gw, 2)  # (N, 2)
-        angles = pos[:, :, None] * torch.tensor(self.OMEGAS, device=device)  # (N, 2, W)
-        return torch.stack([angles.cos(), angles.sin()], -1).to(dtype)
+        angles = pos[:, :, None] * torch.tensor(cls.OMEGAS, device=device)  # (N, 2, W)
+        return torch.stack([angles.cos(), angles.sin()], -1)
 
     def augment(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -251,7 +257,7 @@ class DistanceBias(torch.nn.Module):
         N = grid[0] * grid[1]
         if S % N:
             raise ValueError(f"{S} tokens do not split into frames of a {grid[0]}×{grid[1]} token grid")
-        feats = self.features(grid, q.device, torch.float32).repeat(S // N, 1, 1, 1)  # (S, 2, W, 2)
+        feats = self.features(tuple(grid), q.device).repeat(S // N, 1, 1, 1)  # (S, 2, W, 2)
         d_aug = d + self.EXTRA
         lam = (self.GAIN * self.strength.float())[:, None, :, :, None]  # (h, 1, 2, W, 1)
         q_extra = (lam * feats * math.sqrt(d_aug)).flatten(2).to(q.dtype)  # (h, S, EXTRA)
