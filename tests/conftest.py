@@ -15,6 +15,31 @@ TRAINED_TINY = REPO / "assets" / "tiny"
 
 
 # ------------------------------------------------------------------------------------------------- app / UI
+_SMALL_PLANNER: list[Path] = []
+
+
+def small_planner(tmp_path_factory) -> Path:
+    """A layout planner trained for 300 steps on 4,000 world captions (~10 s), saved once per test session."""
+    if not _SMALL_PLANNER:
+        import torch
+
+        from vdemo.models.planner import train_planner
+        from vdemo.train import make_tokenizer, max_tokens
+
+        folder = tmp_path_factory.mktemp("planner")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        train_planner(folder, make_tokenizer(), max_tokens(), steps=300, examples=4000, log=lambda *_: None)
+        torch.set_num_threads(threads)
+        _SMALL_PLANNER.append(folder)
+    return _SMALL_PLANNER[0]
+
+
+@pytest.fixture(scope="session")
+def small_planner_dir(tmp_path_factory) -> Path:
+    return small_planner(tmp_path_factory)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The built-in model for app tests: the trained one in assets/tiny when it exists (unless
@@ -28,6 +53,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         backend = TinyBackend.random()
         backend.model.save_pretrained(folder)
         backend.tokenizer.save_pretrained(folder / "tokenizer")
+        import shutil
+
+        from vdemo.models.planner import PLANNER_DIR
+
+        shutil.copytree(small_planner(tmp_path_factory), folder / PLANNER_DIR)
     previous = os.environ.get("VDEMO_TINY_DIR")
     os.environ["VDEMO_TINY_DIR"] = str(folder)
     from vdemo.backends import load_backend

@@ -56,7 +56,7 @@ def test_api_lists_the_five_endpoints(client):
 
 
 @pytest.mark.parametrize("api_name, args", [
-    ("/text_to_video", ["a red circle moves right on a black background"]),
+    ("/text_to_video", ["a red circle moves right on a black background", True]),
     ("/image_to_video", ["", "IMAGE"]),
     ("/pose_to_video", ["a red person walks right", "Preset", "walk", None, None]),
     ("/depth_to_video", ["", "Preset", "approach", "DPT-hybrid", None, None]),
@@ -88,7 +88,7 @@ def test_bad_input_through_the_api_is_a_one_line_error(client):
     with pytest.raises(AppError) as err:
         client.predict("", "[]", None, 7, *SETTINGS, api_name="/strokes_to_video")
     assert "draw at least one stroke" in str(err.value) and "\n" not in str(err.value).strip()
-    status = client.predict("a red circle", *SETTINGS, api_name="/text_to_video")[0]
+    status = client.predict("a red circle", True, *SETTINGS, api_name="/text_to_video")[0]
     assert "done" in status  # the app keeps working
 
 

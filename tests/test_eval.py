@@ -58,13 +58,17 @@ def test_stroke_error_on_ground_truth_and_reversed():
     assert track_error(clip.frames, bg, clip.objects[0]["colour"], target[::-1]) > 0.1
 
 
-def test_eval_cli_reports_every_metric(tmp_path, capsys):
+def test_eval_cli_reports_every_metric(tmp_path, capsys, small_planner_dir):
+    import shutil
+
     from vdemo.backends.tiny import TinyBackend
+    from vdemo.models.planner import PLANNER_DIR
 
     folder = tmp_path / "model"
     backend = TinyBackend.random()
     backend.model.save_pretrained(folder)
     backend.tokenizer.save_pretrained(folder / "tokenizer")
+    shutil.copytree(small_planner_dir, folder / PLANNER_DIR)
     out, curve = tmp_path / "eval.json", tmp_path / "curve.csv"
     assert main(["--json", "--cases", "1", "--steps", "1", "--modes", "full", "causal", "--model-dir", str(folder),
                  "--out", str(out), "--curve", str(curve)]) == 0
@@ -73,8 +77,9 @@ def test_eval_cli_reports_every_metric(tmp_path, capsys):
     keys = set().union(*(r.keys() for r in rows))
     for key in ("colour_acc", "shape_acc", "direction_acc", "first_frame_psnr_db", "identity_kept",
                 "stroke_error_diag", "no_stroke_error_diag", "pose_iou", "near_larger_in_front", "colour_change",
-                "size_change", "x0_mse_t950", "x0_mse_t850"):
+                "size_change", "x0_mse_t950", "x0_mse_t850", "presence_acc"):
         assert key in keys
+    assert all(r["planner"] is True for r in rows if r["metric"] == "text")
     header = curve.read_text().splitlines()[0].split(",")
     assert header[:2] == ["step", "hours"] and "text.colour_acc" in header
     append_learning_curve(curve, rows, folder)
@@ -87,6 +92,31 @@ def test_eval_cli_reports_every_metric(tmp_path, capsys):
     assert main(["--plot", str(curve), str(png)]) == 0
     image = np.asarray(Image.open(png).convert("RGB"))
     assert image.shape == (520, 1120, 3) and len(np.unique(image.reshape(-1, 3), axis=0)) > 10  # drawn, not blank
+
+
+def test_rows_without_the_planner_get_their_own_table_line_and_curve_column(tmp_path):
+    from vdemo.eval import evaluate
+
+    rows = [{"metric": "text", "mode": "full", "planner": True, "colour_acc": 1.0, "direction_acc": 0.875},
+            {"metric": "text", "mode": "full", "planner": False, "colour_acc": 0.5, "direction_acc": 0.125},
+            {"metric": "planner", "mode": "full", "presence_acc": 1.0, "direction_acc": 1.0}]
+    table = readme_table(rows).splitlines()
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| full", "| full, model alone"]
+    header = [h.strip() for h in table[0].strip("| ").split(" | ")]
+    cells = [[c.strip() for c in line.strip("| ").split(" | ")] for line in table[2:]]
+    column = header.index("direction")
+    assert cells[0][column] == "0.88" and cells[1][column] == "0.12"
+    planned = header.index("planner: direction")
+    assert cells[0][planned] == "1.00" and cells[1][planned] == "–"
+    curve = tmp_path / "curve.csv"
+    append_learning_curve(curve, rows, tmp_path)
+    header = curve.read_text().splitlines()[0].split(",")
+    assert {"text.direction_acc", "text_no_plan.direction_acc", "planner.direction_acc"} <= set(header)
+    assert "text.planner" not in header
+    from vdemo.backends.tiny import TinyBackend
+    from vdemo.pipeline import VideoPipeline
+
+    assert evaluate(VideoPipeline(TinyBackend.random()), EvalSettings(cases=1), ["full"], ["planner"]) == []
 
 
 def test_table_and_plot_give_one_line_errors_on_bad_files(tmp_path, capsys):

@@ -188,6 +188,33 @@ def test_cli_generate_writes_video_frames_and_manifest(trained, tmp_path):
     assert manifest["request"]["modalities"] == ["strokes", "text"]
 
 
+def test_planner_training_cli_and_planned_text_only_generation(trained, tmp_path, small_planner_dir, capsys):
+    import shutil
+
+    from vdemo.models.planner import PLANNER_DIR
+
+    model = tmp_path / "model"
+    shutil.copytree(trained, model)
+    train_main(["--planner", "--planner-steps", "20", "--threads", "1", "--out", str(model)])
+    assert (model / PLANNER_DIR / "config.json").exists()
+    assert TinyBackend.from_pretrained(model).planner is not None
+    with pytest.raises(SystemExit, match="planner_steps must be at least 1"):
+        train_main(["--planner", "--planner-steps", "0", "--out", str(model)])
+    shutil.rmtree(model / PLANNER_DIR)
+    shutil.copytree(small_planner_dir, model / PLANNER_DIR)  # 300 steps: plans "down" reliably
+    base = ["generate", "--model-dir", str(model), "--prompt", "a red circle moves down", "--frames", "4", "--steps",
+            "1"]
+    capsys.readouterr()
+    assert cli(base + ["--out", str(tmp_path / "a" / "a.mp4")]) == 0
+    assert "motion planned from the prompt: down" in capsys.readouterr().out
+    plan = json.loads((tmp_path / "a" / "manifest.json").read_text())["motion_plan"]
+    assert plan["directions"] == ["down"] and plan["strokes"][0]["points"][-1][1] > plan["strokes"][0]["points"][0][1]
+    assert cli(base + ["--no-plan", "--out", str(tmp_path / "b" / "b.mp4")]) == 0
+    assert "motion planned" not in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["motion_plan"] is None and manifest["request"]["plan_motion"] is False
+
+
 def _cli_error(args: list[str], capsys) -> str:
     assert cli(args) == 2
     err = capsys.readouterr().err.strip()

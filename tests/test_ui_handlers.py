@@ -45,7 +45,7 @@ def app_ready(tiny_model_dir, one_torch_thread):
 
 def assert_app_still_works() -> None:
     """After a refused input, a normal run completes (nothing was left half-open)."""
-    outputs = run_all(h.text_to_video("a red circle moves right", **{**FAST, "steps": 1}))
+    outputs = run_all(h.text_to_video("a red circle moves right", True, **{**FAST, "steps": 1}))
     mp4, files, manifest = outputs[-1][2], outputs[-1][3], outputs[-1][4]
     assert Path(mp4).stat().st_size > 0 and len(files) == 4 and manifest["stopped"] is False
     assert len(h.ACTIVE_RUNS) == 0
@@ -158,7 +158,7 @@ def test_missing_model_is_a_clear_error(tmp_path, monkeypatch):
     try:
         assert "No built-in model found" in h.model_status()
         with pytest.raises(gr.Error) as err:
-            run_all(h.text_to_video("a red circle", **FAST))
+            run_all(h.text_to_video("a red circle", True, **FAST))
         assert_one_line_error(err, "no tiny model", "VDEMO_TINY_DIR")
     finally:
         load_backend.cache_clear()
@@ -168,19 +168,19 @@ def test_missing_model_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_out_of_range_settings_are_refused(app_ready):
     with pytest.raises(gr.Error) as err:
-        run_all(h.text_to_video("a red circle", **{**FAST, "frames": 500}))
+        run_all(h.text_to_video("a red circle", True, **{**FAST, "frames": 500}))
     assert_one_line_error(err, "num_frames", "500")
     with pytest.raises(gr.Error) as err:
-        run_all(h.text_to_video("a red circle", **{**FAST, "backend": "nope"}))
+        run_all(h.text_to_video("a red circle", True, **{**FAST, "backend": "nope"}))
     assert_one_line_error(err, "unknown backend")
     with pytest.raises(gr.Error) as err:
-        run_all(h.text_to_video("  ", **FAST))
+        run_all(h.text_to_video("  ", True, **FAST))
     assert_one_line_error(err, "prompt")
 
 
 # ------------------------------------------------------------------------------------------ generation & live
 def test_text_run_streams_every_step_then_exports(app_ready):
-    outputs = run_all(h.text_to_video("a red circle moves right", **{**FAST, "steps": 3}, request=session("a")))
+    outputs = run_all(h.text_to_video("a red circle moves right", True, **{**FAST, "steps": 3}, request=session("a")))
     previews = [o[1] for o in outputs if isinstance(o[1], np.ndarray) and o[0].startswith("**step")]
     assert len(previews) == 3  # one preview per step, all frames in one grid
     assert np.array_equal(outputs[-1][1], previews[-1])  # the result keeps the last preview
@@ -190,10 +190,18 @@ def test_text_run_streams_every_step_then_exports(app_ready):
     assert [Path(f).suffix for f in files] == [".mp4", ".gif", ".zip", ".json"]
     assert manifest["request"]["prompt"] == "a red circle moves right" and manifest["ui"]["tab"] == "text"
     assert json.loads(Path(files[3]).read_text())["request"]["seed"] == 0
+    assert manifest["motion_plan"]["directions"] == ["right"]  # the app's model folder has a layout planner
+    assert "motion planned from the prompt: right" in status
+
+
+def test_the_plan_checkbox_turns_the_planner_off(app_ready):
+    status, *_, manifest, _ = run_all(h.text_to_video("a red circle moves right", False, **{**FAST, "steps": 1}))[-1]
+    assert manifest["motion_plan"] is None and manifest["request"]["plan_motion"] is False
+    assert "motion planned" not in status
 
 
 def test_live_mode_and_sampler_switch_reach_the_running_run(app_ready):
-    gen = h.text_to_video("a blue square moves up", **{**FAST, "steps": 6}, request=session("live"))
+    gen = h.text_to_video("a blue square moves up", True, **{**FAST, "steps": 6}, request=session("live"))
     next(gen)  # "starting…"
     first = next(gen)
     assert "step 1/6" in first[0]
@@ -210,7 +218,7 @@ def test_live_mode_and_sampler_switch_reach_the_running_run(app_ready):
 
 
 def test_stop_ends_within_a_step_and_keeps_the_preview(app_ready):
-    gen = h.text_to_video("a green circle moves left", **{**FAST, "steps": 20}, request=session("stopper"))
+    gen = h.text_to_video("a green circle moves left", True, **{**FAST, "steps": 20}, request=session("stopper"))
     next(gen)
     step1 = next(gen)
     assert isinstance(step1[1], np.ndarray)
@@ -226,7 +234,7 @@ def test_stop_ends_within_a_step_and_keeps_the_preview(app_ready):
 
 
 def test_abandoned_run_is_stopped(app_ready):
-    gen = h.text_to_video("a red circle", **{**FAST, "steps": 10}, request=session("gone"))
+    gen = h.text_to_video("a red circle", True, **{**FAST, "steps": 10}, request=session("gone"))
     next(gen)
     next(gen)
     run = h.ACTIVE_RUNS.get("gone")
@@ -235,7 +243,7 @@ def test_abandoned_run_is_stopped(app_ready):
 
 
 def test_random_seed_is_reported(app_ready):
-    outputs = run_all(h.text_to_video("a red circle", **{**FAST, "steps": 1, "random_seed": True}))
+    outputs = run_all(h.text_to_video("a red circle", True, **{**FAST, "steps": 1, "random_seed": True}))
     seed = outputs[0][5]
     assert isinstance(seed, int) and outputs[-1][4]["request"]["seed"] == seed
 
@@ -363,7 +371,7 @@ def test_hub_backend_without_weights_is_a_one_line_error(app_ready):
         pytest.skip("no text-capable hub backend registered")
     caps = h.capabilities(hub[0])
     with pytest.raises(gr.Error) as err:
-        run_all(h.text_to_video("a cat", **{**FAST, "backend": hub[0], "attention_mode": caps.attention_modes[0],
+        run_all(h.text_to_video("a cat", True, **{**FAST, "backend": hub[0], "attention_mode": caps.attention_modes[0],
                                             "sampler": caps.samplers[0]}))
     assert_one_line_error(err, hub[0])
     assert_app_still_works()

@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pose", help="folder of OpenPose skeleton PNGs, or a video file")
     g.add_argument("--depth", help="folder of depth-map PNGs (near = bright), or a video file")
     g.add_argument("--strokes", help='JSON file: [{"points": [[x, y], ...], "radius": r}, ...], x, y in [0, 1]')
+    g.add_argument("--no-plan", dest="plan_motion", action="store_false",
+                   help="text only: skip the layout planner (the model alone places and moves the objects)")
     g.add_argument("--mode", default=DEFAULTS.attention_mode, help=f"attention mode: {', '.join(ATTENTION_MODES)}")
     g.add_argument("--sampler", default=DEFAULTS.sampler)
     g.add_argument("--steps", type=int, default=DEFAULTS.num_steps)
@@ -64,7 +66,7 @@ def request_from_args(args: argparse.Namespace):
         depth=to_gray(load_frames(args.depth)) if args.depth else None,
         strokes=strokes,
         num_frames=args.frames, height=args.size, width=args.size, num_steps=args.steps, guidance=args.guidance,
-        seed=args.seed, fps=args.fps, attention_mode=args.mode, sampler=args.sampler,
+        seed=args.seed, fps=args.fps, attention_mode=args.mode, sampler=args.sampler, plan_motion=args.plan_motion,
     )
 
 
@@ -91,6 +93,8 @@ def generate(args: argparse.Namespace) -> int:
 
         write_frames(done.frames, Path(args.frames_dir))
     print(f"wrote {paths.mp4} ({len(done.frames)} frames, {done.manifest['timings']['total_s']:.1f} s)")
+    if done.manifest.get("motion_plan"):
+        print(f"motion planned from the prompt: {', '.join(done.manifest['motion_plan']['directions'])}")
     return 0
 
 

@@ -6,7 +6,8 @@
 
 Cases come from world seeds the training stream never draws (`HELDOUT_SEED0 + i`). Objects are found by
 `vdemo.world.detect` (colour segmentation against the background), never by the model. Metrics:
-  - text: colour / shape / direction accuracy of a single moving object generated from its caption alone;
+  - text: colour / shape / direction accuracy of a single moving object generated from its caption alone, through
+    the layout planner as the app does (`--no-plan`: the video model alone; rows then say "planner": false);
   - image: PSNR of generated frame 0 against the given first frame; share of frames keeping colour and shape;
   - strokes: mean distance between the object's centre and the stroke's resampled point per frame, as a fraction of
     the frame diagonal, given first frame + stroke; the same without the stroke is the "ignores the stroke" baseline;
@@ -16,7 +17,9 @@ Cases come from world seeds the training stream never draws (`HELDOUT_SEED0 + i`
   - coupling: the denoiser's own x0 error (MSE, foreground-weighted like training, text given) on held-out clips noised
     to t = 950 and 850. There a single frame barely shows where the object is, so only mixing frames can lower the
     error: a mode that ties frames together should beat `spatial` here, and text-only motion needs it;
-  - layout: from pure noise, does the object's mean position drift the way each direction word says (`eval_layout`).
+  - layout: from pure noise, does the object's mean position drift the way each direction word says (`eval_layout`);
+  - planner: the layout planner alone on held-out captions of every kind: is a plan made exactly when the caption
+    names planar objects, and does each planned path go the caption's way (`eval_planner`; no video is generated).
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from vdemo.world.palette import nearest_direction
 
 HELDOUT_SEED0 = 1_000_000
 STILL_FRAC = 0.05  # a net displacement under 5% of the frame reads as "still"
-METRICS = ("text", "image", "strokes", "pose", "depth", "coupling", "layout")
+METRICS = ("text", "image", "strokes", "pose", "depth", "coupling", "layout", "planner")
+PLANNER_CASES = 400
 COUPLING_T = (950, 850)
 
 
@@ -56,6 +60,7 @@ class EvalSettings:
     num_steps: int = DEFAULTS.num_steps
     guidance: float = DEFAULTS.guidance
     sampler: str = DEFAULTS.sampler
+    plan_motion: bool = True
 
 
 def held_out_specs(kind: str, n: int, accept) -> list[dict]:
@@ -71,7 +76,8 @@ def held_out_specs(kind: str, n: int, accept) -> list[dict]:
 
 def generate(pipe: VideoPipeline, s: EvalSettings, mode: str, seed: int, **inputs) -> np.ndarray:
     request = GenerationRequest(num_frames=s.num_frames, height=s.size, width=s.size, num_steps=s.num_steps,
-                                guidance=s.guidance, sampler=s.sampler, attention_mode=mode, seed=seed, **inputs)
+                                guidance=s.guidance, sampler=s.sampler, attention_mode=mode, seed=seed,
+                                plan_motion=s.plan_motion, **inputs)
     done = [e for e in pipe.generate(request) if isinstance(e, Done)][0]
     return done.frames
 
@@ -110,7 +116,7 @@ def eval_text(pipe, s: EvalSettings, mode: str) -> dict:
         colour_change.append(colour_drift(frames, dets))
         size_change.append(size_drift(dets))
     n = len(specs)
-    return {"colour_acc": colour / n, "shape_acc": shape / n, "direction_acc": direction / n,
+    return {"planner": s.plan_motion, "colour_acc": colour / n, "shape_acc": shape / n, "direction_acc": direction / n,
             "colour_change": float(np.nanmean(colour_change)), "size_change": float(np.nanmean(size_change))}
 
 
@@ -288,6 +294,30 @@ def eval_layout(pipe, s: EvalSettings, mode: str) -> dict:
     return {"layout_direction_acc": correct / len(DIRECTIONS), "layout_drift": float(np.mean(drifts))}
 
 
+def eval_planner(pipe, s: EvalSettings, mode: str) -> dict:
+    """The layout planner alone (no video) on PLANNER_CASES held-out captions of every kind (mode-independent).
+
+    presence_acc: a plan is made exactly for the objects the planner should place (every object of object and path
+    clips, a depth clip's actor unless it moves closer / away, nothing for people); direction_acc: each planned
+    path's compass word (still = an anchor) equals its object's motion word in the caption.
+    """
+    from vdemo.models.planner import caption_targets
+
+    planner = getattr(pipe.backend, "planner", None)
+    if planner is None:
+        raise ValueError("this model folder has no layout planner (train one: python -m vdemo.train --planner)")
+    present_ok, correct, paths = 0, 0, 0
+    for i in range(PLANNER_CASES):
+        spec = world.sample_spec(np.random.default_rng(HELDOUT_SEED0 + i))
+        plan = planner.plan(world.build_caption(spec), seed=i)
+        want = int(caption_targets(spec)[0].sum())
+        present_ok += len(plan.strokes) == want
+        for obj, word in zip(spec.get("objects", [])[:want], plan.directions):
+            paths += 1
+            correct += word == obj["motion"]
+    return {"presence_acc": present_ok / PLANNER_CASES, "direction_acc": correct / max(paths, 1)}
+
+
 def sample_grid(pipe: VideoPipeline, s: EvalSettings, mode: str = "full", frames_shown: int = 8) -> np.ndarray:
     """One row per modality (held-out cases; the row above each conditioned sample is its ground truth), as uint8."""
     cases = [("objects", lambda sp: len(sp["objects"]) == 1, lambda c: {"prompt": c.caption}),
@@ -310,13 +340,17 @@ def sample_grid(pipe: VideoPipeline, s: EvalSettings, mode: str = "full", frames
 
 
 EVALS = {"text": eval_text, "image": eval_image, "strokes": eval_strokes, "pose": eval_pose, "depth": eval_depth,
-         "coupling": eval_coupling, "layout": eval_layout}
+         "coupling": eval_coupling, "layout": eval_layout, "planner": eval_planner}
 
 
 def evaluate(pipe: VideoPipeline, settings: EvalSettings, modes: Iterable[str] = ATTENTION_MODES,
              metrics: Iterable[str] = METRICS) -> list[dict]:
     """One row per (metric group, mode)."""
     rows = []
+    metrics = list(metrics)
+    if "planner" in metrics and getattr(pipe.backend, "planner", None) is None:
+        print("no layout planner in this model folder: skipping the planner metric", file=sys.stderr)
+        metrics.remove("planner")
     for mode in modes:
         for name in metrics:
             t0 = time.perf_counter()
@@ -334,8 +368,8 @@ def append_learning_curve(path: Path, rows: list[dict], model_dir: Path) -> None
     """
     state_path = model_dir / "train_state.pt"
     state = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.exists() else {}
-    values = {f"{r['metric']}.{k}": round(v, 4) for r in rows if r["mode"] == "full" for k, v in r.items()
-              if k not in ("metric", "mode", "seconds")}
+    values = {f"{row_group(r)}.{k}": round(v, 4) for r in rows if r["mode"] == "full" for k, v in r.items()
+              if k not in ("metric", "mode", "seconds", "planner")}
     old_rows, old_metrics = [], []
     if path.exists():
         with path.open(newline="") as f:
@@ -350,7 +384,7 @@ def append_learning_curve(path: Path, rows: list[dict], model_dir: Path) -> None
 
 
 CURVE_PANELS = {  # panel title: (CSV columns, y limits); bars at the issue's targets
-    "accuracy (text, depth)": (["text.colour_acc", "text.shape_acc", "text.direction_acc",
+    "accuracy (text, depth)": (["text.colour_acc", "text.shape_acc", "text.direction_acc", "text_no_plan.direction_acc",
                                 "depth.near_larger_in_front", "image.identity_kept", "layout.layout_direction_acc"],
                                (0.0, 1.05)),
     "stroke error (÷ diagonal)": (["strokes.stroke_error_diag", "strokes.no_stroke_error_diag"], (0.0, None)),
@@ -406,27 +440,39 @@ README_COLUMNS = (  # (header, metric, key, format)
                                                                     "{:.2f}"),
     ("x0 error at t=950", "coupling", "x0_mse_t950", "{:.4f}"),
     ("mean-layout direction", "layout", "layout_direction_acc", "{:.2f}"),
+    ("planner: direction", "planner", "direction_acc", "{:.2f}"),
 )
 
 
+def row_group(row: dict) -> str:
+    """A row's metric, told apart when the text metric ran without the layout planner ("text_no_plan")."""
+    return f"{row['metric']}_no_plan" if row.get("planner") is False else row["metric"]
+
+
 def readme_table(rows: list[dict]) -> str:
-    """The README's results table: one line per attention mode, one column per metric ("–" where not run)."""
-    by = {(r["metric"], r["mode"]): r for r in rows}
+    """The README's results table: one line per attention mode, one column per metric ("–" where not run).
+
+    Text rows run without the planner (`--no-plan`) get their own line, "<mode>, model alone", under their mode.
+    """
+    by = {(row_group(r), r["mode"]): r for r in rows}
     modes = [m for m in ATTENTION_MODES if any(mode == m for _, mode in by)]
     lines = ["| mode | " + " | ".join(h for h, *_ in README_COLUMNS) + " |",
              "|---|" + "---|" * len(README_COLUMNS)]
     for mode in modes:
-        cells = [fmt.format(by[(metric, mode)][key]) if (metric, mode) in by else "–"
-                 for _, metric, key, fmt in README_COLUMNS]
-        lines.append(f"| {mode.replace('_', '-')} | " + " | ".join(cells) + " |")
+        for suffix, label in (("", ""), ("_no_plan", ", model alone")):
+            if suffix and not any((f"{metric}{suffix}", mode) in by for _, metric, *_ in README_COLUMNS):
+                continue
+            cells = [fmt.format(by[(metric + suffix, mode)][key]) if key in by.get((metric + suffix, mode), {}) else "–"
+                     for _, metric, key, fmt in README_COLUMNS]
+            lines.append(f"| {mode.replace('_', '-')}{label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def format_table(rows: list[dict]) -> str:
     lines = ["| metric | mode | results |", "|---|---|---|"]
     for r in rows:
-        values = ", ".join(f"{k} {v:.3f}" for k, v in r.items() if k not in ("metric", "mode", "seconds"))
-        lines.append(f"| {r['metric']} | {r['mode']} | {values} |")
+        values = ", ".join(f"{k} {v:.3f}" for k, v in r.items() if k not in ("metric", "mode", "seconds", "planner"))
+        lines.append(f"| {row_group(r)} | {r['mode']} | {values} |")
     return "\n".join(lines)
 
 
@@ -438,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
     parser.add_argument("--steps", type=int, default=EvalSettings.num_steps)
     parser.add_argument("--model-dir", default=None)
+    parser.add_argument("--no-plan", dest="plan_motion", action="store_false",
+                        help="text metric: the video model alone, without the layout planner")
     parser.add_argument("--out", default=None, help="also write the rows as JSON here (e.g. assets/tiny/eval.json)")
     parser.add_argument("--grid", default=None, help="only render a sample grid PNG (truth / sample row pairs)")
     parser.add_argument("--curve", default=None, help="append the full-mode metrics and the checkpoint's step to a CSV")
@@ -467,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.Resampling.NEAREST).save(args.grid)
         print(f"wrote {args.grid}")
         return 0
-    rows = evaluate(pipe, EvalSettings(cases=args.cases, num_steps=args.steps), args.modes, args.metrics)
+    settings = EvalSettings(cases=args.cases, num_steps=args.steps, plan_motion=args.plan_motion)
+    rows = evaluate(pipe, settings, args.modes, args.metrics)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")

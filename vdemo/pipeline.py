@@ -19,8 +19,8 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from vdemo.attention import parse_mode
 from vdemo.config import ATTENTION_MODES, DEFAULTS, LIMITS, MODALITIES, Limits
 from vdemo.samplers import SAMPLERS, make_scheduler, sample_steps
 from vdemo.strokes import Stroke
+
+if TYPE_CHECKING:
+    from vdemo.models.planner import Plan
 
 
 class RequestError(ValueError):
@@ -76,6 +79,8 @@ class GenerationRequest:
     fps: int = DEFAULTS.fps
     attention_mode: str = DEFAULTS.attention_mode
     sampler: str = DEFAULTS.sampler
+    # Text-only requests: let the backend's layout planner (if it has one) turn the prompt into motion strokes first.
+    plan_motion: bool = True
 
     def __post_init__(self) -> None:
         self.validate(LIMITS)
@@ -100,6 +105,8 @@ class GenerationRequest:
             parse_mode(self.attention_mode)
         except ValueError as err:
             raise RequestError(f"attention_mode: {err}") from None
+        if not isinstance(self.plan_motion, (bool, np.bool_)):
+            raise RequestError(f"plan_motion must be true or false, got {self.plan_motion!r}")
         if self.sampler not in SAMPLERS:
             raise RequestError(f"sampler: unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
         if self.image is not None:
@@ -252,6 +259,10 @@ class Backend(ABC):
     def describe(self) -> dict:
         return {"backend": self.name}
 
+    def plan_layout(self, request: GenerationRequest) -> Plan | None:
+        """Motion strokes planned from the prompt (a two-stage backend's first stage), or None: nothing planned."""
+        return None
+
     @abstractmethod
     def run(self, request: GenerationRequest, control: RunControl) -> Iterator[Event]:
         """Denoise, reading control.mode / control.sampler / control.stopped at every step."""
@@ -289,8 +300,9 @@ class DenoisingBackend(Backend):
     def run(self, request: GenerationRequest, control: RunControl) -> Iterator[Event]:
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(int(request.seed))
+        plan = self.plan_layout(request)
         with self.lock:
-            cond = self.prepare(request)
+            cond = self.prepare(replace(request, strokes=plan.strokes) if plan else request)
         current = {"sampler": control.sampler, "mode": control.mode}
 
         def model_fn(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -334,6 +346,7 @@ class DenoisingBackend(Backend):
             "steps": control.history,
             "attention_modes_used": sorted({h["mode"] for h in control.history}),
             "samplers_used": list(dict.fromkeys(h["sampler"] for h in control.history)),
+            "motion_plan": plan.to_manifest() if plan else None,
             "stopped": stopped,
             "timings": {"total_s": round(total_s, 4), "first_preview_s": round(first_preview_s or 0.0, 4),
                         "steps_done": len(control.history)},

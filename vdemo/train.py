@@ -2,6 +2,7 @@
 
     python -m vdemo.train --minutes 60                     # resumes from assets/tiny/train_state.pt if present
     nohup python -m vdemo.train --minutes 170 > runs/train.log 2>&1 &
+    python -m vdemo.train --planner --threads 1             # only the layout planner (~2 min) -> <out>/planner/
 
 Every step draws fresh clips from `vdemo.world` (no dataset on disk), with modality dropout so that any subset of
 {text, known frames, pose, depth, strokes} can condition the model, and an all-dropped share for classifier-free
@@ -82,8 +83,12 @@ class TrainConfig:
     # other frames, so that is where frame-mixing attention is learned (runs/diag: x0 MSE per mode and t).
     high_noise_frac: float = 0.3
     high_noise_from: int = 850
+    planner: bool = False  # train only the layout planner (vdemo.models.planner, ~2 min) into <out>/planner
+    planner_steps: int = 3000
 
     def __post_init__(self) -> None:
+        if self.planner_steps < 1:
+            raise ValueError(f"planner_steps must be at least 1, got {self.planner_steps}")
         for name in ("p_known", "p_strokes", "p_drop_all", "p_drop_text"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -364,6 +369,15 @@ def main(argv: list[str] | None = None) -> None:
         cfg = TrainConfig.from_args(argv)
     except ValueError as err:
         raise SystemExit(f"python -m vdemo.train: error: {err}") from None
+    if cfg.planner:
+        from vdemo.models.planner import PLANNER_DIR, train_planner
+
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        train_planner(Path(cfg.out) / PLANNER_DIR, make_tokenizer(), max_tokens(), steps=cfg.planner_steps,
+                      examples=min(60_000, max(4_000, 20 * cfg.planner_steps)), seed=cfg.seed)
+        print(f"wrote {Path(cfg.out) / PLANNER_DIR}")
+        return
     train(cfg)
 
 

@@ -2,6 +2,8 @@
 
 Accepts every modality (text, image, pose, depth, strokes, in any combination) and every attention mode. Classifier-free
 guidance contrasts the full condition set with nothing at all (the model was trained with an all-dropped share).
+A text-only request first goes through the layout planner (`assets/tiny/planner/`, `vdemo.models.planner`) when the
+folder has one: its motion strokes join the prompt as the stroke control (request.plan_motion=False turns it off).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from PIL import Image
 
 from vdemo.config import ATTENTION_MODES, LIMITS, MODALITIES, Limits
 from vdemo.models.controls import control_tensors
+from vdemo.models.planner import PLANNER_DIR, Plan, Planner
 from vdemo.models.tiny_unet import TinyVideoUNet
 from vdemo.models.tokenizer import build_tokenizer, encode_prompts, load_tokenizer
 from vdemo.pipeline import DenoisingBackend, GenerationRequest, to_uint8
@@ -71,10 +74,11 @@ class TinyBackend(DenoisingBackend):
     limits = Limits(**{**LIMITS.__dict__, "min_side_px": TINY_LIMITS.min_side_px,
                        "max_side_px": TINY_LIMITS.max_side_px})
 
-    def __init__(self, model: TinyVideoUNet, tokenizer, source: str):
+    def __init__(self, model: TinyVideoUNet, tokenizer, source: str, planner: Planner | None = None):
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.source = source
+        self.planner = planner
         # "trailing" spacing starts sampling at t = 999 (pure noise), as the model was trained (Lin et al. 2024).
         prediction = model.config.prediction_type
         self.output_type = "sample" if prediction == "sample" else None  # x0 -> v for the scheduler, per step
@@ -91,7 +95,11 @@ class TinyBackend(DenoisingBackend):
             raise FileNotFoundError(f"no tiny model in {folder}: train one with `python -m vdemo.train` "
                                     f"or point VDEMO_TINY_DIR at a folder with config.json")
         model = TinyVideoUNet.from_pretrained(str(folder), torch_dtype=torch.float32, local_files_only=True)
-        return cls(model, load_tokenizer(folder / "tokenizer"), source=str(folder))
+        tokenizer = load_tokenizer(folder / "tokenizer")
+        planner = None
+        if (folder / PLANNER_DIR / "config.json").exists():
+            planner = Planner.from_pretrained(folder / PLANNER_DIR, tokenizer)
+        return cls(model, tokenizer, source=str(folder), planner=planner)
 
     @classmethod
     def random(cls, seed: int = 0, vocab: list[str] | None = None) -> TinyBackend:
@@ -108,7 +116,15 @@ class TinyBackend(DenoisingBackend):
     def describe(self) -> dict:
         n = sum(p.numel() for p in self.model.parameters())
         return {"backend": self.name, "model": self.source, "parameters": n,
-                "compute": "bf16 autocast" if self.bf16 else "float32"}
+                "compute": "bf16 autocast" if self.bf16 else "float32", "layout_planner": self.planner is not None}
+
+    def plan_layout(self, request: GenerationRequest) -> Plan | None:
+        """Text-only requests (no strokes, frames, pose or depth to give the layout): the planner's strokes."""
+        given = (request.strokes or request.image is not None or request.keyframes or request.pose is not None
+                 or request.depth is not None)
+        if self.planner is None or not request.plan_motion or given or not request.prompt.strip():
+            return None
+        return self.planner.plan(request.prompt, request.seed) or None
 
     def latent_shape(self, request: GenerationRequest) -> tuple[int, ...]:
         return (1, request.num_frames, 3, request.height, request.width)

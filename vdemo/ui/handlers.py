@@ -371,6 +371,8 @@ def _generate(tab: str, build: Builder, settings: Settings, request: gr.Request 
                 else f"**done**: {steps_done} steps in {time.perf_counter() - started:.2f} s")
         history = run.control.history
         text = f"{head}  \nsteps: {_runs_of(history) if history else '—'}  \nseed {settings.seed}"
+        if manifest.get("motion_plan"):
+            text += f"  \nmotion planned from the prompt: {', '.join(manifest['motion_plan']['directions'])}"
         # The last preview again (same pixels: a stopped run keeps it on screen), so API callers get every output.
         yield text, last_preview, mp4, files, manifest, settings.seed
     finally:
@@ -378,13 +380,15 @@ def _generate(tab: str, build: Builder, settings: Settings, request: gr.Request 
         ACTIVE_RUNS.remove(session, run)
 
 
-def text_to_video(prompt: str, backend: str, attention_mode: str, sampler: str, steps: int, guidance: float,
-                  frames: int, fps: int, seed: int, random_seed: bool, request: gr.Request = None):
-    """Text → video. prompt: what to show, e.g. "a red circle moves right on a black background"."""
+def text_to_video(prompt: str, plan_motion: bool, backend: str, attention_mode: str, sampler: str, steps: int,
+                  guidance: float, frames: int, fps: int, seed: int, random_seed: bool, request: gr.Request = None):
+    """Text → video. prompt: what to show, e.g. "a red circle moves right on a black background"; plan_motion: let
+    the built-in model's layout planner turn the prompt into a path per object first."""
     settings = Settings.from_inputs(backend, attention_mode, sampler, steps, guidance, frames, fps, seed, random_seed)
     if not (prompt or "").strip():
         raise user_error("write a prompt first, e.g. “a red circle moves right on a black background”")
-    yield from _generate("text", lambda num_frames, height, width: ({"prompt": prompt}, {}), settings, request)
+    fields = {"prompt": prompt, "plan_motion": bool(plan_motion)}
+    yield from _generate("text", lambda num_frames, height, width: (fields, {}), settings, request)
 
 
 def image_to_video(prompt: str, image, backend: str, attention_mode: str, sampler: str, steps: int, guidance: float,

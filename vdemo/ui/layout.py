@@ -133,13 +133,16 @@ def build_demo(warm_up: bool = True) -> gr.Blocks:
                     with gr.Tab(TAB_LABELS["text"], id="text", elem_id="vd-tab-text") as tabs["text"]:
                         prompt_text = gr.Textbox(label="Prompt", lines=2, elem_id="vd-prompt-text",
                                                  value="a red circle moves right on a black background")
+                        plan_motion = gr.Checkbox(
+                            True, label="Plan the motion first (built-in model): a small planner turns the prompt into "
+                            "a path per object, which the video model follows as motion strokes", elem_id="vd-plan")
                         buttons["text"] = _generate_button("text")
                         gr.Examples([["a red circle moves right on a black background"],
                                      ["a blue square moves up-left on a white background"],
                                      ["a green triangle and a yellow circle move down on a gray background"],
                                      ["an orange person waves on a black background"]],
                                     inputs=[prompt_text], cache_examples=False, label="Examples")
-                        inputs["text"] = [prompt_text]
+                        inputs["text"] = [prompt_text, plan_motion]
                     # --------------------------------------------------------------- image
                     with gr.Tab(TAB_LABELS["image"], id="image", elem_id="vd-tab-image") as tabs["image"]:
                         with gr.Row(equal_height=True):

@@ -1,0 +1,278 @@
+"""A learned layout planner: caption -> a motion path per object, fed to the video model as motion strokes.
+
+Two-stage text-to-video in the manner of LLM-grounded Video Diffusion (LVD, Lian et al. 2024) and VideoDirectorGPT
+(Lin et al. 2023): a first stage turns the prompt into a dynamic layout (where each object is in each frame), the video
+diffusion model then draws the clip along that layout. Here the first stage is not an LLM but a small network trained
+on the synthetic world's captions and ground-truth paths (`python -m vdemo.train --planner`, about a minute), and the
+layout is expressed as the model's own motion-stroke control (a Gaussian blob per frame), which it follows closely.
+
+Per object slot (up to SLOTS, in caption order) the network predicts whether the caption names a planar moving object
+there, and a diagonal Gaussian over its path: start (x, y), displacement (dx, dy), and bend (the signed offset of the
+path's midpoint from the chord's, perpendicular to it; 0 for straight moves). A plan is a sample from it (seeded, so
+one seed gives one plan), moved (never turned) to keep every object inside the frame, and redrawn when two objects
+would collide. Person and depth captions get no plan: their layout comes from pose / depth or from the model itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from vdemo.strokes import Stroke
+from vdemo.world.palette import DEPTH_MOTIONS, MOTIONS, nearest_direction
+
+PLANNER_DIR = "planner"  # subfolder of a tiny model folder (assets/tiny/planner/)
+SLOTS = 2
+TARGETS = ("x", "y", "dx", "dy", "bend")
+LOG_STD_RANGE = (-6.0, 1.0)
+PATH_POINTS = 33  # points per planned stroke (a quadratic Bezier, resampled by arc length downstream)
+FRAME_BOX = (0.15, 0.85)  # where planned centres may go: a typical object (radius <= 0.2) stays inside the frame
+STROKE_RADIUS = 0.1  # the radius training gives ground-truth strokes
+ANCHOR_BELOW = 0.02  # a planned path shorter than this (fraction of the frame) is an anchor: the object stays put
+MIN_GAP = 0.3  # two planned objects keep their centres this far apart in every frame
+REDRAWS = 16
+TEMPERATURE = 0.5  # plans are drawn at half the learned spread (z clipped to ±2): typical layouts, not the tails
+NEGATIVE_SHARE = 0.1  # share of training prompts that name nothing to plan (presence 0 in every slot)
+
+
+class LayoutPlanner(ModelMixin, ConfigMixin):
+    """Token ids (B, L) -> per slot: presence logit (B, SLOTS), Gaussian mean and log-std (B, SLOTS, 5)."""
+
+    @register_to_config
+    def __init__(self, vocab_size: int = 64, max_tokens: int = 24, embed_dim: int = 32, hidden: int = 256):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab_size, embed_dim)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(max_tokens * embed_dim, hidden), torch.nn.SiLU(),
+            torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
+            torch.nn.Linear(hidden, SLOTS * (1 + 2 * len(TARGETS))),
+        )
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.net(self.embed(ids).flatten(1)).view(ids.shape[0], SLOTS, 1 + 2 * len(TARGETS))
+        n = len(TARGETS)
+        log_std = out[..., 1 + n:].clamp(*LOG_STD_RANGE)
+        return out[..., 0], out[..., 1:1 + n], log_std
+
+
+# ------------------------------------------------------------------------------------------------ targets
+def path_targets(path: np.ndarray) -> np.ndarray:
+    """(F, 2) centres at constant speed -> (5,) start x, y, displacement dx, dy, bend (midpoint off the chord)."""
+    path = np.asarray(path, dtype=np.float64)
+    start, end = path[0], path[-1]
+    chord = end - start
+    length = float(np.hypot(*chord))
+    bend = 0.0
+    if length > 1e-6:
+        normal = np.array([-chord[1], chord[0]]) / length
+        middle = _arc_point(path, 0.5)
+        bend = float(np.dot(middle - (start + end) / 2, normal))
+    return np.array([start[0], start[1], chord[0], chord[1], bend], dtype=np.float32)
+
+
+def _arc_point(path: np.ndarray, frac: float) -> np.ndarray:
+    """The point at `frac` of the path's arc length (linear between samples)."""
+    seg = np.linalg.norm(np.diff(path, axis=0), axis=1)
+    cum = np.concatenate([[0.0], np.cumsum(seg)])
+    if cum[-1] == 0.0:
+        return path[0]
+    at = frac * cum[-1]
+    return np.array([np.interp(at, cum, path[:, 0]), np.interp(at, cum, path[:, 1])])
+
+
+def caption_targets(spec: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A world spec -> (presence (SLOTS,), targets (SLOTS, 5)), slots in caption order.
+
+    Planned: every object of object and path clips; a depth clip's actor unless it moves closer or away (its
+    caption reads like an object clip's; the static objects after "in front of" / "behind" are not planned).
+    Person clips: nothing (pose drives them).
+    """
+    from vdemo.world.scenes import _object_tracks
+
+    present = np.zeros(SLOTS, np.float32)
+    targets = np.zeros((SLOTS, len(TARGETS)), np.float32)
+    kind = spec["kind"]
+    if kind in ("objects", "path") or (kind == "depth" and spec["objects"][0]["motion"] not in DEPTH_MOTIONS):
+        tracks = _object_tracks(spec, PATH_POINTS)[: 1 if kind == "depth" else SLOTS]
+        for i, track in enumerate(tracks):
+            present[i] = 1.0
+            targets[i] = path_targets(track["centres"])
+    return present, targets
+
+
+# ------------------------------------------------------------------------------------------------ planning
+def _bezier_path(start: np.ndarray, delta: np.ndarray, bend: float) -> np.ndarray:
+    """(PATH_POINTS, 2): the quadratic Bezier from start to start + delta whose midpoint is `bend` off the chord."""
+    end = start + delta
+    length = float(np.hypot(*delta))
+    normal = np.array([-delta[1], delta[0]]) / length if length > 1e-9 else np.zeros(2)
+    middle = (start + end) / 2 + bend * normal
+    control = 2 * middle - (start + end) / 2  # B(0.5) = (start + 2 control + end) / 4 = middle
+    t = np.linspace(0.0, 1.0, PATH_POINTS)[:, None]
+    return (1 - t) ** 2 * start + 2 * (1 - t) * t * control + t**2 * end
+
+
+def fit_inside(path: np.ndarray, lo: float = FRAME_BOX[0], hi: float = FRAME_BOX[1]) -> np.ndarray:
+    """Shrink (about its centre, only if it is too big) and then move a path so that it lies in [lo, hi]²."""
+    path = np.asarray(path, dtype=np.float64)
+    low, high = path.min(0), path.max(0)
+    span = float((high - low).max())
+    if span > hi - lo:
+        centre = (low + high) / 2
+        path = centre + (path - centre) * ((hi - lo) / span)
+        low, high = path.min(0), path.max(0)
+    shift = np.maximum(lo - low, 0.0) - np.maximum(high - hi, 0.0)
+    return path + shift
+
+
+def _positions(path: np.ndarray, num: int) -> np.ndarray:
+    return np.stack([_arc_point(path, f) for f in np.linspace(0.0, 1.0, num)])
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A planned layout: one stroke per planned object (caption order) and its compass word, for people to read."""
+
+    strokes: tuple[Stroke, ...]
+    directions: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.strokes)
+
+    def summary(self) -> str:
+        return ", ".join(self.directions)
+
+    def to_manifest(self) -> dict:
+        return {"by": "layout planner", "directions": list(self.directions),
+                "strokes": [{"points": [[round(x, 4), round(y, 4)] for x, y in s.points], "radius": s.radius}
+                            for s in self.strokes]}
+
+
+class Planner:
+    """A trained LayoutPlanner with the tokenizer it reads; `plan(prompt, seed)` -> Plan (empty when nothing moves)."""
+
+    def __init__(self, model: LayoutPlanner, tokenizer):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, tokenizer) -> Planner:
+        model = LayoutPlanner.from_pretrained(str(folder), torch_dtype=torch.float32, local_files_only=True)
+        return cls(model, tokenizer)
+
+    @torch.no_grad()
+    def distribution(self, prompt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(presence probability (SLOTS,), mean (SLOTS, 5), std (SLOTS, 5)) for one prompt."""
+        from vdemo.models.tokenizer import encode_prompts
+
+        ids = encode_prompts(self.tokenizer, [prompt.strip()], self.model.config.max_tokens)
+        logit, mean, log_std = self.model(ids)
+        return torch.sigmoid(logit)[0].numpy(), mean[0].double().numpy(), log_std[0].exp().double().numpy()
+
+    def plan(self, prompt: str, seed: int) -> Plan:
+        """Sample one layout for `prompt` (deterministic in seed). No planar object named -> an empty Plan."""
+        if not prompt.strip():
+            return Plan((), ())
+        present, mean, std = self.distribution(prompt)
+        slots = [i for i in range(SLOTS) if present[i] >= 0.5]
+        if not slots:
+            return Plan((), ())
+        rng = np.random.default_rng(int(seed))
+        best, best_gap = None, -math.inf
+        for _ in range(REDRAWS):
+            paths = []
+            for i in slots:
+                z = np.clip(rng.standard_normal(len(TARGETS)), -2.0, 2.0)
+                x, y, dx, dy, bend = mean[i] + TEMPERATURE * std[i] * z
+                if math.hypot(dx, dy) < ANCHOR_BELOW:
+                    paths.append(fit_inside(np.array([[x, y]])))
+                else:
+                    paths.append(fit_inside(_bezier_path(np.array([x, y]), np.array([dx, dy]), bend)))
+            gap = math.inf
+            if len(paths) == 2:
+                gap = float(np.linalg.norm(_positions(paths[0], 16) - _positions(paths[1], 16), axis=1).min())
+            if gap > best_gap:
+                best, best_gap = paths, gap
+            if gap >= MIN_GAP:
+                break
+        strokes, words = [], []
+        for path in best:
+            delta = path[-1] - path[0]
+            strokes.append(Stroke(tuple((float(px), float(py)) for px, py in path), STROKE_RADIUS))
+            words.append("still" if len(path) == 1 else nearest_direction(float(delta[0]), float(delta[1])))
+        return Plan(tuple(strokes), tuple(words))
+
+
+# ------------------------------------------------------------------------------------------------ training
+def planner_dataset(n: int, seed: int, tokenizer, max_tokens: int) -> dict[str, torch.Tensor]:
+    """n world captions (all kinds) with their slot presence and path targets."""
+    from vdemo import world
+    from vdemo.models.tokenizer import encode_prompts
+
+    rng = np.random.default_rng(seed)
+    captions, present, targets = [], [], []
+    for _ in range(n):
+        spec = world.sample_spec(rng)
+        caption = world.build_caption(spec)
+        p, t = caption_targets(spec)
+        if rng.random() < NEGATIVE_SHARE:  # nothing to plan: no motion stated, or no object named
+            caption, p = negative_caption(caption, rng), np.zeros_like(p)
+        captions.append(caption)
+        present.append(p)
+        targets.append(t)
+    return {"ids": encode_prompts(tokenizer, captions, max_tokens), "present": torch.from_numpy(np.stack(present)),
+            "targets": torch.from_numpy(np.stack(targets)), "captions": captions}
+
+
+def negative_caption(caption: str, rng: np.random.Generator) -> str:
+    """A prompt that names no moving planar object: the noun phrases alone, the background alone, or junk."""
+    words = caption.split()
+    pick = int(rng.integers(5))
+    if pick == 0:  # "a red circle and a blue square": objects, but no verb
+        cut = next((i for i, w in enumerate(words) if w in ("moves", "move", "stays", "stay", "on")), len(words))
+        return " ".join(words[:cut])
+    if pick == 1:
+        return " ".join(words[words.index("on"):]) if "on" in words else ""
+    if pick == 3:  # a verb but no known direction: "a red circle moves somewhere"
+        motions = set(MOTIONS) | set(DEPTH_MOTIONS) | {"still"}
+        return " ".join(str(rng.choice(["somewhere", "around", "fast", "about"])) if w in motions else w for w in words)
+    if pick == 2:  # words the tokenizer does not know
+        return " ".join(rng.choice(["hello", "the", "video", "of", "thing", "nice", "sky", "it"], size=3))
+    return ""
+
+
+def planner_loss(model: LayoutPlanner, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Presence BCE + Gaussian negative log-likelihood of the present slots' targets."""
+    logit, mean, log_std = model(batch["ids"])
+    present = batch["present"]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, present)
+    nll = (0.5 * ((batch["targets"] - mean) / log_std.exp()) ** 2 + log_std).sum(-1)  # (B, SLOTS)
+    return bce + (nll * present).sum() / present.sum().clamp_min(1.0)
+
+
+def train_planner(out: str | Path, tokenizer, max_tokens: int, steps: int = 3000, examples: int = 60_000,
+                  batch_size: int = 512, lr: float = 2e-3, seed: int = 0, log=print) -> LayoutPlanner:
+    """Train a LayoutPlanner on world captions (seeds below the eval's held-out range) and save it to `out`."""
+    torch.manual_seed(seed)
+    data = planner_dataset(examples, seed, tokenizer, max_tokens)
+    model = LayoutPlanner(vocab_size=len(tokenizer), max_tokens=max_tokens)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(1, steps + 1):
+        pick = torch.randint(0, examples, (batch_size,), generator=gen)
+        loss = planner_loss(model, {k: data[k][pick] for k in ("ids", "present", "targets")})
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 500 == 0 or step == steps:
+            log(f"planner step {step} loss {loss.item():.3f}")
+    model.eval().save_pretrained(str(out), safe_serialization=True)
+    return model
