@@ -21,6 +21,7 @@ from vdemo.models.planner import (
     _bezier_path,
     _positions,
     caption_targets,
+    fit_from,
     fit_inside,
     negative_caption,
     path_targets,
@@ -56,6 +57,17 @@ def test_fit_inside_moves_without_turning_and_shrinks_only_what_is_too_big():
     shrunk = fit_inside(long)
     assert shrunk[0, 0] == pytest.approx(lo) and shrunk[1, 0] == pytest.approx(hi)
     assert nearest_direction(*(shrunk[1] - shrunk[0])) == "right"
+
+
+def test_fit_from_keeps_the_start_and_the_direction_and_shortens_to_fit():
+    lo, hi = FRAME_BOX
+    path = np.array([[0.5, 0.5], [0.7, 0.3], [1.1, 0.1]])
+    fitted = fit_from(path)
+    assert np.allclose(fitted[0], path[0]) and fitted.max() <= hi + 1e-9 and fitted.min() >= lo - 1e-9
+    assert np.allclose(np.cross(fitted[-1] - fitted[0], path[-1] - path[0]), 0.0, atol=1e-12)  # same line
+    edge = np.array([[0.95, 0.5], [0.6, 0.5]])  # starts outside the box (an object at the edge): kept, moves left
+    assert np.allclose(fit_from(edge), edge)
+    assert np.allclose(fit_from(np.array([[0.3, 0.3]])), [[0.3, 0.3]])
 
 
 def test_caption_targets_per_kind():
@@ -135,6 +147,27 @@ def test_a_still_object_is_planned_as_an_anchor(planner):
     assert ANCHOR_BELOW < 0.05
 
 
+def test_with_a_first_frame_paths_start_at_the_objects_it_shows(planner):
+    from vdemo.eval import held_out_specs
+
+    right = total = 0
+    for spec in held_out_specs("objects", 12, lambda sp: True):
+        clip = world.make_clip(spec, 16, 64)
+        plan = planner.plan(clip.caption, seed=0, first_frame=clip.frames[0])
+        assert 1 <= len(plan.strokes) <= len(clip.objects), clip.caption  # a 300-step planner may miss a slot
+        for obj, path, stroke, word in zip(clip.objects, clip.paths, plan.strokes, plan.directions):
+            assert math.dist(stroke.points[0], path[0]) < 0.02  # found by its colour, not by its slot
+            total += 1
+            right += word == obj["motion"]
+    assert right >= 0.8 * total
+    blank = np.full((64, 64, 3), 128, np.uint8)
+    assert not planner.plan("a red circle moves right", seed=0, first_frame=blank)  # nothing there to move
+    only_blue = world.make_clip({"kind": "objects", "background": "black", "shared_motion": False, "objects": [
+        {"colour": "blue", "shape": "square", "radius": 0.15, "motion": "still", "start": [0.3, 0.3],
+         "end": [0.3, 0.3]}]}, 2, 64).frames[0]
+    assert not planner.plan("a red circle moves right", seed=0, first_frame=only_blue)  # no red object in it
+
+
 def test_two_objects_get_two_paths_kept_apart(planner):
     hits = 0
     for seed in range(6):
@@ -183,8 +216,19 @@ def test_no_plan_when_switched_off_or_the_layout_is_given(planned_pipe):
     pose = np.zeros((6, 48, 48, 3), np.uint8)
     stroke = (Stroke(((0.5, 0.5),), 0.1),)
     for kw in ({"plan_motion": False}, {"image": image}, {"pose": pose}, {"strokes": stroke}, {"prompt": ""},
-               {"prompt": "a red person jumps"}):
+               {"prompt": "a red person jumps"}, {"keyframes": ((5, image),)}):
         assert _done(planned_pipe, **kw).manifest["motion_plan"] is None, kw
+
+
+def test_image_to_video_with_a_caption_plans_from_the_object_in_the_image(planned_pipe):
+    spec = {"kind": "objects", "background": "black", "shared_motion": False, "objects": [
+        {"colour": "red", "shape": "circle", "radius": 0.15, "motion": "still", "start": [0.3, 0.6],
+         "end": [0.3, 0.6]}]}
+    frame = world.make_clip(spec, 2, 48).frames[0]
+    plan = _done(planned_pipe, image=frame, prompt="a red circle moves right").manifest["motion_plan"]
+    assert plan["directions"] == ["right"]
+    points = np.array(plan["strokes"][0]["points"])
+    assert np.allclose(points[0], [0.3, 0.6], atol=0.03) and points[-1, 0] > 0.45
 
 
 def test_plan_motion_must_be_a_bool():

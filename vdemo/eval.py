@@ -8,7 +8,8 @@ Cases come from world seeds the training stream never draws (`HELDOUT_SEED0 + i`
 `vdemo.world.detect` (colour segmentation against the background), never by the model. Metrics:
   - text: colour / shape / direction accuracy of a single moving object generated from its caption alone, through
     the layout planner as the app does (`--no-plan`: the video model alone; rows then say "planner": false);
-  - image: PSNR of generated frame 0 against the given first frame; share of frames keeping colour and shape;
+  - image: PSNR of generated frame 0 against the given first frame; share of frames keeping colour and shape; with
+    the caption added, direction accuracy (the planner starts the path at the object it finds in the frame);
   - strokes: mean distance between the object's centre and the stroke's resampled point per frame, as a fraction of
     the frame diagonal, given first frame + stroke; the same without the stroke is the "ignores the stroke" baseline;
   - pose: IoU between the generated figure and the ground-truth figure drawn from the same skeleton;
@@ -145,7 +146,7 @@ def size_drift(dets: list[Detection | None]) -> float:
 
 def eval_image(pipe, s: EvalSettings, mode: str) -> dict:
     specs = held_out_specs("objects", s.cases, lambda sp: len(sp["objects"]) == 1)
-    psnrs, kept = [], []
+    psnrs, kept, direction = [], [], 0
     for i, spec in enumerate(specs):
         clip = world.make_clip(spec, s.num_frames, s.size)
         truth = clip.objects[0]
@@ -155,7 +156,10 @@ def eval_image(pipe, s: EvalSettings, mode: str) -> dict:
         dets = [main_object(f, bg) for f in frames]
         kept.append(np.mean([d is not None and d.colour == truth["colour"] and d.shape == truth["shape"]
                              for d in dets]))
-    return {"first_frame_psnr_db": float(np.mean(psnrs)), "identity_kept": float(np.mean(kept))}
+        moved = generate(pipe, s, mode, seed=i, image=clip.frames[0], prompt=clip.caption)  # + "moves <dir>"
+        direction += read_direction([main_object(f, bg, truth["colour"]) for f in moved]) == truth["motion"]
+    return {"planner": s.plan_motion, "first_frame_psnr_db": float(np.mean(psnrs)),
+            "identity_kept": float(np.mean(kept)), "with_text_direction_acc": direction / len(specs)}
 
 
 def eval_strokes(pipe, s: EvalSettings, mode: str) -> dict:
@@ -436,6 +440,7 @@ README_COLUMNS = (  # (header, metric, key, format)
     ("pose IoU", "pose", "pose_iou", "{:.2f}"), ("depth: near larger", "depth", "near_larger_in_front", "{:.2f}"),
     ("first-frame PSNR", "image", "first_frame_psnr_db", "{:.1f} dB"),
     ("identity kept", "image", "identity_kept", "{:.2f}"),
+    ("image + text: direction", "image", "with_text_direction_acc", "{:.2f}"),
     ("colour change / frame", "text", "colour_change", "{:.3f}"), ("size change / frame", "text", "size_change",
                                                                     "{:.2f}"),
     ("x0 error at t=950", "coupling", "x0_mse_t950", "{:.4f}"),

@@ -2,8 +2,9 @@
 
 Accepts every modality (text, image, pose, depth, strokes, in any combination) and every attention mode. Classifier-free
 guidance contrasts the full condition set with nothing at all (the model was trained with an all-dropped share).
-A text-only request first goes through the layout planner (`assets/tiny/planner/`, `vdemo.models.planner`) when the
-folder has one: its motion strokes join the prompt as the stroke control (request.plan_motion=False turns it off).
+A request with a prompt and nothing else that gives the motion (text only, or text + a first frame) first goes through
+the layout planner (`assets/tiny/planner/`, `vdemo.models.planner`) when the folder has one: its motion strokes join
+the prompt as the stroke control (request.plan_motion=False turns it off).
 """
 
 from __future__ import annotations
@@ -119,12 +120,13 @@ class TinyBackend(DenoisingBackend):
                 "compute": "bf16 autocast" if self.bf16 else "float32", "layout_planner": self.planner is not None}
 
     def plan_layout(self, request: GenerationRequest) -> Plan | None:
-        """Text-only requests (no strokes, frames, pose or depth to give the layout): the planner's strokes."""
-        given = (request.strokes or request.image is not None or request.keyframes or request.pose is not None
-                 or request.depth is not None)
+        """The planner's strokes when nothing else gives the motion: text only, or text + a first frame (image-to-
+        video: the paths then start at the objects in that frame). Strokes, more known frames, pose or depth: None."""
+        given = request.strokes or request.keyframes or request.pose is not None or request.depth is not None
         if self.planner is None or not request.plan_motion or given or not request.prompt.strip():
             return None
-        return self.planner.plan(request.prompt, request.seed) or None
+        first = None if request.image is None else fit_image(request.image, request.height, request.width)
+        return self.planner.plan(request.prompt, request.seed, first_frame=first) or None
 
     def latent_shape(self, request: GenerationRequest) -> tuple[int, ...]:
         return (1, request.num_frames, 3, request.height, request.width)

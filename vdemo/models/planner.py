@@ -35,7 +35,7 @@ PATH_POINTS = 33  # points per planned stroke (a quadratic Bezier, resampled by 
 FRAME_BOX = (0.15, 0.85)  # where planned centres may go: a typical object (radius <= 0.2) stays inside the frame
 STROKE_RADIUS = 0.1  # the radius training gives ground-truth strokes
 ANCHOR_BELOW = 0.02  # a planned path shorter than this (fraction of the frame) is an anchor: the object stays put
-MIN_GAP = 0.3  # two planned objects keep their centres this far apart in every frame
+MIN_GAP = 0.42  # two planned objects keep their centres this far apart in every frame (two reaches of <= 0.2)
 REDRAWS = 16
 TEMPERATURE = 0.5  # plans are drawn at half the learned spread (z clipped to ±2): typical layouts, not the tails
 NEGATIVE_SHARE = 0.1  # share of training prompts that name nothing to plan (presence 0 in every slot)
@@ -131,6 +131,37 @@ def fit_inside(path: np.ndarray, lo: float = FRAME_BOX[0], hi: float = FRAME_BOX
     return path + shift
 
 
+def fit_from(path: np.ndarray, lo: float = FRAME_BOX[0], hi: float = FRAME_BOX[1]) -> np.ndarray:
+    """Shorten a path about its fixed first point (an object already in the picture) until it lies in [lo, hi]²
+    (widened to include that point)."""
+    path = np.asarray(path, dtype=np.float64)
+    start = path[0]
+    low, high = np.minimum(lo, start), np.maximum(hi, start)
+    delta = path - start
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(delta > 0, (high - start) / delta, np.where(delta < 0, (low - start) / delta, np.inf))
+    return start + delta * min(1.0, float(room.min()))
+
+
+def starts_in(frame: np.ndarray, prompt: str, slots: list[int]) -> dict[int, tuple[float, float]]:
+    """Where each planned slot's object already is in a given first frame: the largest detected object of the colour
+    the caption names for it (any colour if it names none), each object used once. Slots not found are left out."""
+    from vdemo.world.detect import detect_objects
+    from vdemo.world.grammar import parse_caption
+
+    detections = detect_objects(frame, max_objects=None)
+    named = parse_caption(prompt)["objects"]
+    starts, used = {}, set()
+    for slot in slots:
+        colour = named[slot]["colour"] if slot < len(named) else None
+        for k, det in enumerate(detections):  # largest first
+            if k not in used and (colour is None or det.colour == colour):
+                starts[slot] = det.centre
+                used.add(k)
+                break
+    return starts
+
+
 def _positions(path: np.ndarray, num: int) -> np.ndarray:
     return np.stack([_arc_point(path, f) for f in np.linspace(0.0, 1.0, num)])
 
@@ -175,25 +206,38 @@ class Planner:
         logit, mean, log_std = self.model(ids)
         return torch.sigmoid(logit)[0].numpy(), mean[0].double().numpy(), log_std[0].exp().double().numpy()
 
-    def plan(self, prompt: str, seed: int) -> Plan:
-        """Sample one layout for `prompt` (deterministic in seed). No planar object named -> an empty Plan."""
+    def plan(self, prompt: str, seed: int, first_frame: np.ndarray | None = None) -> Plan:
+        """Sample one layout for `prompt` (deterministic in seed). No planar object named -> an empty Plan.
+
+        first_frame (H, W, 3) uint8, for image-to-video: each path starts where its object already is in that frame
+        (found by colour, `starts_in`) and is shortened rather than moved to stay inside; objects not found there
+        are not planned.
+        """
         if not prompt.strip():
             return Plan((), ())
         present, mean, std = self.distribution(prompt)
         slots = [i for i in range(SLOTS) if present[i] >= 0.5]
+        starts = starts_in(first_frame, prompt, slots) if first_frame is not None and slots else None
+        if starts is not None:
+            slots = [i for i in slots if i in starts]
         if not slots:
             return Plan((), ())
         rng = np.random.default_rng(int(seed))
         best, best_gap = None, -math.inf
-        for _ in range(REDRAWS):
+        for redraw in range(REDRAWS):
+            spread = np.full(len(TARGETS), TEMPERATURE)
+            spread[:2] *= 1.0 + redraw / 4  # after a collision, look further afield for start points (not directions)
             paths = []
             for i in slots:
                 z = np.clip(rng.standard_normal(len(TARGETS)), -2.0, 2.0)
-                x, y, dx, dy, bend = mean[i] + TEMPERATURE * std[i] * z
+                x, y, dx, dy, bend = mean[i] + spread * std[i] * z
+                fit = fit_inside
+                if starts is not None:
+                    (x, y), fit = starts[i], fit_from
                 if math.hypot(dx, dy) < ANCHOR_BELOW:
-                    paths.append(fit_inside(np.array([[x, y]])))
+                    paths.append(fit(np.array([[x, y]])))
                 else:
-                    paths.append(fit_inside(_bezier_path(np.array([x, y]), np.array([dx, dy]), bend)))
+                    paths.append(fit(_bezier_path(np.array([x, y]), np.array([dx, dy]), bend)))
             gap = math.inf
             if len(paths) == 2:
                 gap = float(np.linalg.norm(_positions(paths[0], 16) - _positions(paths[1], 16), axis=1).min())
