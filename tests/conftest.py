@@ -19,7 +19,7 @@ _SMALL_PLANNER: list[Path] = []
 
 
 def small_planner(tmp_path_factory) -> Path:
-    """A layout planner trained for 300 steps on 4,000 world captions (~10 s), saved once per test session."""
+    """A layout planner trained for 600 steps on 6,000 world captions (~20 s), saved once per test session."""
     if not _SMALL_PLANNER:
         import torch
 
@@ -29,7 +29,7 @@ def small_planner(tmp_path_factory) -> Path:
         folder = tmp_path_factory.mktemp("planner")
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
-        train_planner(folder, make_tokenizer(), max_tokens(), steps=300, examples=4000, log=lambda *_: None)
+        train_planner(folder, make_tokenizer(), max_tokens(), steps=600, examples=6000, log=lambda *_: None)
         torch.set_num_threads(threads)
         _SMALL_PLANNER.append(folder)
     return _SMALL_PLANNER[0]

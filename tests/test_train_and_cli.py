@@ -201,7 +201,7 @@ def test_planner_training_cli_and_planned_text_only_generation(trained, tmp_path
     with pytest.raises(SystemExit, match="planner_steps must be at least 1"):
         train_main(["--planner", "--planner-steps", "0", "--out", str(model)])
     shutil.rmtree(model / PLANNER_DIR)
-    shutil.copytree(small_planner_dir, model / PLANNER_DIR)  # 300 steps: plans "down" reliably
+    shutil.copytree(small_planner_dir, model / PLANNER_DIR)  # 600 steps: plans "down" reliably
     base = ["generate", "--model-dir", str(model), "--prompt", "a red circle moves down", "--frames", "4", "--steps",
             "1"]
     capsys.readouterr()

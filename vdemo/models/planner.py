@@ -61,6 +61,41 @@ class LayoutPlanner(ModelMixin, ConfigMixin):
         return out[..., 0], out[..., 1:1 + n], log_std
 
 
+# ------------------------------------------------------------------------------------------------ prompts
+def canonical_prompt(text: str) -> str:
+    """A user prompt in the caption grammar's words: the grammar's tolerant tokeniser (lower case, "grey" -> "gray",
+    "ball" -> "circle", "up left" -> "up-left"), motion verbs ("moving", "goes", "slides", ...) -> "moves", and every
+    word the grammar does not have dropped. A word-level planner learns nothing from unknown words; dropping them
+    keeps the known ones where training put them ("a red ball moving to the right" -> "a red circle moves right")."""
+    from vdemo.world.grammar import _MOVE, _STAY, _tokens
+    from vdemo.world.grammar import VOCAB as WORDS
+
+    words = []
+    for word in _tokens(text):
+        if word in _MOVE and word not in ("move", "moves"):
+            word = "moves"
+        elif word in _STAY and word not in ("stay", "stays", "still"):
+            word = "stays"
+        if word in WORDS:
+            words.append(word)
+    return " ".join(words)
+
+
+def augment_caption(caption: str, rng: np.random.Generator) -> str:
+    """Training-time variants of a world caption that users write too: no articles, no verb, "stays" without "still",
+    singular and plural verbs mixed up."""
+    words = caption.split()
+    if rng.random() < 0.25:
+        words = [w for w in words if w not in ("a", "an")]
+    if rng.random() < 0.15:
+        words = [w for w in words if w not in ("moves", "move")]
+    if rng.random() < 0.1:
+        words = [w for w in words if w != "still"]
+    if rng.random() < 0.2:
+        words = [{"move": "moves", "moves": "move", "stay": "stays", "stays": "stay"}.get(w, w) for w in words]
+    return " ".join(words)
+
+
 # ------------------------------------------------------------------------------------------------ targets
 def path_targets(path: np.ndarray) -> np.ndarray:
     """(F, 2) centres at constant speed -> (5,) start x, y, displacement dx, dy, bend (midpoint off the chord)."""
@@ -202,7 +237,7 @@ class Planner:
         """(presence probability (SLOTS,), mean (SLOTS, 5), std (SLOTS, 5)) for one prompt."""
         from vdemo.models.tokenizer import encode_prompts
 
-        ids = encode_prompts(self.tokenizer, [prompt.strip()], self.model.config.max_tokens)
+        ids = encode_prompts(self.tokenizer, [canonical_prompt(prompt)], self.model.config.max_tokens)
         logit, mean, log_std = self.model(ids)
         return torch.sigmoid(logit)[0].numpy(), mean[0].double().numpy(), log_std[0].exp().double().numpy()
 
@@ -267,7 +302,9 @@ def planner_dataset(n: int, seed: int, tokenizer, max_tokens: int) -> dict[str, 
         p, t = caption_targets(spec)
         if rng.random() < NEGATIVE_SHARE:  # nothing to plan: no motion stated, or no object named
             caption, p = negative_caption(caption, rng), np.zeros_like(p)
-        captions.append(caption)
+        else:
+            caption = augment_caption(caption, rng)
+        captions.append(canonical_prompt(caption))
         present.append(p)
         targets.append(t)
     return {"ids": encode_prompts(tokenizer, captions, max_tokens), "present": torch.from_numpy(np.stack(present)),
