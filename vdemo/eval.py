@@ -418,7 +418,8 @@ def plot_learning_curve(csv_path: Path, png_path: Path) -> None:
         for column in columns:
             points = [(h, float(r[column])) for h, r in zip(hours, rows) if r.get(column)]  # "" = not measured then
             if points:
-                line, = ax.plot(*zip(*points), marker="o", label=column.split(".", 1)[1])
+                label = column.replace("text_no_plan.", "model alone: ").split(".", 1)[-1]
+                line, = ax.plot(*zip(*points), marker="o", label=label)
                 if column in TARGETS:
                     ax.axhline(TARGETS[column], color=line.get_color(), linestyle=":", linewidth=1)
         ax.set_title(title)
