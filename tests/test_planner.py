@@ -19,7 +19,6 @@ from vdemo.models.planner import (
     SLOTS,
     Planner,
     _bezier_path,
-    _positions,
     canonical_prompt,
     caption_targets,
     fit_from,
@@ -28,7 +27,7 @@ from vdemo.models.planner import (
     path_targets,
 )
 from vdemo.pipeline import Done, GenerationRequest, RequestError, VideoPipeline
-from vdemo.strokes import Stroke, stroke_positions
+from vdemo.strokes import Stroke, resample_stroke, stroke_positions
 from vdemo.world.palette import MOTIONS, nearest_direction
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -187,7 +186,7 @@ def test_two_objects_get_two_paths_kept_apart(planner):
         assert len(plan.strokes) == 2
         hits += plan.directions == ("left", "right")
         paths = [np.array(s.points) for s in plan.strokes]
-        gap = np.linalg.norm(_positions(paths[0], 16) - _positions(paths[1], 16), axis=1).min()
+        gap = np.linalg.norm(resample_stroke(paths[0], 16) - resample_stroke(paths[1], 16), axis=1).min()
         assert gap >= MIN_GAP * 0.5
     assert hits >= 4
 

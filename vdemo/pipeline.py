@@ -79,7 +79,8 @@ class GenerationRequest:
     fps: int = DEFAULTS.fps
     attention_mode: str = DEFAULTS.attention_mode
     sampler: str = DEFAULTS.sampler
-    # Text-only requests: let the backend's layout planner (if it has one) turn the prompt into motion strokes first.
+    # With a prompt and nothing but (at most) a first frame to give the motion: let the backend's layout planner (if
+    # it has one) turn the prompt into motion strokes first.
     plan_motion: bool = True
 
     def __post_init__(self) -> None:

@@ -3,14 +3,15 @@
 Two-stage text-to-video in the manner of LLM-grounded Video Diffusion (LVD, Lian et al. 2024) and VideoDirectorGPT
 (Lin et al. 2023): a first stage turns the prompt into a dynamic layout (where each object is in each frame), the video
 diffusion model then draws the clip along that layout. Here the first stage is not an LLM but a small network trained
-on the synthetic world's captions and ground-truth paths (`python -m vdemo.train --planner`, about a minute), and the
+on the synthetic world's captions and ground-truth paths (`python -m vdemo.train --planner`, about 2 minutes), and the
 layout is expressed as the model's own motion-stroke control (a Gaussian blob per frame), which it follows closely.
 
 Per object slot (up to SLOTS, in caption order) the network predicts whether the caption names a planar moving object
 there, and a diagonal Gaussian over its path: start (x, y), displacement (dx, dy), and bend (the signed offset of the
 path's midpoint from the chord's, perpendicular to it; 0 for straight moves). A plan is a sample from it (seeded, so
 one seed gives one plan), moved (never turned) to keep every object inside the frame, and redrawn when two objects
-would collide. Person and depth captions get no plan: their layout comes from pose / depth or from the model itself.
+would collide. Person captions and depth moves (closer / away) get no plan: their layout comes from pose / depth or
+from the model itself.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from vdemo.strokes import Stroke
+from vdemo.strokes import Stroke, resample_stroke
 from vdemo.world.palette import DEPTH_MOTIONS, MOTIONS, nearest_direction
 
 PLANNER_DIR = "planner"  # subfolder of a tiny model folder (assets/tiny/planner/)
@@ -106,19 +107,10 @@ def path_targets(path: np.ndarray) -> np.ndarray:
     bend = 0.0
     if length > 1e-6:
         normal = np.array([-chord[1], chord[0]]) / length
-        middle = _arc_point(path, 0.5)
+        middle = resample_stroke(path, 3)[1]  # halfway along the arc
         bend = float(np.dot(middle - (start + end) / 2, normal))
+        bend = 0.0 if abs(bend) < 1e-6 else bend  # a straight move is exactly straight (resampling is float32)
     return np.array([start[0], start[1], chord[0], chord[1], bend], dtype=np.float32)
-
-
-def _arc_point(path: np.ndarray, frac: float) -> np.ndarray:
-    """The point at `frac` of the path's arc length (linear between samples)."""
-    seg = np.linalg.norm(np.diff(path, axis=0), axis=1)
-    cum = np.concatenate([[0.0], np.cumsum(seg)])
-    if cum[-1] == 0.0:
-        return path[0]
-    at = frac * cum[-1]
-    return np.array([np.interp(at, cum, path[:, 0]), np.interp(at, cum, path[:, 1])])
 
 
 def caption_targets(spec: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -197,10 +189,6 @@ def starts_in(frame: np.ndarray, prompt: str, slots: list[int]) -> dict[int, tup
     return starts
 
 
-def _positions(path: np.ndarray, num: int) -> np.ndarray:
-    return np.stack([_arc_point(path, f) for f in np.linspace(0.0, 1.0, num)])
-
-
 @dataclass(frozen=True)
 class Plan:
     """A planned layout: one stroke per planned object (caption order) and its compass word, for people to read."""
@@ -275,7 +263,7 @@ class Planner:
                     paths.append(fit(_bezier_path(np.array([x, y]), np.array([dx, dy]), bend)))
             gap = math.inf
             if len(paths) == 2:
-                gap = float(np.linalg.norm(_positions(paths[0], 16) - _positions(paths[1], 16), axis=1).min())
+                gap = float(np.linalg.norm(resample_stroke(paths[0], 16) - resample_stroke(paths[1], 16), axis=1).min())
             if gap > best_gap:
                 best, best_gap = paths, gap
             if gap >= MIN_GAP:
