@@ -10,7 +10,8 @@ Tokens are F frames × N spatial tokens, flattened frame-major into a sequence o
 
 `attend` gathers only the allowed keys and calls `scaled_dot_product_attention` on them — it never masks a full
 F·N × F·N score matrix — so the cheap modes are cheap for real. `reference_attend` is the naive oracle (full score
-matrix + explicit boolean mask from `mode_mask`) that the tests hold `attend` to.
+matrix + explicit boolean mask from `mode_mask`) that the tests hold `attend` to. Frames and heads are folded into
+SDPA's batch dimension only in pieces of at most `MAX_SDPA_BATCH`, the most CUDA's kernels launch.
 
 `FrameAttnProcessor` puts a mode into any diffusers `Attention` module (a copy of diffusers' `AttnProcessor2_0` whose
 self-attention folds the frames together), and `install_frame_attention` inflates a UNet the way Tune-A-Video
@@ -109,11 +110,37 @@ def reference_attend(
 
 
 # ---------------------------------------------------------------------------------------------- the fast path
+MAX_SDPA_BATCH = 65_535  # CUDA SDPA kernels fail on a batch (or head) dim > 2**16-1: pytorch#146704 (#142228)
+
+
+def _pieces(x: torch.Tensor | None, dim: int, count: int) -> list[torch.Tensor | None]:
+    """x split along dim into `count` near-equal views; None or a broadcast (size-1) dim repeats x."""
+    if x is None or x.shape[dim] == 1:
+        return [x] * count
+    return list(x.tensor_split(count, dim))
+
+
+def _sdpa_4d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """SDPA on 4-D (X, Y, L, d) tensors, split into the fewest equal pieces of at most MAX_SDPA_BATCH along X and Y:
+    every CUDA kernel launches, and CPUs keep their fused 4-D kernel. The (x, y) problems are independent, so
+    splitting changes no bit."""
+    for dim in (0, 1):
+        count = -(-q.shape[dim] // MAX_SDPA_BATCH)
+        if count > 1:
+            parts = zip(*(_pieces(x, dim, count) for x in (q, k, v, attn_mask)), strict=True)
+            return torch.cat([_sdpa_4d(*part) for part in parts], dim=dim)  # (X, Y, L, d)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (X, Y, L, d)
+
+
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """SDPA on (B, h, G, L, d): G independent groups per head, folded to 4-D (a view when the strides allow) so that
-    CPUs get their fused flash kernel (5-D inputs fall back to the slow math path)."""
+    """SDPA on (B, h, G, L, d): G independent groups per head, as 4-D so that CPUs get their fused flash kernel (5-D
+    inputs fall back to the slow math path). One group (a frames_in_sequence layer: N = 1) is diffusers' own
+    (B, h, L, d) layout; more are folded to (B·h, G, L, d) (a view when the strides allow), which `_sdpa_4d` splits
+    when B·h is too large a batch for CUDA."""
+    if q.shape[2] == 1:
+        return _sdpa_4d(q[:, :, 0], k[:, :, 0], v[:, :, 0])[:, :, None]  # (B, h, 1, L, d)
     B, h = q.shape[:2]
-    out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1))  # (B·h, G, L, d)
+    out = _sdpa_4d(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1))  # (B·h, G, L, d)
     return out.unflatten(0, (B, h))  # (B, h, G, L, d)
 
 
@@ -132,7 +159,7 @@ def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Frame t attends to frames 0..t: the key set grows frame by frame, one SDPA per query frame."""
     N = q.shape[3]
     k, v = k.flatten(2, 3), v.flatten(2, 3)  # (B, h, F·N, d)
-    outs = [F.scaled_dot_product_attention(q[:, :, t], k[:, :, : (t + 1) * N], v[:, :, : (t + 1) * N])
+    outs = [_sdpa_4d(q[:, :, t], k[:, :, : (t + 1) * N], v[:, :, : (t + 1) * N])
             for t in range(q.shape[2])]  # F × (B, h, N, d)
     return torch.stack(outs, dim=2)  # (B, h, F, N, d)
 
@@ -152,10 +179,10 @@ def _sparse_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     call; no key is counted twice.
     """
     Fr = q.shape[2]
-    out0 = F.scaled_dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0])  # (B, h, N, d)
+    out0 = _sdpa_4d(q[:, :, 0], k[:, :, 0], v[:, :, 0])  # (B, h, N, d)
     if Fr == 1:
         return out0[:, :, None]
-    out1 = F.scaled_dot_product_attention(q[:, :, 1], k[:, :, :2].flatten(2, 3), v[:, :, :2].flatten(2, 3))
+    out1 = _sdpa_4d(q[:, :, 1], k[:, :, :2].flatten(2, 3), v[:, :, :2].flatten(2, 3))  # (B, h, N, d)
     if Fr == 2:
         return torch.stack([out0, out1], dim=2)  # (B, h, 2, N, d)
     rest = _sdpa(q[:, :, 2:], _sparse_keys(k), _sparse_keys(v))  # (B, h, F-2, N, d)
@@ -175,12 +202,12 @@ def attend(
 ) -> torch.Tensor:
     """Frame attention on (B, h, F·N, d) tensors -> (B, h, F·N, d), computing only the pairs the mode allows."""
     mode = parse_mode(mode)
-    B, h, S, d = q.shape
+    _, _, S, _ = q.shape  # (B, h, F·N, d)
     N = _check_frames(S, num_frames)
     if k.shape[-2] != S:
         raise ValueError(f"frame attention is self-attention: {S} queries but {k.shape[-2]} keys")
     if mode is AttentionMode.FULL or (num_frames == 1 and mode is not AttentionMode.TEMPORAL):
-        return F.scaled_dot_product_attention(q, k, v)  # (B, h, FN, d): one frame, every causal mode is full
+        return _sdpa_4d(q, k, v)  # (B, h, FN, d): one frame, every causal mode is full
     q, k, v = (x.unflatten(2, (num_frames, N)) for x in (q, k, v))  # (B, h, F, N, d)
     return _KERNELS[mode](q, k, v).flatten(2, 3)  # (B, h, FN, d)
 
@@ -372,9 +399,7 @@ class FrameAttnProcessor:
             key = attn.norm_k(key)
 
         if is_cross:
-            hidden_states = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
-            )  # (B, h, L, d)
+            hidden_states = _sdpa_4d(query, key, value, attn_mask=attention_mask)  # (B, h, L, d)
         elif self.bias is not None:
             q_aug, k_aug, v_aug = self.bias.augment(query, key, value, self._grid(tokens, grid))
             hidden_states = attend(q_aug, k_aug, v_aug, self.ctx.mode, num_frames)[..., :head_dim]  # (B, h, F·N, d)
