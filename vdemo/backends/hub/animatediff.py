@@ -16,6 +16,10 @@ Attention modes map onto the two kinds of attention layer the motion UNet has:
 Schedulers use the settings the diffusers AnimateDiff docs give: linear betas, `clip_sample=False`,
 `timestep_spacing="linspace"`, `steps_offset=1`. Strokes use the training-free noise warping + latent pasting of
 `warping.py` (FreeTraj, Qiu et al. 2024, works on AnimateDiff), with the strength on the backend (`stroke_strength`).
+
+Memory: the SD 1.5 parts are the process's shared ones (`sd15.load_sd15_parts`, also the zero-shot backend's), and
+the motion UNet holds no weights of its own but the motion modules: `motion_unet` ties its 2-D layers to the shared
+SD 1.5 UNet and its motion modules to the adapter, where diffusers' `UNetMotionModel.from_unet2d` copies both.
 """
 
 from __future__ import annotations
@@ -24,11 +28,18 @@ from pathlib import Path
 
 import torch
 
-from vdemo.backends.hub.base import DiffusersBackend, RunState
+from vdemo.backends.hub.base import RESIDENCY, DiffusersBackend, RunState
 from vdemo.backends.hub.registry import HubSpec, Source, resolve
-from vdemo.backends.hub.sd15 import ControlNetMixin, available_controls, load_sd15_parts
+from vdemo.backends.hub.sd15 import (
+    ControlNetMixin,
+    available_controls,
+    load_sd15_parts,
+    shared_part,
+    tie_parameters,
+)
 from vdemo.backends.hub.warping import warp_noise
 from vdemo.config import LIMITS
+from vdemo.cost import GpuCost
 from vdemo.pipeline import GenerationRequest
 from vdemo.samplers import make_scheduler, sampler_names
 
@@ -44,6 +55,25 @@ ANIMATEDIFF_SCHEDULER = {"beta_schedule": "linear", "clip_sample": False, "times
 DECODE_CHUNK_FRAMES = 8  # VAE-decode this many frames at a time (memory saver)
 
 
+def motion_unet(unet2d, adapter):
+    """AnimateDiff's UNetMotionModel over an SD 1.5 UNet and a motion adapter, sharing their weights.
+
+    `UNetMotionModel.from_unet2d` copies the 2-D UNet's weights block by block (`load_state_dict`) and then the
+    adapter's motion modules (`load_motion_modules`); each copy is then replaced by the original Parameter
+    (`tie_parameters`), so the SD 1.5 UNet the zero-shot backend uses and this one are one set of weights. Raises if
+    any parameter of either found no twin (a layout this code does not know: it would silently double the memory).
+    """
+    from diffusers import UNetMotionModel
+
+    unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+    for what, source in (("SD 1.5 UNet", unet2d), ("motion adapter", adapter)):
+        untied = tie_parameters(unet, source)
+        if untied:
+            raise RuntimeError(f"AnimateDiff: {len(untied)} {what} parameters have no twin in the motion UNet "
+                               f"(e.g. {', '.join(untied[:3])}); cannot share its weights")
+    return unet
+
+
 class AnimateDiffBackend(ControlNetMixin, DiffusersBackend):
     """AnimateDiff (text; pose / depth via ControlNet; strokes by latent warping) on a diffusers pipeline."""
 
@@ -54,7 +84,13 @@ class AnimateDiffBackend(ControlNetMixin, DiffusersBackend):
     default_sampler = "DDIM"
     limits = LIMITS
     default_size = (512, 512)
-    seconds_per_unit = 0.12
+    mode_layers = MODE_LAYERS  # what each lab mode does to the two kinds of attention layer (for vdemo.cost)
+    # ~1 s per step for 16 frames at 512² with CFG in fp16 on an A100-class GPU (public timings, not measured here)
+    gpu_cost = GpuCost(startup_s=10.0, s_per_frame_call=0.06, attention_share=0.35,
+                       source="estimate from public A100 timings (~25 s for 16 frames, 25 steps)")
+    default_guidance = 7.5  # SD 1.5's: the guidance_scale default of diffusers' AnimateDiffPipeline
+    default_steps = 25  # diffusers' AnimateDiffPipeline default is 50; 25 DDIM steps halve the GPU time
+    default_num_frames = 16  # the clip length the motion modules were trained on; AnimateDiffPipeline's default
 
     def __init__(self, spec: HubSpec, sources: dict[str, Source], device: str, dtype: torch.dtype, parts: dict,
                  adapter, controls: dict[str, Source]):
@@ -63,9 +99,11 @@ class AnimateDiffBackend(ControlNetMixin, DiffusersBackend):
         from vdemo.attention import FrameContext, install_frame_attention
 
         super().__init__(spec, sources, device, dtype)
+        RESIDENCY.track(self)
         self.scheduler_config = {**parts.pop("scheduler_config"), **ANIMATEDIFF_SCHEDULER}
-        pipe = AnimateDiffPipeline(**parts, motion_adapter=adapter, scheduler=make_scheduler("DDIM",
-                                                                                             self.scheduler_config))
+        self.base_unet = parts.pop("unet")  # kept: the shared-part cache holds it only while a backend does
+        pipe = AnimateDiffPipeline(**parts, unet=motion_unet(self.base_unet, adapter), motion_adapter=adapter,
+                                   scheduler=make_scheduler("DDIM", self.scheduler_config))
         self.ctx_self = FrameContext("spatial", 16)
         self.ctx_time = FrameContext("temporal", 16)
         self.layers = {"self": install_frame_attention(pipe.unet, self.ctx_self, layers="self"),
@@ -81,9 +119,9 @@ class AnimateDiffBackend(ControlNetMixin, DiffusersBackend):
         sources = {role: resolve(spec, role, root) for role in ("base", "motion_adapter")}
         controls = available_controls(spec, root)
         parts = load_sd15_parts(sources["base"], dtype)
-        adapter_src = sources["motion_adapter"]
-        adapter = MotionAdapter.from_pretrained(adapter_src.location, dtype=dtype,
-                                                **adapter_src.pretrained_kwargs(dtype))
+        src = sources["motion_adapter"]
+        adapter = shared_part(src, dtype, "motion_adapter", lambda: MotionAdapter.from_pretrained(
+            src.location, dtype=dtype, **src.pretrained_kwargs(dtype)))
         return cls(spec, sources, device, dtype, parts, adapter, controls)
 
     @staticmethod

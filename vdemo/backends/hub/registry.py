@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from vdemo.errors import UserError
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-class HubError(ValueError):
+class HubError(UserError):
     """A hub backend cannot be loaded; the message is one line, fit to show a user."""
 
 
@@ -47,6 +49,7 @@ class HubSpec:
     repos: Mapping[str, HubRepo]
     lazy_roles: tuple[str, ...] = ()  # loaded on first use (ControlNets), not at startup
     notes: str = ""
+    default_num_frames: int | None = None  # None: the backend class's; set where one class serves several entries
 
     @property
     def env_var(self) -> str:
@@ -66,7 +69,10 @@ OPENPOSE = HubRepo("lllyasviel/control_v11p_sd15_openpose", "9ae9f970358db89e211
                    "/resolve/<sha>/diffusion_pytorch_model.fp16.safetensors URLs and an AI_CONTROLNET_REVISION pin in "
                    "public code; an HF-cache snapshot", variant="fp16")
 DEPTH = HubRepo("lllyasviel/control_v11f1p_sd15_depth", "539f99181d33db39cf1af2e517cd8056785f0a87",
-                "HF-cache snapshot paths in two public projects")  # no evidence of fp16 files at this SHA: loads fp32
+                "HF-cache snapshot paths in two public projects; a /resolve/<sha>/diffusion_pytorch_model.fp16"
+                ".safetensors URL in public code (a ControlNet weights_location)", variant="fp16")
+# the fp16 file sits next to the fp32 one at this SHA (that URL names it), as in the OpenPose repo: float16 runs load
+# it (half the download); float32 runs the fp32 file
 SVD = HubRepo("stabilityai/stable-video-diffusion-img2vid", "9cf024d5bfa8f56622af86c884f26a52f6676f2e",
               "HF-cache snapshot paths in several public projects (loaded there with the diffusers layout, "
               "subfolder='vae', variant='fp16')", variant="fp16")
@@ -88,10 +94,12 @@ HUB_BACKENDS: Mapping[str, HubSpec] = MappingProxyType({
         lazy_roles=("controlnet_pose", "controlnet_depth")),
     "svd": HubSpec(
         "svd", "Stable Video Diffusion (image → 14 frames)", "svd:SVDBackend",
-        MappingProxyType({"svd": SVD}), notes="gated on the hub: accept the licence and set HF_TOKEN"),
-    "svd-xt": HubSpec(
+        MappingProxyType({"svd": SVD}), notes="gated on the hub: accept the licence and set HF_TOKEN",
+        default_num_frames=14),  # the frames each SVD UNet was trained for: its unet config's num_frames, the
+    "svd-xt": HubSpec(        # pipeline's default (diffusers: "14 for img2vid and 25 for img2vid-xt")
         "svd-xt", "Stable Video Diffusion XT (image → 25 frames)", "svd:SVDBackend",
-        MappingProxyType({"svd": SVD_XT}), notes="gated on the hub: accept the licence and set HF_TOKEN"),
+        MappingProxyType({"svd": SVD_XT}), notes="gated on the hub: accept the licence and set HF_TOKEN",
+        default_num_frames=25),
 })
 
 
@@ -114,17 +122,34 @@ class Source:
     local: bool
     variant: str | None = None
 
-    def pretrained_kwargs(self, dtype=None) -> dict:
-        """Keyword arguments for `from_pretrained`: pinned revision, safetensors only, no remote code."""
+    def pretrained_kwargs(self, dtype=None, subfolder: str | None = None) -> dict:
+        """Keyword arguments for `from_pretrained`: pinned revision, safetensors only, no remote code; in float16 the
+        repo's fp16 variant, or for a local folder "fp16" only where `location/subfolder` holds such files."""
         kwargs = {"revision": self.revision, "use_safetensors": True, "local_files_only": self.local}
         import torch
 
-        if dtype == torch.float16 and self.variant and not self.local:
-            kwargs["variant"] = self.variant
+        if dtype == torch.float16:
+            variant = local_variant(Path(self.location, subfolder or "")) if self.local else self.variant
+            if variant:
+                kwargs["variant"] = variant
         return kwargs
 
     def describe(self) -> dict:
         return {"local": self.location} if self.local else {"id": self.location, "revision": self.revision}
+
+
+def local_variant(folder: Path, variant: str = "fp16") -> str | None:
+    """`variant` if `folder` (or a sub-folder) holds safetensors saved as that variant, else None.
+
+    Names as `save_pretrained(..., variant=...)` writes them: diffusers `diffusion_pytorch_model.fp16.safetensors`,
+    transformers `model.fp16.safetensors`, shards `model.fp16-00001-of-00002.safetensors` (`_add_variant` in both).
+    """
+    tag = f".{variant}"
+    for path in folder.rglob("*.safetensors"):
+        stem = path.name.removesuffix(".safetensors")
+        if stem.endswith(tag) or f"{tag}-" in stem:
+            return variant
+    return None
 
 
 def local_root(spec: HubSpec, local_dir: str | os.PathLike | None = None) -> Path | None:

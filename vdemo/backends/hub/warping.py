@@ -3,8 +3,8 @@
 Two edits, both on frames-first latents (F, C, h, w), both leaving everything outside the moved region untouched:
 
 1. `warp_noise` (before sampling): the initial noise inside the stroke's region in frame 0 is copied into every later
-   frame, shifted to where the stroke is at that frame. Text2Video-Zero (Khachatryan et al. 2023, §3.3) warps the whole
-   first-frame noise by a global translation; FreeTraj (Qiu et al. 2024) re-uses one local noise patch along a
+   frame, shifted to where the stroke is at that frame. Text2Video-Zero (Khachatryan et al. 2023, §3.3.1) warps the
+   whole first-frame noise by a global translation; FreeTraj (Qiu et al. 2024) re-uses one local noise patch along a
    trajectory so the object it seeds follows it. Blended variance-preservingly: √s·moved + √(1−s)·own.
 2. `paste_along_strokes` (after a few steps): the model's clean-latent estimate x0̂ inside the region of frame 0 is
    pasted, shifted along the stroke, into every later frame inside the moved mask (blend s), with its noise estimate
