@@ -202,7 +202,7 @@ def run_attention(args: argparse.Namespace) -> int:
 class PeakRSS:
     """Peak resident memory of this process while the block runs (sampled every 5 ms by a thread), in MiB."""
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         import threading
 
         import psutil
@@ -315,11 +315,61 @@ def run_backends(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------------- GPU time
+def add_gpu_time_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--limit", type=float, default=None,
+                   help="seconds per run a Space allows (default: $VDEMO_GPU_LIMIT_S, else ZeroGPU's 120)")
+    p.add_argument("--json", action="store_true", help="print JSON rows instead of a markdown table")
+
+
+def gpu_time_rows(limit_s: float) -> list[dict]:
+    """Each backend's estimated GPU seconds per run at its defaults (vdemo.cost), per attention mode."""
+    from vdemo.cost import fitting_settings, model_calls, request_seconds
+    from vdemo.pipeline import GenerationRequest
+    from vdemo.ui.handlers import _backend_class, capabilities
+
+    rows = []
+    for name in ("tiny", "animatediff", "zeroshot", "svd", "svd-xt"):
+        backend, caps = _backend_class(name), capabilities(name)
+        height, width = caps.default_size
+        frames = caps.default_num_frames
+        for mode in caps.attention_modes:
+            req = GenerationRequest(num_frames=frames, height=height, width=width, num_steps=caps.default_steps,
+                                    sampler=caps.default_sampler, attention_mode=mode)
+            seconds = request_seconds(backend, req)
+            rows.append({"backend": name, "mode": mode, "default_mode": mode == caps.default_attention_mode,
+                         "frames": frames, "size": f"{width}×{height}", "steps": req.num_steps,
+                         "sampler": req.sampler, "model_calls": model_calls(req.sampler, req.num_steps),
+                         "gpu_s": seconds, "fits": seconds <= limit_s,
+                         "would_fit": "" if seconds <= limit_s else ", ".join(fitting_settings(backend, req, limit_s))})
+    return rows
+
+
+def run_gpu_time(args: argparse.Namespace) -> int:
+    """estimated GPU seconds per run of every backend at its defaults, per mode, against a Space's limit"""
+    from vdemo.cost import ZERO_GPU_LIMIT_S, gpu_limit_s
+
+    limit = args.limit or gpu_limit_s() or ZERO_GPU_LIMIT_S
+    rows = gpu_time_rows(limit)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"| backend | mode | frames | size | steps ({'sampler'}) | model calls | GPU s | fits {limit:g} s? |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        mode = f"**{r['mode']}** (default)" if r["default_mode"] else r["mode"]
+        fits = "yes" if r["fits"] else f"no — {r['would_fit'] or 'nothing single fits'}"
+        print(f"| {r['backend']} | {mode} | {r['frames']} | {r['size']} | {r['steps']} ({r['sampler']}) | "
+              f"{r['model_calls']} | {r['gpu_s']} | {fits} |")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------------ CLI
 SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "attention": (add_attention_args, run_attention),
     "pipeline": (add_pipeline_args, run_pipeline),
     "backends": (add_backends_args, run_backends),
+    "gpu-time": (add_gpu_time_args, run_gpu_time),
 }
 
 

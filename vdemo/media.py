@@ -12,13 +12,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vdemo.config import LIMITS
+from vdemo.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".avi", ".mkv", ".gif"}
 MAX_PIXELS = 4096 * 4096
 
 
-class MediaError(ValueError):
+class MediaError(UserError):
     """An input file is missing, too large, corrupt or of the wrong kind; one line, fit to show a user."""
 
 

@@ -18,7 +18,7 @@ import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,8 @@ import torch
 from vdemo import __version__
 from vdemo.attention import parse_mode
 from vdemo.config import ATTENTION_MODES, DEFAULTS, LIMITS, MODALITIES, Limits
+from vdemo.cost import GpuCost
+from vdemo.errors import UserError
 from vdemo.samplers import SAMPLERS, make_scheduler, sample_steps
 from vdemo.strokes import Stroke
 
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from vdemo.models.planner import Plan
 
 
-class RequestError(ValueError):
+class RequestError(UserError):
     """A request field is out of range or malformed; the message is one line, fit to show a user."""
 
 
@@ -195,42 +197,54 @@ Event = Progress | Done
 
 
 class RunControl:
-    """Live settings of one run, changed from other threads (UI events) and read by the loop at every step."""
+    """Live settings of one run, changed from other threads (UI events) and read by the loop at every step.
 
-    def __init__(self, mode: str, sampler: str):
-        self._lock = threading.Lock()
-        self._mode = parse_mode(mode).value
-        self._sampler = sampler
-        self._stop = threading.Event()
-        self.history: list[dict] = []  # one entry per step: {"step", "mode", "sampler"}
+    The settings live in a mapping: a plain dict for a run in this process, or a mapping that crosses processes (a
+    `multiprocessing.Manager().dict()` proxy, see `vdemo.ui.gpu`) when the loop runs in a ZeroGPU worker. Only a
+    RunControl over such a shared mapping can be pickled: its copy in the worker reads and writes the same settings,
+    so a mode, a sampler or a stop set in the app reaches the running loop at its next step. `history` (one entry per
+    step: {"step", "mode", "sampler"}) belongs to the process that runs the loop and travels back in the manifest.
+    """
+
+    def __init__(self, mode: str, sampler: str, shared: MutableMapping | None = None):
+        self._live: MutableMapping = shared if shared is not None else {}
+        self._live.update({"mode": parse_mode(mode).value, "sampler": sampler, "stop": False})
+        self.history: list[dict] = []
+
+    @classmethod
+    def _attach(cls, shared: MutableMapping) -> RunControl:
+        control = cls.__new__(cls)
+        control._live, control.history = shared, []
+        return control
+
+    def __reduce__(self):
+        if isinstance(self._live, dict):
+            raise TypeError("this RunControl's settings live in one process; create it with a shared mapping "
+                            "(vdemo.ui.gpu.live_settings) to send it to another process")
+        return RunControl._attach, (self._live,)
 
     @property
     def mode(self) -> str:
-        with self._lock:
-            return self._mode
+        return self._live["mode"]
 
     @property
     def sampler(self) -> str:
-        with self._lock:
-            return self._sampler
+        return self._live["sampler"]
 
     def set_attention_mode(self, mode: str) -> None:
-        value = parse_mode(mode).value
-        with self._lock:
-            self._mode = value
+        self._live["mode"] = parse_mode(mode).value
 
     def set_sampler(self, name: str) -> None:
         if name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
-        with self._lock:
-            self._sampler = name
+            raise RequestError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+        self._live["sampler"] = name
 
     def stop(self) -> None:
-        self._stop.set()
+        self._live["stop"] = True
 
     @property
     def stopped(self) -> bool:
-        return self._stop.is_set()
+        return bool(self._live["stop"])
 
 
 class Backend(ABC):
@@ -242,6 +256,17 @@ class Backend(ABC):
     samplers: tuple[str, ...] = tuple(SAMPLERS)
     limits: Limits = LIMITS
     default_size: tuple[int, int] = (DEFAULTS.height, DEFAULTS.width)
+    default_attention_mode: str = DEFAULTS.attention_mode
+    default_sampler: str = DEFAULTS.sampler
+    default_guidance: float = DEFAULTS.guidance
+    default_steps: int = DEFAULTS.num_steps
+    default_num_frames: int = DEFAULTS.num_frames
+    # GPU seconds per run (vdemo.cost): the built-in model's own figures (2-core CPU, float32, 64 px) as an upper bound
+    gpu_cost: GpuCost = GpuCost(startup_s=5.0, s_per_frame_call=0.02, attention_share=0.3, reference_px=64 * 64,
+                                latent_factor=4, source="measured on a 2-core CPU; a GPU is faster")
+
+    def preload(self) -> None:
+        """Load everything a run may need (a Space calls this in the main thread before launch). Default: nothing."""
 
     def check(self, request: GenerationRequest) -> None:
         """Refuse what this backend cannot do, with a one-line reason."""
@@ -359,9 +384,9 @@ class DenoisingBackend(Backend):
 class Run:
     """One generation in flight: iterate it for events; steer it live from other threads."""
 
-    def __init__(self, pipeline: VideoPipeline, request: GenerationRequest):
+    def __init__(self, pipeline: VideoPipeline, request: GenerationRequest, control: RunControl | None = None):
         self.request = request
-        self.control = RunControl(request.attention_mode, request.sampler)
+        self.control = control or RunControl(request.attention_mode, request.sampler)
         self._pipeline = pipeline
 
     def set_attention_mode(self, mode: str) -> None:
@@ -392,10 +417,11 @@ class VideoPipeline:
     backend: Backend
     _active: set = field(default_factory=set, repr=False)
 
-    def start(self, request: GenerationRequest) -> Run:
-        """Check the request against the backend and return a Run (iterate it to generate)."""
+    def start(self, request: GenerationRequest, control: RunControl | None = None) -> Run:
+        """Check the request against the backend and return a Run (iterate it to generate). `control`: the live
+        settings to steer it with (default: a fresh process-local RunControl from the request's mode and sampler)."""
         self.backend.check(request)
-        return Run(self, request)
+        return Run(self, request, control)
 
     def generate(self, request: GenerationRequest) -> Iterator[Event]:
         """Progress events per step, then Done."""

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from vdemo.config import ATTENTION_MODES, LIMITS, MODALITIES, Limits
+from vdemo.errors import ModelNotFound
 from vdemo.models.controls import control_tensors
 from vdemo.models.planner import PLANNER_DIR, Plan, Planner
 from vdemo.models.tiny_unet import TinyVideoUNet
@@ -93,7 +94,7 @@ class TinyBackend(DenoisingBackend):
         """Load weights + config + tokenizer from a local folder (the layout `python -m vdemo.train` writes)."""
         folder = Path(folder)
         if not (folder / "config.json").exists():
-            raise FileNotFoundError(f"no tiny model in {folder}: train one with `python -m vdemo.train` "
+            raise ModelNotFound(f"no tiny model in {folder}: train one with `python -m vdemo.train` "
                                     f"or point VDEMO_TINY_DIR at a folder with config.json")
         model = TinyVideoUNet.from_pretrained(str(folder), torch_dtype=torch.float32, local_files_only=True)
         tokenizer = load_tokenizer(folder / "tokenizer")

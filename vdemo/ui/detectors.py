@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vdemo.errors import UserError
+
 ANNOTATORS_REPO = "lllyasviel/Annotators"  # pinned hub id (an allow-list entry; never user-typed)
 OPENPOSE_ENV = "VDEMO_OPENPOSE_DIR"
 MIDAS_ENV = "VDEMO_MIDAS_DIR"
@@ -34,7 +36,7 @@ DETECT_RESOLUTION_PX = 256  # detectors run at this short side: enough for a 64-
 _LOCK = threading.Lock()  # detectors are not thread-safe, and the torch.hub patch below is process-wide
 
 
-class DetectorUnavailable(RuntimeError):
+class DetectorUnavailable(UserError):
     """The detector's weights cannot be found; the message (one line) says how to provide them."""
 
 
@@ -93,7 +95,7 @@ def midas_detector(model_type: str = "dpt_hybrid"):
     from controlnet_aux import MidasDetector
 
     if model_type not in MIDAS_FILES:
-        raise ValueError(f"depth model must be one of {tuple(MIDAS_FILES)}, got {model_type!r}")
+        raise UserError(f"depth model must be one of {tuple(MIDAS_FILES)}, got {model_type!r}")
     filename = MIDAS_FILES[model_type]
     what = f"MiDaS ({model_type})"
     folder = _local_folder(MIDAS_ENV, (filename,), what)
@@ -138,7 +140,7 @@ def extract_depth(frames: np.ndarray, num_frames: int, size: int, model: str = "
     from vdemo.backends.tiny import fit_image
 
     if model not in DEPTH_MODELS:
-        raise ValueError(f"depth model must be one of {tuple(DEPTH_MODELS)}, got {model!r}")
+        raise UserError(f"depth model must be one of {tuple(DEPTH_MODELS)}, got {model!r}")
     detector = midas_detector(DEPTH_MODELS[model])
     out = []
     with _LOCK:

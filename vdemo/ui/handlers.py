@@ -23,23 +23,26 @@ which the denoising loop reads before its next step. A cancelled or abandoned ev
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+import logging
 import secrets
 import shutil
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
-import spaces
 
 from vdemo.config import DEFAULTS, LIMITS, MODALITIES, Limits
+from vdemo.errors import UserError, internal_error_line, one_line
 from vdemo.ui import sources
 from vdemo.ui.sources import InputError
 
@@ -47,6 +50,7 @@ SESSION_FALLBACK = "local"  # the session key when a handler is called without a
 RUNS_DIR = Path(tempfile.gettempdir()) / "vdemo-runs"
 RUNS_KEEP_S = 3600.0  # exported results older than this are deleted when a new run starts
 MAX_MESSAGE_CHARS = 300
+LOG = logging.getLogger("vdemo")
 
 SETTINGS_DOC = """Shared settings, in this order after each endpoint's own inputs:
 backend (str, a registered backend name), attention_mode (spatial | temporal | full | causal | sparse_causal),
@@ -57,12 +61,12 @@ random_seed (bool: draw a fresh seed and report it in the manifest)."""
 # ----------------------------------------------------------------------------------------------- user errors
 def user_error(message: str) -> gr.Error:
     """A gr.Error whose message is one line (the first line, capped) — what the user sees in the toast."""
-    line = (str(message).strip().splitlines() or ["error"])[0]
-    return gr.Error(line[:MAX_MESSAGE_CHARS], print_exception=False)
+    return gr.Error(one_line(message, MAX_MESSAGE_CHARS), print_exception=False)
 
 
 class _UserErrors:
-    """`with USER_ERRORS:` turns input and request errors into a one-line gr.Error; anything else propagates."""
+    """`with USER_ERRORS:` turns a UserError (bad input or setup) into a one-line gr.Error; anything else propagates
+    (and reaches `guarded`, which logs it as a bug)."""
 
     def __enter__(self) -> None:
         return None
@@ -70,14 +74,43 @@ class _UserErrors:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc is None or isinstance(exc, gr.Error):
             return False
-        from vdemo.ui.detectors import DetectorUnavailable
-
-        if isinstance(exc, (ValueError, FileNotFoundError, DetectorUnavailable)):
+        if isinstance(exc, UserError):
             raise user_error(str(exc)) from None
         return False
 
 
 USER_ERRORS = _UserErrors()
+
+
+def guarded(fn):
+    """An endpoint whose every failure reaches the user as one line: gr.Error as it is, a UserError as its message,
+    anything else (a bug) as "internal error …" with the full traceback in the server log — never Gradio's generic
+    "upstream app has raised an exception"."""
+
+    def convert(err: Exception) -> gr.Error:
+        if isinstance(err, gr.Error):
+            return err
+        if isinstance(err, UserError):
+            return user_error(str(err))
+        LOG.error("internal error in %s", fn.__name__, exc_info=err)
+        return gr.Error(internal_error_line(err), print_exception=False)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - converted, logged when it is a bug
+                raise convert(err) from None
+        return stream
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - converted, logged when it is a bug
+            raise convert(err) from None
+    return call
 
 
 # ---------------------------------------------------------------------------------------- backends & pipeline
@@ -90,6 +123,11 @@ class Capabilities:
     samplers: tuple[str, ...]
     limits: Limits
     default_size: tuple[int, int]
+    default_attention_mode: str = DEFAULTS.attention_mode
+    default_sampler: str = DEFAULTS.sampler
+    default_guidance: float = DEFAULTS.guidance
+    default_steps: int = DEFAULTS.num_steps
+    default_num_frames: int = DEFAULTS.num_frames
 
 
 def _backend_class(name: str):
@@ -109,6 +147,33 @@ def _backend_class(name: str):
         return None
 
 
+def _spec_frames(name: str) -> int | None:
+    """A registry entry's own clip length (svd-xt: 25), where one backend class serves several entries."""
+    from vdemo.backends.hub.registry import HUB_BACKENDS
+
+    spec = HUB_BACKENDS.get(name)
+    return getattr(spec, "default_num_frames", None) if spec else None
+
+
+def size_setting(name: str) -> tuple[int, int] | None:
+    """$VDEMO_<NAME>_SIZE ("WIDTHxHEIGHT", e.g. VDEMO_SVD_SIZE=768x432): a Space owner's frame size for one backend
+    (smaller frames fit a ZeroGPU limit); None when unset."""
+    import os
+    import re
+
+    var = "VDEMO_" + "".join(c if c.isalnum() else "_" for c in name.upper()) + "_SIZE"
+    value = os.environ.get(var, "").strip()
+    if not value:
+        return None
+    match = re.fullmatch(r"(\d+)\s*[x×]\s*(\d+)", value)
+    width, height = (int(match[1]), int(match[2])) if match else (0, 0)
+    if not match or width % LIMITS.side_multiple or height % LIMITS.side_multiple or not (
+            LIMITS.min_side_px <= min(width, height) and max(width, height) <= LIMITS.max_side_px):
+        raise user_error(f"{var} must be WIDTHxHEIGHT, multiples of {LIMITS.side_multiple} in "
+                         f"{LIMITS.min_side_px}–{LIMITS.max_side_px} px, got {value!r}")
+    return height, width
+
+
 def capabilities(name: str) -> Capabilities:
     """The named backend's modalities, attention modes, samplers and limits."""
     from vdemo.backends import backend_names, load_backend
@@ -119,8 +184,15 @@ def capabilities(name: str) -> Capabilities:
     if source is None:
         with USER_ERRORS:
             source = load_backend(name)
-    return Capabilities(frozenset(source.modalities), tuple(source.attention_modes), tuple(source.samplers),
-                        source.limits, tuple(getattr(source, "default_size", (DEFAULTS.height, DEFAULTS.width))))
+    modes, samplers = tuple(source.attention_modes), tuple(source.samplers)
+    size = size_setting(name) or tuple(getattr(source, "default_size", (DEFAULTS.height, DEFAULTS.width)))
+    mode = getattr(source, "default_attention_mode", DEFAULTS.attention_mode)
+    sampler = getattr(source, "default_sampler", DEFAULTS.sampler)
+    return Capabilities(frozenset(source.modalities), modes, samplers, source.limits, size,
+                        mode if mode in modes else modes[0], sampler if sampler in samplers else samplers[0],
+                        float(getattr(source, "default_guidance", DEFAULTS.guidance)),
+                        int(getattr(source, "default_steps", DEFAULTS.num_steps)),
+                        int(_spec_frames(name) or getattr(source, "default_num_frames", DEFAULTS.num_frames)))
 
 
 _PIPELINES: dict[str, Any] = {}
@@ -139,6 +211,38 @@ def pipeline_for(name: str):
             with USER_ERRORS:
                 _PIPELINES[name] = VideoPipeline(load_backend(name))
         return _PIPELINES[name]
+
+
+SERVED: dict[str, str] = {}  # name -> "ok" or why it is unavailable; filled by serve_backends() at start-up
+
+
+def serve_backends() -> dict[str, str]:
+    """At start-up, in the main thread, before launch: load the backends this app serves (vdemo.backends.
+    served_backends, ControlNets included) so that nothing loads — or downloads — inside GPU time, and a forked
+    ZeroGPU worker inherits them. Returns (and keeps) name -> "ok" or the one-line reason it failed."""
+    from vdemo.backends import preload, served_backends
+    from vdemo.ui.gpu import start_live_settings
+
+    start_live_settings()  # fork the live-settings process while this one is still small
+    with USER_ERRORS:
+        names = served_backends()
+    SERVED.clear()
+    SERVED.update(preload(names))
+    return dict(SERVED)
+
+
+def offered_backends() -> list[str]:
+    """The backend dropdown's choices: what serve_backends() loaded, or (when it was not called) every backend."""
+    from vdemo.backends import backend_names
+
+    return [n for n in backend_names() if n in SERVED] if SERVED else backend_names()
+
+
+def check_served(name: str) -> None:
+    """A backend this app did not load at start-up is refused with the reason (never loaded inside GPU time)."""
+    if SERVED and SERVED.get(name) != "ok":
+        reason = SERVED.get(name) or "it is not in VDEMO_SPACE_BACKENDS"
+        raise user_error(f"backend {name!r} is not available on this app: {reason}")
 
 
 def model_status() -> str:
@@ -213,6 +317,7 @@ def session_key(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or SESSION_FALLBACK
 
 
+@guarded
 def live_attention_mode(attention_mode: str, request: gr.Request = None) -> None:
     """Attention-mode dropdown changed: the caller's running run uses it from its next step."""
     run = ACTIVE_RUNS.get(session_key(request))
@@ -221,6 +326,7 @@ def live_attention_mode(attention_mode: str, request: gr.Request = None) -> None
             run.set_attention_mode(attention_mode)
 
 
+@guarded
 def live_sampler(sampler: str, request: gr.Request = None) -> None:
     """Sampler dropdown changed: the caller's running run switches scheduler from its next step."""
     run = ACTIVE_RUNS.get(session_key(request))
@@ -229,6 +335,7 @@ def live_sampler(sampler: str, request: gr.Request = None) -> None:
             run.set_sampler(sampler)
 
 
+@guarded
 def stop_run(request: gr.Request = None) -> str | Any:
     """Stop button: the caller's run ends before its next step and keeps its last preview."""
     run = ACTIVE_RUNS.get(session_key(request))
@@ -255,15 +362,26 @@ class Settings:
 
     @classmethod
     def from_inputs(cls, backend, attention_mode, sampler, steps, guidance, frames, fps, seed, random_seed) -> Settings:
-        def whole(name: str, value) -> int:
-            if isinstance(value, bool) or value is None or not float(value).is_integer():
-                raise user_error(f"{name} must be a whole number, got {value!r}")
-            return int(value)
+        def number(name: str, value) -> float:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise user_error(f"{name} must be a number, got {value!r}")
+            try:
+                return float(value)
+            except ValueError:
+                raise user_error(f"{name} must be a number, got {value!r}") from None
 
+        def whole(name: str, value) -> int:
+            x = number(name, value)
+            if not x.is_integer():
+                raise user_error(f"{name} must be a whole number, got {value!r}")
+            return int(x)
+
+        if not isinstance(random_seed, bool):
+            raise user_error(f"random_seed must be true or false, got {random_seed!r}")
         if random_seed:
             seed = secrets.randbelow(min(LIMITS.max_seed, 2**31 - 1) + 1)
-        return cls(str(backend), str(attention_mode), str(sampler), whole("steps", steps), float(guidance),
-                   whole("frames", frames), whole("fps", fps), whole("seed", seed), bool(random_seed))
+        return cls(str(backend), str(attention_mode), str(sampler), whole("steps", steps), number("guidance", guidance),
+                   whole("frames", frames), whole("fps", fps), whole("seed", seed), random_seed)
 
 
 # ------------------------------------------------------------------------------------------------- formatting
@@ -323,19 +441,22 @@ Built = tuple[dict, dict]  # (GenerationRequest fields, what the UI records in t
 Builder = Callable[[int, int, int], Built]  # (num_frames, height, width) -> Built
 
 
-@spaces.GPU
-def _denoise(run) -> Iterator:
-    """The GPU part: iterate the run's events (a no-op wrapper off ZeroGPU)."""
-    yield from run
+def _history_text(history: list[dict]) -> str:
+    return _runs_of(history) if history else "—"
 
 
 def _generate(tab: str, build: Builder, settings: Settings, request: gr.Request | None):
-    """Shared body of the five endpoints: build the request, run it live, stream previews, export the result."""
+    """Shared body of the five endpoints: build the request, run it live (on the GPU worker on ZeroGPU), stream
+    previews, export the result."""
+    from vdemo.backends import load_backend
+    from vdemo.cost import check_fits
     from vdemo.pipeline import Done, GenerationRequest
+    from vdemo.ui.gpu import generate_on_gpu, live_settings
 
     caps = capabilities(settings.backend)
     if tab not in caps.modalities:
         raise user_error(f"backend {settings.backend!r} does not support {tab} conditioning")
+    check_served(settings.backend)
     pipe = pipeline_for(settings.backend)
     height, width = caps.default_size
     with USER_ERRORS:
@@ -344,42 +465,44 @@ def _generate(tab: str, build: Builder, settings: Settings, request: gr.Request 
             **fields, num_frames=settings.num_frames, height=height, width=width, num_steps=settings.num_steps,
             guidance=settings.guidance, seed=settings.seed, fps=settings.fps, attention_mode=settings.attention_mode,
             sampler=settings.sampler)
-        run = pipe.start(request_obj)
+        run = pipe.start(request_obj, live_settings(request_obj.attention_mode, request_obj.sampler))
+        check_fits(load_backend(settings.backend), request_obj)  # before any GPU time is asked for
     session = session_key(request)
     seed_out = settings.seed if settings.random_seed else gr.skip()
     started = time.perf_counter()
-    first_s, last_preview = None, None
+    first_s, last_preview, history, event = None, None, [], None
     ACTIVE_RUNS.add(session, run)
     try:
         yield (f"starting ({settings.backend}, {settings.num_frames} frames, {settings.num_steps} steps)…", gr.skip(),
                None, None, None, seed_out)
-        with USER_ERRORS:
-            for event in _denoise(run):
-                if isinstance(event, Done):
-                    break
-                first_s = first_s if first_s is not None else time.perf_counter() - started
-                text = progress_text(event.step, event.total, event.elapsed_s, run.control.history, first_s)
-                last_preview = preview_image(event.preview)
-                yield text, last_preview, gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            else:
-                raise user_error("the run ended without a result")
+        for event in generate_on_gpu(settings.backend, run.request, run.control):
+            if isinstance(event, Done):
+                break
+            first_s = first_s if first_s is not None else time.perf_counter() - started
+            history.append({"step": event.step, "mode": event.mode, "sampler": event.sampler})
+            text = progress_text(event.step, event.total, event.elapsed_s, history, first_s)
+            last_preview = preview_image(event.preview)
+            yield text, last_preview, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        if not isinstance(event, Done):
+            raise user_error("the run ended without a result")
+        history = event.manifest.get("steps") or history  # the loop's own record (it ran in the GPU worker)
         manifest = {**event.manifest, "ui": {"tab": tab, "random_seed": settings.random_seed, **ui_info,
                                              "first_preview_in_handler_s": round(first_s or 0.0, 4)}}
         mp4, files, manifest = export_run(event.frames, manifest, settings.fps, tab)
-        steps_done = manifest.get("timings", {}).get("steps_done", len(run.control.history))
+        steps_done = manifest.get("timings", {}).get("steps_done", len(history))
         head = (f"**stopped** at step {steps_done}/{settings.num_steps} — kept the last preview" if event.stopped
                 else f"**done**: {steps_done} steps in {time.perf_counter() - started:.2f} s")
-        history = run.control.history
-        text = f"{head}  \nsteps: {_runs_of(history) if history else '—'}  \nseed {settings.seed}"
+        text = f"{head}  \nsteps: {_history_text(history)}  \nseed {settings.seed}"
         if manifest.get("motion_plan"):
             text += f"  \nmotion planned from the prompt: {', '.join(manifest['motion_plan']['directions'])}"
         # The last preview again (same pixels: a stopped run keeps it on screen), so API callers get every output.
         yield text, last_preview, mp4, files, manifest, settings.seed
     finally:
-        run.stop()  # a cancelled / abandoned event must not leave its run denoising
+        run.stop()  # a cancelled / abandoned event must not leave its run denoising (reaches a ZeroGPU worker too)
         ACTIVE_RUNS.remove(session, run)
 
 
+@guarded
 def text_to_video(prompt: str, plan_motion: bool, backend: str, attention_mode: str, sampler: str, steps: int,
                   guidance: float, frames: int, fps: int, seed: int, random_seed: bool, request: gr.Request = None):
     """Text → video. prompt: what to show, e.g. "a red circle moves right on a black background"; plan_motion: let
@@ -391,6 +514,7 @@ def text_to_video(prompt: str, plan_motion: bool, backend: str, attention_mode: 
     yield from _generate("text", lambda num_frames, height, width: (fields, {}), settings, request)
 
 
+@guarded
 def image_to_video(prompt: str, image, backend: str, attention_mode: str, sampler: str, steps: int, guidance: float,
                    frames: int, fps: int, seed: int, random_seed: bool, request: gr.Request = None):
     """Image → video. image: an image file of any size (centre-cropped and resized to the model's frame), used as
@@ -404,6 +528,7 @@ def image_to_video(prompt: str, image, backend: str, attention_mode: str, sample
     yield from _generate("image", build, settings, request)
 
 
+@guarded
 def pose_to_video(prompt: str, pose_source: str, pose_preset: str, pose_video, skeleton_images, backend: str,
                   attention_mode: str, sampler: str, steps: int, guidance: float, frames: int, fps: int, seed: int,
                   random_seed: bool, request: gr.Request = None):
@@ -420,6 +545,7 @@ def pose_to_video(prompt: str, pose_source: str, pose_preset: str, pose_video, s
     yield from _generate("pose", build, settings, request)
 
 
+@guarded
 def depth_to_video(prompt: str, depth_source: str, depth_preset: str, depth_model: str, depth_video, depth_maps,
                    backend: str, attention_mode: str, sampler: str, steps: int, guidance: float, frames: int, fps: int,
                    seed: int, random_seed: bool, request: gr.Request = None):
@@ -438,6 +564,7 @@ def depth_to_video(prompt: str, depth_source: str, depth_preset: str, depth_mode
     yield from _generate("depth", build, settings, request)
 
 
+@guarded
 def strokes_to_video(prompt: str, strokes: str, image, scene: int, backend: str, attention_mode: str, sampler: str,
                      steps: int, guidance: float, frames: int, fps: int, seed: int, random_seed: bool,
                      request: gr.Request = None):
@@ -601,14 +728,43 @@ def new_scene(strokes: list, frames: int, backend: str = "tiny"):
 
 # ------------------------------------------------------------------------------------------------- settings
 def on_backend_change(backend: str, attention_mode: str, sampler: str):
-    """Backend changed: offer only its modes, samplers and tabs; slider ranges from its limits."""
+    """Backend changed: offer only its modes, samplers and tabs (the chosen mode and sampler stay when it has them,
+    else its defaults); its own default steps, guidance and frames; slider ranges from its limits."""
     caps = capabilities(backend)
-    mode = attention_mode if attention_mode in caps.attention_modes else caps.attention_modes[0]
-    samp = sampler if sampler in caps.samplers else caps.samplers[0]
+    mode = attention_mode if attention_mode in caps.attention_modes else caps.default_attention_mode
+    samp = sampler if sampler in caps.samplers else caps.default_sampler
     lim = caps.limits
     tabs = [gr.update(visible=m in caps.modalities) for m in MODALITIES]
     return (gr.update(choices=list(caps.attention_modes), value=mode),
             gr.update(choices=list(caps.samplers), value=samp),
-            gr.update(minimum=lim.min_steps, maximum=lim.max_steps),
-            gr.update(minimum=lim.min_guidance, maximum=lim.max_guidance),
-            gr.update(minimum=lim.min_frames, maximum=lim.max_frames), *tabs)
+            gr.update(minimum=lim.min_steps, maximum=lim.max_steps, value=caps.default_steps),
+            gr.update(minimum=lim.min_guidance, maximum=lim.max_guidance, value=caps.default_guidance),
+            gr.update(minimum=lim.min_frames, maximum=lim.max_frames, value=caps.default_num_frames), *tabs)
+
+
+def gpu_estimate(backend: str, attention_mode: str, sampler: str, steps, frames) -> str:
+    """The GPU time a Generate with these settings would ask for, next to the button on a ZeroGPU Space ("" when the
+    app has no GPU limit); names settings that fit when it is over the limit."""
+    from dataclasses import replace as _replace
+
+    from vdemo.backends import load_backend
+    from vdemo.cost import fitting_settings, gpu_limit_s, request_seconds
+    from vdemo.pipeline import GenerationRequest
+
+    limit = gpu_limit_s()
+    if not limit:
+        return ""
+    try:
+        caps = capabilities(backend)
+        height, width = caps.default_size
+        req = GenerationRequest(num_frames=int(frames), height=height, width=width, num_steps=int(steps),
+                                sampler=sampler, attention_mode=attention_mode)
+        source = load_backend(backend) if SERVED.get(backend) == "ok" else _backend_class(backend)
+        seconds = request_seconds(source, req)
+    except (gr.Error, UserError, TypeError, ValueError):
+        return ""
+    if seconds <= limit:
+        return f"GPU time for this run ≈ **{seconds} s** (this Space allows {limit} s per run)"
+    options = fitting_settings(source, _replace(req), limit)
+    return (f"GPU time for this run ≈ **{seconds} s**, over this Space's {limit} s: "
+            f"{'try ' + ', or '.join(options) if options else 'choose fewer frames, steps or a smaller size'}")

@@ -16,6 +16,7 @@ from PIL import Image
 
 from vdemo import world
 from vdemo.config import LIMITS
+from vdemo.errors import UserError
 from vdemo.media import MediaError, load_frames, load_image, to_gray
 from vdemo.strokes import Stroke, parse_strokes, strokes_to_data
 
@@ -26,7 +27,7 @@ GRID_COLUMNS = 8
 GRID_CELL_PX = 96
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """A tab's input is missing or unusable; one line, fit to show a user."""
 
 

@@ -23,34 +23,29 @@ step k applies to step k+1, exactly as in the built-in backend's own loop.
   iterating its original timestep list, so a scheduler with another grid (Heun and DPM++ SDE: 2n−1 entries; PNDM:
   n+1; rounding differences) cannot take over mid-run: it applies from the next run, and the Progress sampler text
   and the manifest say so.
-- `spaces.GPU` wraps the generation (`run_on_gpu`) with a duration that scales with frames × steps × pixels; it is a
-  no-op off ZeroGPU. On ZeroGPU the generation runs in a forked process and its arguments are pickled: it receives the
-  backend's key (the fork inherits the loaded weights) and the mode / sampler as plain strings, so live toggles made
-  after the start cannot reach it there (a Stop reaches it only if spaces closes the worker's generator). Elsewhere
-  the caller's RunControl itself goes through and every live toggle works.
+- ZeroGPU: the whole run (this worker thread included) happens inside `vdemo.ui.gpu.generate_on_gpu`, which
+  `spaces.GPU` runs in a forked worker; its RunControl's settings cross into that process, so live toggles and Stop
+  work there as here. `preload()` loads every ControlNet and pipeline before launch, so nothing loads in GPU time.
 """
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import spaces
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
-from spaces.config import Config as SpacesConfig
 
 from vdemo import __version__
 from vdemo.backends.hub.preview import latents_to_rgb
 from vdemo.backends.hub.registry import HubSpec, Source
 from vdemo.backends.hub.warping import paste_along_strokes
+from vdemo.cost import GpuCost
 from vdemo.pipeline import Backend, Done, Event, GenerationRequest, Progress, RequestError, RunControl
 from vdemo.samplers import reproject, scheduler_step, split_prediction
 
@@ -109,35 +104,231 @@ class RunState:
     in_step: bool = False
 
 
-ZERO_GPU = bool(SpacesConfig.zero_gpu)  # running on a ZeroGPU Space (spaces.GPU forks a process per call)
-LOADED: weakref.WeakValueDictionary[str, DiffusersBackend] = weakref.WeakValueDictionary()  # key -> backend: a
-# forked ZeroGPU worker finds the loaded weights here
-
-
-def gpu_seconds(request: GenerationRequest, seconds_per_unit: float) -> int:
-    """A ZeroGPU duration estimate: a fixed start-up plus frames × steps × (pixels / 512²), in whole seconds."""
-    units = request.num_frames * request.num_steps * request.height * request.width / 512**2
-    return int(min(300, 30 + math.ceil(seconds_per_unit * units)))
-
-
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def place(pipe, device: str, min_vram_gib: float) -> str:
-    """Memory savers that cost nothing, then the device: CPU offload when CUDA memory is short. Returns what it did."""
+# ------------------------------------------------------------------------------------- GPU memory and residency
+GIB = 2**30
+MIN_WORKING_BYTES = 2 * GIB  # floor of a run's working margin (activations, VAE decode chunks, CUDA workspaces)
+
+
+def on_zero_gpu() -> bool:
+    """Whether this is a ZeroGPU Space (`spaces.config.Config.zero_gpu`): spaces then moves the weights onto a GPU
+    per call in a forked worker, and the main process has no CUDA to query."""
+    try:
+        from spaces.config import Config
+    except ImportError:
+        return False
+    return bool(Config.zero_gpu)
+
+
+def gpu_free_bytes(device: torch.device) -> int:
+    """Bytes a new allocation on `device` can get: the driver's free memory (`torch.cuda.mem_get_info`, i.e.
+    cudaMemGetInfo, which counts every process's allocations) plus what PyTorch's caching allocator holds reserved
+    but unused (`memory_reserved` − `memory_allocated`: reused without asking CUDA). Not a CUDA device: unbounded."""
+    if device.type != "cuda":
+        return 1 << 62
+    free, _total = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def pipeline_modules(pipe) -> list[torch.nn.Module]:
+    """The models among a diffusers pipeline's `components` (UNet, VAE, text encoder, ControlNet, adapter …)."""
+    return [m for m in getattr(pipe, "components", {}).values() if isinstance(m, torch.nn.Module)]
+
+
+def backend_modules(backend) -> list[torch.nn.Module]:
+    """The models of every pipeline a backend holds (`pipes` of the SD 1.5 backends, `pipe` of SVD), once each."""
+    pipes = list((getattr(backend, "pipes", None) or {}).values())
+    if getattr(backend, "pipe", None) is not None:
+        pipes.append(backend.pipe)
+    return list({id(m): m for pipe in pipes for m in pipeline_modules(pipe)}.values())
+
+
+def module_tensors(modules) -> dict[int, torch.Tensor]:
+    """id -> tensor for every parameter and buffer of `modules`, once each: a Parameter shared (tied) by two modules,
+    or by two backends, counts once."""
+    out: dict[int, torch.Tensor] = {}
+    for module in modules:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            out.setdefault(id(tensor), tensor)
+    return out
+
+
+def _on(tensor: torch.Tensor, device: torch.device) -> bool:
+    return tensor.device.type == device.type and device.index in (None, tensor.device.index)
+
+
+def tensor_bytes(tensors, device: torch.device | None = None, on: bool = True) -> int:
+    """Bytes of `tensors` (all, or those on / off `device`)."""
+    return sum(t.nbytes for t in tensors if device is None or _on(t, device) == on)
+
+
+def move_tensors(tensors, device: torch.device) -> int:
+    """Move tensors to `device` in place, as `nn.Module._apply` does: `t.data = t.data.to(device)` (CPU ↔ CUDA), else
+    `torch.utils.swap_tensors` (e.g. to "meta"). Each Parameter keeps its identity, so parameters tied across modules
+    stay tied. Returns the bytes moved."""
+    moved = 0
+    for tensor in tensors:
+        if _on(tensor, device):
+            continue
+        new = tensor.data.to(device)
+        if torch._has_compatible_shallow_copy_type(tensor, new):
+            tensor.data = new
+        else:
+            if isinstance(tensor, torch.nn.Parameter):
+                new = type(tensor)(new, requires_grad=tensor.requires_grad)
+            torch.utils.swap_tensors(tensor, new)
+        moved += tensor.nbytes
+    return moved
+
+
+def working_bytes(min_vram_gib: float, weight_bytes: int, floor: int = MIN_WORKING_BYTES) -> int:
+    """Memory a run needs beyond its weights. `min_vram_gib` stays what it was, the GPU memory a backend needs in all
+    (weights + activations at its default size); its weights are counted exactly, the rest is the margin."""
+    return max(int(min_vram_gib * GIB) - weight_bytes, floor)
+
+
+def _running(backend) -> bool:
+    lock = getattr(backend, "lock", None)  # DiffusersBackend holds its lock for the whole of a run
+    return lock is not None and lock.locked()
+
+
+class Residency:
+    """Which loaded backends keep their weights on a dedicated GPU, least recently used leaving first.
+
+    `acquire(backend)` before a run: when free memory (`free_bytes`) is short of the backend's weights not on its
+    device plus its working margin, the least recently used other backends' weights go to the host (tensor by
+    tensor, sparing every tensor the runner or a running backend shares: the SD 1.5 parts), then the runner's
+    weights go onto its device. `make_room` does the evicting for `place()`. A no-op on ZeroGPU (spaces moves the
+    weights per call), on CPU, and for backends under model CPU offload (accelerate's hooks move them per model).
+    """
+
+    def __init__(self, free_bytes=gpu_free_bytes, enabled: bool | None = None, host: str = "cpu",
+                 min_working: int = MIN_WORKING_BYTES, move=move_tensors):
+        import weakref
+
+        self.free_bytes = free_bytes  # device -> bytes free: injectable (tests fake it on CPU)
+        self.move = move  # (tensors, device) -> bytes moved
+        self.enabled = (not on_zero_gpu()) if enabled is None else enabled
+        self.host = torch.device(host)
+        self.min_working = min_working
+        self._last_use: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # backend -> use stamp
+        self._stamp = 0
+        self._lock = threading.RLock()
+
+    def applies(self, backend) -> bool:
+        return (self.enabled and torch.device(backend.device).type != "cpu"
+                and getattr(backend, "offload", "none") == "none")
+
+    def track(self, backend) -> None:
+        """Register a loaded backend (as just used), so it can be evicted before it ever runs."""
+        with self._lock:
+            self._stamp += 1
+            self._last_use[backend] = self._stamp
+
+    def lru(self) -> list:
+        """Tracked backends, least recently used first."""
+        with self._lock:
+            return sorted(self._last_use.keys(), key=self._last_use.__getitem__)
+
+    def need_bytes(self, tensors: dict[int, torch.Tensor], device: torch.device, min_vram_gib: float) -> int:
+        """Bytes to free for a run: its weights not yet on `device` plus its working margin."""
+        values = tensors.values()
+        return tensor_bytes(values, device, on=False) + working_bytes(min_vram_gib, tensor_bytes(values),
+                                                                      self.min_working)
+
+    def acquire(self, backend) -> list[str]:
+        """Call right before `backend` runs (once its pipeline is chosen, so a new ControlNet counts): marks it most
+        recently used, evicts least recently used others while memory is short, moves its weights onto its device.
+        Returns the names evicted, least recently used first ([] when nothing had to go, or it does not apply)."""
+        self.track(backend)
+        if not self.applies(backend):
+            return []
+        device = torch.device(backend.device)
+        with self._lock:
+            tensors = module_tensors(backend_modules(backend))
+            need = self.need_bytes(tensors, device, backend.min_vram_gib)
+            evicted = self.make_room(device, need, keep=tensors, exclude=backend)
+            if self.free_bytes(device) < need:
+                print(f"WARNING: {backend.name!r} may run out of GPU memory: {need / GIB:.1f} GiB wanted, "
+                      f"{self.free_bytes(device) / GIB:.1f} GiB free after evicting what could go")
+            self.move(tensors.values(), device)
+        return evicted
+
+    def make_room(self, device: torch.device, need: int, keep: dict[int, torch.Tensor], exclude=None,
+                  all_or_nothing: bool = False) -> list[str]:
+        """Evict least recently used backends until `free_bytes(device)` ≥ need, never moving a tensor in `keep` or
+        used by a running backend. all_or_nothing: evict nobody unless evicting could make it fit."""
+        if not self.enabled or self.free_bytes(device) >= need:
+            return []
+        with self._lock:
+            victims = self._victims(device, keep, exclude)
+            if all_or_nothing and self.free_bytes(device) + sum(tensor_bytes(v) for _, v in victims) < need:
+                return []
+            evicted = []
+            for backend, tensors in victims:
+                if self.free_bytes(device) >= need:
+                    break
+                freed = self.move(tensors, self.host)
+                evicted.append(backend.name)
+                print(f"GPU residency: {backend.name!r} (least recently used) off {device}: {freed / GIB:.1f} GiB")
+            return evicted
+
+    def _victims(self, device: torch.device, keep: dict[int, torch.Tensor], exclude) -> list[tuple[object, list]]:
+        """(backend, its evictable tensors on `device`) in LRU order; a tensor shared by two victims goes with the
+        first."""
+        candidates = [b for b in self.lru() if b is not exclude and self.applies(b)]
+        spared = dict(keep)
+        for backend in candidates:
+            if _running(backend):
+                spared.update(module_tensors(backend_modules(backend)))
+        out = []
+        for backend in candidates:
+            if _running(backend):
+                continue
+            tensors = [t for i, t in module_tensors(backend_modules(backend)).items()
+                       if i not in spared and _on(t, device)]
+            spared.update((id(t), t) for t in tensors)
+            if tensors:
+                out.append((backend, tensors))
+        return out
+
+
+RESIDENCY = Residency()  # the process's one GPU residency: the run loop calls RESIDENCY.acquire(backend)
+
+
+def place(pipe, device: str, min_vram_gib: float, residency: Residency | None = None) -> str:
+    """Memory savers that cost nothing, then the device. Returns what it did: "none" (the whole pipeline on the
+    device) or "model_cpu_offload" (diffusers' `enable_model_cpu_offload`: one model at a time on the device).
+
+    On CUDA the choice is made from free memory, not the card's total: the pipeline's weights not yet on the device
+    plus a working margin (`working_bytes`) must fit in `residency.free_bytes` (its memory query: injectable), after
+    evicting least recently used backends when that makes them fit; else offload. ZeroGPU: always the device (spaces
+    moves the weights per call; the main process has no CUDA to query).
+    """
     vae = getattr(pipe, "vae", None)
     if vae is not None and hasattr(vae, "use_slicing"):  # AutoencoderKL; SVD's temporal decoder chunks instead
         vae.enable_slicing()
-    if device.startswith("cuda"):
-        index = torch.device(device).index or 0
-        total_gib = torch.cuda.get_device_properties(index).total_memory / 2**30
-        if total_gib < min_vram_gib:
-            print(f"WARNING: {total_gib:.0f} GiB of GPU memory < {min_vram_gib:.0f} GiB: using model CPU offload")
-            pipe.enable_model_cpu_offload(device=device)
-            return "model_cpu_offload"
+    if offload_needed(pipe, device, min_vram_gib, residency or RESIDENCY):
+        print(f"WARNING: too little free GPU memory on {device} for {type(pipe).__name__}: using model CPU offload")
+        pipe.enable_model_cpu_offload(device=device)
+        return "model_cpu_offload"
     pipe.to(device)
     return "none"
+
+
+def offload_needed(pipe, device: str, min_vram_gib: float, residency: Residency) -> bool:
+    """Whether `pipe` cannot sit whole on `device` (CUDA, or any non-CPU device in tests), even after `residency`
+    evicts least recently used backends for it."""
+    target = torch.device(device)
+    if target.type == "cpu" or on_zero_gpu():
+        return False
+    tensors = module_tensors(pipeline_modules(pipe))
+    need = residency.need_bytes(tensors, target, min_vram_gib)
+    residency.make_room(target, need, keep=tensors, all_or_nothing=True)
+    return residency.free_bytes(target) < need
 
 
 def control_frames(clip: np.ndarray, num_frames: int, height: int, width: int) -> list:
@@ -164,8 +355,9 @@ class DiffusersBackend(Backend):
     """A Backend whose denoising loop is a diffusers pipeline's `__call__`; subclasses say how to call it."""
 
     interruptible = True  # the pipeline honours `pipe._interrupt`
-    seconds_per_unit = 0.1  # GPU seconds per frame × step at 512², for spaces.GPU
-    min_vram_gib = 12.0  # below this, model CPU offload
+    # GPU seconds per run (vdemo.cost); subclasses give their own estimates
+    gpu_cost = GpuCost(startup_s=15.0, s_per_frame_call=0.06, attention_share=0.3)
+    min_vram_gib = 12.0  # GPU memory a run needs in all (weights + working memory); short of it: offload
     preview_scale = 2  # previews are latents × this (1/4 of the output side for an SD VAE)
     stroke_strength = 0.8  # 0–1: how strongly regions are carried along strokes (noise and pasted latents)
     stroke_paste_fractions = (0.2, 0.4)  # paste x0̂ along strokes after these fractions of the steps
@@ -178,8 +370,6 @@ class DiffusersBackend(Backend):
         self.dtype = dtype
         self.lock = threading.Lock()
         self.offload = "none"
-        self.key = f"{spec.name}@{id(self):x}"
-        LOADED[self.key] = self
 
     def adopt(self, pipe, controls: dict[str, Source]) -> None:
         """Take `pipe` as the base pipeline (placed on the device) with ControlNets `controls` loadable on demand."""
@@ -235,8 +425,18 @@ class DiffusersBackend(Backend):
                 "stroke_strength": self.stroke_strength}
 
     def run(self, request: GenerationRequest, control: RunControl) -> Iterator[Event]:
-        live = None if ZERO_GPU else control  # ZeroGPU pickles the arguments: a RunControl (locks) cannot go
-        yield from run_on_gpu(self.key, request, live, control.mode, control.sampler)
+        yield from self.stream(request, control)
+
+    def preload(self) -> None:
+        """Every ControlNet this backend can use, and its pipeline for each combination of controls, loaded and
+        placed now (a Space calls this in the main thread before launch: nothing loads inside GPU time)."""
+        from itertools import combinations
+        from types import SimpleNamespace
+
+        controls = tuple(getattr(self, "controls", {}))
+        for size in range(1, len(controls) + 1):
+            for combo in combinations(controls, size):
+                self.pipeline_for(SimpleNamespace(**{m: (m in combo) or None for m in ("pose", "depth")}))
 
     def stream(self, request: GenerationRequest, control: RunControl) -> Iterator[Event]:
         """Run the pipeline in a worker thread and yield its events, in lockstep with the caller."""
@@ -264,6 +464,7 @@ class DiffusersBackend(Backend):
         try:
             with self.lock:
                 pipe = self.pipeline_for(request)
+                RESIDENCY.acquire(self)  # a dedicated GPU: least recently used backends make room for this one
                 scheduler = self.make_scheduler(control.sampler)
                 state = RunState(request, control, torch.Generator("cpu").manual_seed(int(request.seed)), scheduler,
                                  control.sampler, control.mode, started, handoff)
@@ -403,13 +604,3 @@ class DiffusersBackend(Backend):
                          "transformers": transformers.__version__},
         }
 
-
-def _gpu_duration(key: str, request: GenerationRequest, control: RunControl | None, mode: str, sampler: str) -> int:
-    return gpu_seconds(request, LOADED[key].seconds_per_unit)
-
-
-@spaces.GPU(duration=_gpu_duration)
-def run_on_gpu(key: str, request: GenerationRequest, control: RunControl | None, mode: str,
-               sampler: str) -> Iterator[Event]:
-    """The GPU work of one run (what `spaces.GPU` schedules). `control` None: a fresh one from mode and sampler."""
-    yield from LOADED[key].stream(request, control or RunControl(mode, sampler))
