@@ -215,3 +215,13 @@ def test_a_bad_frame_size_setting_is_one_line(monkeypatch):
     monkeypatch.setenv("VDEMO_SVD_SIZE", "1000x7")
     with pytest.raises(gr.Error, match="VDEMO_SVD_SIZE must be WIDTHxHEIGHT"):
         h.size_setting("svd")
+
+
+def test_mode_cost_on_a_unet_with_temporal_layers():
+    """AnimateDiff's lab modes touch two kinds of layer; its temporal layers see one token per frame and position."""
+    from vdemo.backends.hub.animatediff import AnimateDiffBackend as A
+
+    factor = {m: cost.mode_factor(A, m, 16, 512, 512) for m in A.attention_modes}
+    assert factor["temporal"] == pytest.approx(1.0) and factor["spatial"] == pytest.approx(1.0, abs=0.01)
+    assert factor["sparse_causal"] < factor["causal"] < factor["full"], factor
+    assert factor["full"] == pytest.approx(0.65 + 0.35 * 16, rel=0.01), "full: 16× the spatial layers' pairs"

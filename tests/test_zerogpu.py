@@ -260,3 +260,39 @@ def test_a_request_over_the_limit_is_refused_before_any_gpu_time(space):
     message = str(err.value)
     assert f"over this Space's {LIMIT_S} s limit per run" in message and "these would fit:" in message
     assert (space["log"].read_text() if space["log"].exists() else "") == before, "no GPU time was asked for"
+
+
+def test_the_page_on_a_zerogpu_space(space, tmp_path):
+    """As a visitor sees it: the GPU-time estimate next to Generate, previews streaming from the worker, Stop, and a
+    request over the limit refused with its message visible as text."""
+    if not space["zero_gpu"]:
+        pytest.skip("the estimate and the worker exist only on a ZeroGPU Space")  # the dedicated page: browser tests
+    from playwright.sync_api import sync_playwright
+    from test_app_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, set_number
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport=VIEWPORT).new_page()
+        page.set_default_timeout(60_000)
+        page.goto(space["url"])
+        page.wait_for_selector("#vd-generate-text")
+        estimate = "(text) => (document.querySelector('#vd-gpu-estimate')?.innerText || '').includes(text)"
+        page.wait_for_function(estimate, arg="GPU time")
+        set_number(page, "vd-steps", 60)
+        set_number(page, "vd-frames", 8)
+        page.wait_for_function(estimate, arg="≈ 15 s")
+        page.click("#vd-generate-text")
+        page.wait_for_function("() => document.querySelector('#vd-status').innerText.includes('step 3/')")
+        page.click("#vd-stop")
+        page.wait_for_function("() => document.querySelector('#vd-status').innerText.includes('stopped')")
+        page.screenshot(path=str(tmp_path / "zerogpu-stopped.png"))
+        set_number(page, "vd-steps", 100)
+        set_number(page, "vd-frames", 32)
+        page.wait_for_function(estimate, arg="try ")
+        page.click("#vd-generate-text")
+        message = page.get_by_text(f"over this Space's {LIMIT_S} s limit per run").first
+        message.wait_for(state="visible")
+        print("refusal shown in:", message.evaluate("e => e.closest('[class]').className"), message.bounding_box())
+        page.screenshot(path=str(tmp_path / "zerogpu-refused.png"))
+        browser.close()
+    print(f"screenshots in {tmp_path}")

@@ -50,9 +50,14 @@ def model_calls(sampler: str, num_steps: int) -> int:
 
 
 def _pairs(backend, mode: str, num_frames: int, tokens: int) -> int:
+    """Attention pairs of one model call's frame-mixing layers. With `mode_layers` (AnimateDiff, SVD: lab mode ->
+    (spatial self-attention's mode, temporal layers' mode)), the temporal layers see one token per frame at each of
+    the `tokens` positions."""
     layers = getattr(backend, "mode_layers", None)
-    modes = layers[mode] if layers and mode in layers else (mode,)
-    return sum(pair_count(m, num_frames, tokens) for m in modes)
+    if not layers or mode not in layers:
+        return pair_count(mode, num_frames, tokens)
+    spatial_mode, temporal_mode = layers[mode]
+    return pair_count(spatial_mode, num_frames, tokens) + tokens * pair_count(temporal_mode, num_frames, 1)
 
 
 def mode_factor(backend, mode: str, num_frames: int, height: int, width: int) -> float:
@@ -107,9 +112,13 @@ def fitting_settings(backend, request, limit_s: float) -> list[str]:
     frames = next((n for n in range(request.num_frames - 1, lim.min_frames - 1, -1) if fits(num_frames=n)), None)
     if frames is not None:
         out.append(f"{frames} frames")
-    cheapest = min(backend.attention_modes, key=lambda m: request_seconds(backend, request, mode=m))
-    if cheapest != request.attention_mode and fits(attention_mode=cheapest):
-        out.append(f"the {cheapest} attention mode")
+    default = getattr(backend, "default_attention_mode", None)
+    others = sorted((m for m in backend.attention_modes if m not in (default, request.attention_mode)),
+                    key=lambda m: request_seconds(backend, request, mode=m))
+    modes = ([default] if default in backend.attention_modes and default != request.attention_mode else []) + others
+    mode = next((m for m in modes if fits(attention_mode=m)), None)  # the one the model was trained with first
+    if mode is not None:
+        out.append(f"the {mode} attention mode")
     if model_calls(request.sampler, request.num_steps) > request.num_steps:
         one_call = next((s for s in backend.samplers if model_calls(s, request.num_steps) <= request.num_steps), None)
         if one_call and fits(sampler=one_call):
