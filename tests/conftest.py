@@ -23,8 +23,8 @@ def small_planner(tmp_path_factory) -> Path:
     if not _SMALL_PLANNER:
         import torch
 
-        from vdemo.models.planner import train_planner
         from vdemo.train import make_tokenizer, max_tokens
+        from vdemo.train_planner import train_planner
 
         folder = tmp_path_factory.mktemp("planner")
         threads = torch.get_num_threads()

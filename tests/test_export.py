@@ -15,13 +15,13 @@ from PIL import Image
 from vdemo.export import (
     ExportPaths,
     export_result,
-    frames_to_uint8,
     preview_strip,
     upscale_for_players,
     write_frames,
     write_gif,
     write_mp4,
 )
+from vdemo.media import frames_to_uint8
 
 RED = (200, 30, 40)
 

@@ -98,7 +98,7 @@ def test_live_mode_switch_takes_effect_next_step(pipe):
 
 def test_live_sampler_switch(pipe):
     run = pipe.start(small(num_steps=6, sampler="DDIM"))
-    progress, done = run_acting_at(run, 3, lambda: pipe.set_sampler("Euler"))  # the pipeline's setter reaches the run
+    progress, done = run_acting_at(run, 3, lambda: run.set_sampler("Euler"))  # the run's own setter, from the loop
     samplers = [p.sampler for p in progress]
     assert samplers[:3] == ["DDIM"] * 3 and set(samplers[3:]) == {"Euler"}
     assert done.manifest["samplers_used"] == ["DDIM", "Euler"]

@@ -20,14 +20,12 @@ from vdemo.models.planner import (
     Planner,
     _bezier_path,
     canonical_prompt,
-    caption_targets,
     fit_from,
     fit_inside,
-    negative_caption,
-    path_targets,
 )
 from vdemo.pipeline import Done, GenerationRequest, RequestError, VideoPipeline
 from vdemo.strokes import Stroke, resample_stroke, stroke_positions
+from vdemo.train_planner import caption_targets, negative_caption, path_targets
 from vdemo.world.palette import MOTIONS, nearest_direction
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -11,7 +11,7 @@ import gradio as gr
 import pytest
 
 from vdemo import cost
-from vdemo.backends import served_backends
+from vdemo.backends import served_backends, size_setting
 from vdemo.errors import UserError
 from vdemo.pipeline import Done, GenerationRequest, RequestError, RunControl
 from vdemo.ui import gpu
@@ -160,7 +160,9 @@ def test_an_internal_error_in_an_endpoint_is_one_line_and_logged(monkeypatch, ca
     def broken(*args, **kwargs):
         raise KeyError("boom")
 
-    monkeypatch.setattr(h, "capabilities", broken)
+    from vdemo.ui import run
+
+    monkeypatch.setattr(run, "info_or_error", broken)
     with caplog.at_level(logging.ERROR, logger="vdemo"), pytest.raises(gr.Error) as raised:
         list(h.text_to_video("a red circle", True, "tiny", "full", "DDIM", 2, 3.0, 4, 8, 0, False))
     assert raised.value.message == "internal error (a bug; the traceback is in the server log): KeyError: 'boom'"
@@ -196,7 +198,9 @@ def test_served_backends_setting(monkeypatch, tiny_model_dir):
 
 
 def test_a_backend_the_space_did_not_load_is_refused_with_the_reason(monkeypatch):
-    monkeypatch.setattr(h, "SERVED", {"tiny": "ok", "svd": "could not load hub backend 'svd': no network"})
+    from vdemo.ui import space
+
+    monkeypatch.setattr(space, "SERVED", {"tiny": "ok", "svd": "could not load hub backend 'svd': no network"})
     assert h.offered_backends() == ["tiny", "svd"]
     with pytest.raises(gr.Error, match="backend 'svd' is not available on this app: could not load"):
         h.check_served("svd")
@@ -208,13 +212,13 @@ def test_a_backend_the_space_did_not_load_is_refused_with_the_reason(monkeypatch
 @pytest.mark.parametrize(("value", "size"), [("768x432", (432, 768)), ("256 × 256", (256, 256)), ("", None)])
 def test_frame_size_setting(monkeypatch, value, size):
     monkeypatch.setenv("VDEMO_SVD_XT_SIZE", value)
-    assert h.size_setting("svd-xt") == size
+    assert size_setting("svd-xt") == size
 
 
 def test_a_bad_frame_size_setting_is_one_line(monkeypatch):
     monkeypatch.setenv("VDEMO_SVD_SIZE", "1000x7")
-    with pytest.raises(gr.Error, match="VDEMO_SVD_SIZE must be WIDTHxHEIGHT"):
-        h.size_setting("svd")
+    with pytest.raises(UserError, match="VDEMO_SVD_SIZE must be WIDTHxHEIGHT"):
+        size_setting("svd")
 
 
 def test_mode_cost_on_a_unet_with_temporal_layers():

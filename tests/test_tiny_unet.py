@@ -16,8 +16,8 @@ def small_unet(position_embedding: bool = True, seed: int = 0, distance_bias: bo
     """Minute-scale weights with non-zero output and position layers (both start at zero in training)."""
     torch.manual_seed(seed)
     model = TinyVideoUNet(channels=(16, 32, 32), attention_head_dim=16, temb_dim=64, norm_groups=8, text_dim=32,
-                          text_layers=1, prediction_type="sample", position_embedding=position_embedding,
-                          distance_bias=distance_bias).eval()
+                          text_layers=1, max_tokens=16, prediction_type="sample", position_embedding=position_embedding,
+                          distance_bias=distance_bias, frame_conditioning=False).eval()
     layers = [model.conv_out, *(model.pos_proj.values() if position_embedding else [])]
     for layer in layers:
         for p in layer.parameters():

@@ -267,3 +267,25 @@ def test_shares_of_known_frames_and_strokes():
         assert known == pytest.approx(p_known, abs=0.08) and strokes == pytest.approx(p_strokes, abs=0.08)
     with pytest.raises(SystemExit, match="p_known must be in"):
         train_main(["--p-known", "1.5"])
+
+
+def test_cli_user_error_is_one_line_with_status_2(tmp_path, capsys):
+    """A UserError (here parse_strokes' plain ValueError, converted at the CLI boundary) is `error: <one line>`."""
+    strokes = tmp_path / "s.json"
+    strokes.write_text(json.dumps([{"points": [[0.2, 0.5]], "radius": 5}]))
+    err = _cli_error(["generate", "--strokes", str(strokes), "--out", str(tmp_path / "o.mp4")], capsys)
+    assert err.startswith("error: s.json: ") and "radius must be" in err and "Traceback" not in err
+    assert "--out must name a plain file" in _cli_error(["generate", "--out", str(tmp_path / "my clip.mp4")], capsys)
+
+
+def test_cli_internal_error_shows_the_traceback_and_status_1(tmp_path, capsys, monkeypatch):
+    import vdemo.__main__ as main_module
+
+    def broken(args):
+        raise RuntimeError("something broke\nsecond line")
+
+    monkeypatch.setattr(main_module, "request_from_args", broken)
+    assert cli(["generate", "--out", str(tmp_path / "o.mp4")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "Traceback (most recent call last)" in err and "in broken" in err
+    assert err.splitlines()[-1] == "internal error (a bug): RuntimeError: something broke"

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vdemo.backends import backend_info
 from vdemo.config import LIMITS
 from vdemo.ui import handlers as h
 from vdemo.ui import sources
@@ -152,9 +153,7 @@ def test_missing_model_is_a_clear_error(tmp_path, monkeypatch):
     from vdemo.backends import load_backend
 
     monkeypatch.setenv("VDEMO_TINY_DIR", str(tmp_path))
-    load_backend.cache_clear()
-    saved = dict(h._PIPELINES)
-    h._PIPELINES.clear()
+    load_backend.cache_clear()  # the one cache of backends and their pipelines
     try:
         assert "No built-in model found" in h.model_status()
         with pytest.raises(gr.Error) as err:
@@ -162,8 +161,6 @@ def test_missing_model_is_a_clear_error(tmp_path, monkeypatch):
         assert_one_line_error(err, "no tiny model", "VDEMO_TINY_DIR")
     finally:
         load_backend.cache_clear()
-        h._PIPELINES.clear()
-        h._PIPELINES.update(saved)
 
 
 def test_out_of_range_settings_are_refused(app_ready):
@@ -356,7 +353,7 @@ def test_backend_change_hides_what_a_hub_backend_cannot_do():
 
     if "svd" not in backend_names():
         pytest.skip("no svd hub backend registered")
-    caps = h.capabilities("svd")
+    caps = backend_info("svd")
     updates = h.on_backend_change("svd", "full", "DDIM")
     visible = {m: u["visible"] for m, u in zip(MODALITIES, updates[5:])}
     assert visible == {m: m in caps.modalities for m in MODALITIES} and not visible["text"]
@@ -366,10 +363,10 @@ def test_backend_change_hides_what_a_hub_backend_cannot_do():
 def test_hub_backend_without_weights_is_a_one_line_error(app_ready):
     from vdemo.backends import backend_names
 
-    hub = [n for n in backend_names() if n != "tiny" and "text" in h.capabilities(n).modalities]
+    hub = [n for n in backend_names() if n != "tiny" and "text" in backend_info(n).modalities]
     if not hub:
         pytest.skip("no text-capable hub backend registered")
-    caps = h.capabilities(hub[0])
+    caps = backend_info(hub[0])
     with pytest.raises(gr.Error) as err:
         run_all(h.text_to_video("a cat", True, **{**FAST, "backend": hub[0], "attention_mode": caps.attention_modes[0],
                                             "sampler": caps.samplers[0]}))

@@ -389,3 +389,33 @@ def test_sample_clip_is_fast():
         lines.append(f"{kind or 'mixed'} {ms:.2f} ms")
         assert ms < 50, lines[-1]
     print("\nsample_clip (16 x 64 x 64): " + ", ".join(lines))
+
+
+def test_curved_paths_resample_by_arc_length_as_the_strokes_do():
+    """Path clips resample their Bezier with vdemo.strokes.resample_stroke (kept in float64): the same numbers, to the
+    bit, as the world's own copy of arc-length resampling that it replaced."""
+    from vdemo.world import object_tracks
+
+    def old_resample_by_length(points: np.ndarray, num: int) -> np.ndarray:
+        seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
+        cum = np.concatenate([[0.0], np.cumsum(seg)])
+        if cum[-1] <= 0.0:
+            return np.repeat(points[:1], num, axis=0)
+        target = np.linspace(0.0, cum[-1], num)
+        return np.stack([np.interp(target, cum, points[:, k]) for k in range(2)], axis=1)
+
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        spec = sample_spec(rng, "path")
+        control = np.asarray(spec["objects"][0]["control"])
+        t = np.linspace(0.0, 1.0, 256)[:, None]
+        p0, p1, p2, p3 = control
+        curve = (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3
+        for num_frames in (2, 16, 33):
+            centres = object_tracks(spec, num_frames)[0]["centres"]
+            assert centres.dtype == np.float64
+            assert np.array_equal(centres, old_resample_by_length(curve, num_frames))
+    still = np.array([[0.3, 0.4]] * 5)
+    from vdemo.strokes import resample_stroke
+
+    assert np.array_equal(resample_stroke(still, 4, dtype=np.float64), old_resample_by_length(still, 4))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -63,7 +64,8 @@ def space(request, tiny_model_dir, hub_root, tmp_path_factory):
     port = _free_port()
     proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "zerogpu_app.py"), "--port", str(port),
                              "--zero-gpu", zero_gpu, "--schedule-log", str(log)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            start_new_session=True)  # its own process group: the worker and manager end with it
     lines, url, deadline = [], None, time.time() + START_TIMEOUT_S
     while time.time() < deadline:
         line = proc.stdout.readline()
@@ -74,7 +76,7 @@ def space(request, tiny_model_dir, hub_root, tmp_path_factory):
             url = line.split()[1]
             break
     if url is None:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("the app did not start:\n" + "".join(lines[-40:]))
     from gradio_client import Client
 
@@ -85,6 +87,10 @@ def space(request, tiny_model_dir, hub_root, tmp_path_factory):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the forked GPU worker and the live-settings manager, if still there
+    except ProcessLookupError:
+        pass
 
 
 @pytest.fixture(scope="module")

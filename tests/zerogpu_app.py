@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import runpy
+import signal
 import sys
 import time
 import uuid
@@ -69,8 +70,10 @@ def main() -> None:
     _, url, _ = app["demo"].launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=args.port,
                                    quiet=True, ssr_mode=False, **launch_kwargs())
     print(f"READY {url}", flush=True)
-    while True:
-        time.sleep(3600)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # exit cleanly: multiprocessing ends the worker and manager
+    parent = os.getppid()
+    while os.getppid() == parent:  # the test run that started us ended (even killed): stop serving
+        time.sleep(1)
 
 
 if __name__ == "__main__":

@@ -1,3 +1,3 @@
-"""vdemo: an interactive browser lab for video diffusion (see README.md and DESIGN.md)."""
+"""vdemo: an interactive browser lab for video diffusion (see README.md: what exists, and its Architecture section)."""
 
 __version__ = "0.1.0"

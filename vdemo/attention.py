@@ -35,7 +35,7 @@ from vdemo.config import ATTENTION_MODES
 
 
 class AttentionMode(StrEnum):
-    """How frames may attend to each other (DESIGN.md, "Attention modes"); a str: AttentionMode.FULL == "full"."""
+    """How frames may attend to each other (the module docstring's table); a str: AttentionMode.FULL == "full"."""
 
     SPATIAL = "spatial"
     TEMPORAL = "temporal"
@@ -66,7 +66,7 @@ def _check_frames(seq_len: int, num_frames: int) -> int:
 
 # ----------------------------------------------------------------------------------------------- counting and oracle
 def pair_count(mode: str | AttentionMode, num_frames: int, tokens: int) -> int:
-    """Number of (query, key) pairs P a mode computes (DESIGN.md table; exact for sparse_causal)."""
+    """Number of (query, key) pairs P a mode computes (the module docstring's table; exact for sparse_causal)."""
     mode, Fr, N = parse_mode(mode), num_frames, tokens
     if mode is AttentionMode.SPATIAL:
         return Fr * N * N

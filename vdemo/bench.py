@@ -7,9 +7,10 @@
 
 `attention` times `vdemo.attention.attend` per mode (under torch.no_grad; one warm-up round per config, not counted)
 and prints the measured speedup over `full` next to the theoretical one, P(full) / P(mode), where P is the number of
-attention pairs of DESIGN.md's table. Modes are timed round-robin (one run of each mode per round, the order rotating
-from round to round) so that load from other processes hits every mode alike; ms is the median over rounds and a
-speedup is full's ms / the mode's ms. Configs whose P·batch·heads exceeds --max-pairs are reported, not run.
+attention pairs (`vdemo.attention.pair_count`). Modes are timed round-robin (one run of each mode per round, the
+order rotating from round to round) so that load from other processes hits every mode alike; ms is the median over
+rounds and a speedup is full's ms / the mode's ms. Configs whose P·batch·heads exceeds --max-pairs are reported,
+not run.
 
 Subcommands live in `SUBCOMMANDS` (name -> (add_args, run)); add one there to extend the CLI.
 """
@@ -324,13 +325,13 @@ def add_gpu_time_args(p: argparse.ArgumentParser) -> None:
 
 def gpu_time_rows(limit_s: float) -> list[dict]:
     """Each backend's estimated GPU seconds per run at its defaults (vdemo.cost), per attention mode."""
+    from vdemo.backends import backend_info
     from vdemo.cost import fitting_settings, model_calls, request_seconds
     from vdemo.pipeline import GenerationRequest
-    from vdemo.ui.handlers import _backend_class, capabilities
 
     rows = []
     for name in ("tiny", "animatediff", "zeroshot", "svd", "svd-xt"):
-        backend, caps = _backend_class(name), capabilities(name)
+        backend = caps = backend_info(name)
         height, width = caps.default_size
         frames = caps.default_num_frames
         for mode in caps.attention_modes:

@@ -305,7 +305,7 @@ def eval_planner(pipe, s: EvalSettings, mode: str) -> dict:
     clips, a depth clip's actor unless it moves closer / away, nothing for people); direction_acc: each planned
     path's compass word (still = an anchor) equals its object's motion word in the caption.
     """
-    from vdemo.models.planner import caption_targets
+    from vdemo.train_planner import caption_targets
 
     planner = getattr(pipe.backend, "planner", None)
     if planner is None:
@@ -487,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print a JSON list of rows")
     parser.add_argument("--cases", type=int, default=EvalSettings.cases)
     parser.add_argument("--modes", nargs="+", default=list(ATTENTION_MODES), choices=ATTENTION_MODES)
-    parser.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
+    parser.add_argument("--metrics", nargs="+", default=list(METRICS), choices=[*METRICS, "long"],
+                        help="'long': long videos, both strategies side by side at 32/64/128 frames (vdemo.long_eval)")
     parser.add_argument("--steps", type=int, default=EvalSettings.num_steps)
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--no-plan", dest="plan_motion", action="store_false",
@@ -511,6 +512,13 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, TypeError) as err:  # a missing, empty or foreign file: one line, no trace
         print(f"python -m vdemo.eval: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
+    if "long" in args.metrics:
+        from vdemo.long_eval import main as long_main
+
+        extra = [*(["--out", args.out] if args.out else []),
+                 *(["--model-dir", args.model_dir] if args.model_dir else [])]
+        return long_main(["--cases", str(args.cases), "--steps", str(args.steps), *extra,
+                          *([] if args.plan_motion else ["--no-plan"])])
     from vdemo.backends import load_backend
 
     pipe = VideoPipeline(load_backend("tiny", args.model_dir))

@@ -1,10 +1,10 @@
 """Export: the finished video as mp4 and gif (moviepy over imageio-ffmpeg's bundled ffmpeg), PNG frames, and a JSON
 manifest of every setting, so that each result can be reproduced; plus a contact-sheet strip for streaming previews.
 
-Frames are uint8 (F, H, W, 3) everywhere; `frames_to_uint8` is the one door in for model outputs (float in [-1, 1],
-channels first or last, torch or numpy). Browsers play H.264 only as yuv420p with even sizes, and show a 64×64 video
-as a thumbnail, so mp4 and gif are upscaled by a whole factor with nearest neighbour (crisp pixels) to at least
-`min_side_px` on the short side; the PNG frames stay at native size.
+Frames are uint8 (F, H, W, 3) everywhere; `vdemo.media.frames_to_uint8` is the one door in for model outputs (float
+in [-1, 1], channels first or last, torch or numpy). Browsers play H.264 only as yuv420p with even sizes, and show a
+64×64 video as a thumbnail, so mp4 and gif are upscaled by a whole factor with nearest neighbour (crisp pixels) to at
+least `min_side_px` on the short side; the PNG frames stay at native size.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from moviepy import ImageSequenceClip
 from PIL import Image
+
+from vdemo.media import frames_to_uint8
 
 DEFAULT_MIN_SIDE_PX = 256
 
@@ -36,37 +38,7 @@ class ExportPaths:
     frames_dir: Path
     manifest: Path
     frames: tuple[Path, ...] = ()  # the PNGs in frames_dir, in order
-
-
-def frames_to_uint8(frames: np.ndarray | torch.Tensor) -> np.ndarray:
-    """uint8 (F, H, W, 3) from uint8 (F, H, W, 3), or float in [-1, 1] as (F, C, H, W) or (F, H, W, C), C = 3.
-
-    A float array whose last axis is 3 is read as channels last, else one whose second axis is 3 as channels first.
-    """
-    if isinstance(frames, torch.Tensor):
-        frames = frames.detach().cpu()
-        frames = (frames.float() if frames.is_floating_point() else frames).numpy()
-    frames = np.asarray(frames)
-    if frames.ndim != 4:
-        raise ValueError(f"frames must be 4-D (F, H, W, 3) or (F, 3, H, W), got shape {frames.shape}")
-    if frames.shape[0] == 0:
-        raise ValueError("frames: need at least 1 frame, got 0")
-    if frames.dtype == np.uint8:
-        if frames.shape[-1] != 3:
-            raise ValueError(f"uint8 frames must be (F, H, W, 3), got shape {frames.shape}")
-        return np.ascontiguousarray(frames)
-    if not np.issubdtype(frames.dtype, np.floating):
-        raise ValueError(f"frames must be uint8 (0–255) or floating point ([-1, 1]), got {frames.dtype}")
-    if frames.shape[-1] != 3:
-        if frames.shape[1] != 3:
-            raise ValueError(f"frames need 3 colour channels, first or last, got shape {frames.shape}")
-        frames = frames.transpose(0, 2, 3, 1)  # (F, C, H, W) -> (F, H, W, C)
-    if frames.shape[1] == 0 or frames.shape[2] == 0:
-        raise ValueError(f"frames must have a non-empty height and width, got shape {frames.shape}")
-    lo, hi = float(frames.min()), float(frames.max())
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -1 - 1e-4 or hi > 1 + 1e-4:
-        raise ValueError(f"float frames must be finite and in [-1, 1], got min {lo:g}, max {hi:g} (clamp them first)")
-    return np.ascontiguousarray(((frames.clip(-1, 1) + 1) * 127.5).round().astype(np.uint8))
+    manifest_data: dict = field(default_factory=dict)  # the manifest as written (plain JSON values)
 
 
 def upscale_for_players(frames_u8: np.ndarray, min_side_px: int = DEFAULT_MIN_SIDE_PX) -> np.ndarray:
@@ -193,8 +165,10 @@ def export_result(frames_u8: np.ndarray | torch.Tensor, out_dir: str | Path, fps
     num_frames, height, width, _ = frames.shape
     export = {"num_frames": num_frames, "height": height, "width": width, "fps": fps,
               "files": {"mp4": mp4.name, "gif": gif.name, "frames_dir": frames_dir.name}}
-    manifest_path = write_manifest({**manifest, "export": export}, out_dir / f"{stem}_manifest.json")
-    return ExportPaths(mp4=mp4, gif=gif, frames_dir=frames_dir, manifest=manifest_path, frames=tuple(frame_paths))
+    data = _jsonable({**manifest, "export": export})
+    manifest_path = write_manifest(data, out_dir / f"{stem}_manifest.json")
+    return ExportPaths(mp4=mp4, gif=gif, frames_dir=frames_dir, manifest=manifest_path, frames=tuple(frame_paths),
+                       manifest_data=data)
 
 
 def preview_strip(frames_u8: np.ndarray, max_width_px: int = 1024) -> np.ndarray:

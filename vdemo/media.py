@@ -1,14 +1,21 @@
-"""Reading user media (images, frame folders, videos) with size limits and one-line errors.
+"""User media and the one home of image / clip helpers.
 
-Shared by the CLI and the app, so a corrupt upload fails the same clear way everywhere. Videos are decoded with
-imageio-ffmpeg's bundled ffmpeg.
+- Reading (images, frame folders, videos) with size limits and one-line errors, shared by the CLI and the app, so a
+  corrupt upload fails the same clear way everywhere. Videos are decoded with imageio-ffmpeg's bundled ffmpeg.
+- Fitting: `fit_image` (centre crop + Lanczos resize) and `fit_clip` (resample in time, fit each frame), exactly what
+  the built-in model sees; the UI and the hub backends use the same functions.
+- Converting to uint8 frames: `to_uint8` (float in a value range, torch or numpy, channels first or last; round half
+  to even) and `frames_to_uint8` (the validated door in for exports). Every uint8 conversion in the project goes
+  through `to_uint8`.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from vdemo.config import LIMITS
@@ -113,3 +120,73 @@ def load_frames(path: str | Path) -> np.ndarray:
 def to_gray(frames: np.ndarray) -> np.ndarray:
     """(F, H, W, 3) uint8 -> (F, H, W) uint8 luminance (for depth maps given as RGB images)."""
     return (frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).round().astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------ fitting
+def fit_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Centre-crop to the target aspect ratio, then resize (Lanczos): (H, W, C) uint8 -> (height, width, C)."""
+    h, w = image.shape[:2]
+    scale = min(h / height, w / width)
+    ch, cw = int(round(height * scale)), int(round(width * scale))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    crop = image[top: top + ch, left: left + cw]
+    pil = Image.fromarray(crop.squeeze(-1) if crop.ndim == 3 and crop.shape[2] == 1 else crop)
+    return np.asarray(pil.resize((width, height), Image.Resampling.LANCZOS))
+
+
+def fit_clip(clip: np.ndarray, num_frames: int, height: int, width: int) -> np.ndarray:
+    """Resample a control clip to num_frames (nearest frame in time) and fit each frame to height × width."""
+    index = np.round(np.linspace(0, len(clip) - 1, num_frames)).astype(int)
+    return np.stack([fit_image(clip[i], height, width) for i in index])
+
+
+# ------------------------------------------------------------------------------------------------ uint8 frames
+def to_uint8(frames: np.ndarray | torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0),
+             channels_first: bool = False) -> np.ndarray:
+    """Float frames in value_range -> uint8 numpy: clamped, scaled to 0–255, rounded half to even.
+
+    value_range: (-1, 1) (model outputs) or (0, 1) (diffusers' np outputs). channels_first: the input is (..., C, H, W)
+    and comes out (..., H, W, C). A torch tensor is converted in float32 on its own device, then copied to the CPU;
+    a numpy array in its own float dtype. No checks: see `frames_to_uint8` for validated input.
+    """
+    lo, hi = (float(v) for v in value_range)
+    scale = 255.0 / (hi - lo)  # 127.5 for [-1, 1], 255 for [0, 1]
+    if isinstance(frames, torch.Tensor):
+        out = ((frames.detach().float().clamp(lo, hi) - lo) * scale).round().to(torch.uint8)
+        if channels_first:
+            out = out.movedim(-3, -1)
+        return out.cpu().numpy()
+    out = ((np.asarray(frames).clip(lo, hi) - lo) * scale).round().astype(np.uint8)
+    return np.moveaxis(out, -3, -1) if channels_first else out
+
+
+def frames_to_uint8(frames: np.ndarray | torch.Tensor) -> np.ndarray:
+    """uint8 (F, H, W, 3) from uint8 (F, H, W, 3), or float in [-1, 1] as (F, C, H, W) or (F, H, W, C), C = 3.
+
+    A float array whose last axis is 3 is read as channels last, else one whose second axis is 3 as channels first.
+    Raises a one-line ValueError for anything else (wrong shape, dtype, or values outside [-1, 1]).
+    """
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu()
+        frames = (frames.float() if frames.is_floating_point() else frames).numpy()
+    frames = np.asarray(frames)
+    if frames.ndim != 4:
+        raise ValueError(f"frames must be 4-D (F, H, W, 3) or (F, 3, H, W), got shape {frames.shape}")
+    if frames.shape[0] == 0:
+        raise ValueError("frames: need at least 1 frame, got 0")
+    if frames.dtype == np.uint8:
+        if frames.shape[-1] != 3:
+            raise ValueError(f"uint8 frames must be (F, H, W, 3), got shape {frames.shape}")
+        return np.ascontiguousarray(frames)
+    if not np.issubdtype(frames.dtype, np.floating):
+        raise ValueError(f"frames must be uint8 (0–255) or floating point ([-1, 1]), got {frames.dtype}")
+    if frames.shape[-1] != 3:
+        if frames.shape[1] != 3:
+            raise ValueError(f"frames need 3 colour channels, first or last, got shape {frames.shape}")
+        frames = frames.transpose(0, 2, 3, 1)  # (F, C, H, W) -> (F, H, W, C)
+    if frames.shape[1] == 0 or frames.shape[2] == 0:
+        raise ValueError(f"frames must have a non-empty height and width, got shape {frames.shape}")
+    lo, hi = float(frames.min()), float(frames.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -1 - 1e-4 or hi > 1 + 1e-4:
+        raise ValueError(f"float frames must be finite and in [-1, 1], got min {lo:g}, max {hi:g} (clamp them first)")
+    return np.ascontiguousarray(to_uint8(frames))

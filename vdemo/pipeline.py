@@ -19,7 +19,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, MutableMapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,7 +30,7 @@ from vdemo.attention import parse_mode
 from vdemo.config import ATTENTION_MODES, DEFAULTS, LIMITS, MODALITIES, Limits
 from vdemo.cost import GpuCost
 from vdemo.errors import UserError
-from vdemo.samplers import SAMPLERS, make_scheduler, sample_steps
+from vdemo.samplers import SAMPLERS, make_scheduler, sample_steps, schedule_steps, step_progress
 from vdemo.strokes import Stroke
 
 if TYPE_CHECKING:
@@ -174,7 +174,15 @@ def _check_clip(name: str, clip: Any, channels: int | None) -> None:
 
 @dataclass
 class Progress:
-    """One denoising step done: `preview` is the predicted clean video (F, h, w, 3) uint8."""
+    """One model call done: `preview` is the predicted clean video (F, h, w, 3) uint8.
+
+    Counted in scheduler steps, not model calls: `step` is the step (1..total) this call belongs to, `total` the run's
+    steps (the request's num_steps; a hub zero-shot motion run: its joint pass), `step_done` whether this call
+    completed `step`. Heun and DPM++ SDE make two calls for every step but the last (2n−1 in all) and PLMS two for
+    its first (n+1), so their previews stream per call, each labelled with its step (`vdemo.samplers.step_progress`);
+    every other sampler makes one call per step. `calls` / `total_calls`: model calls so far / in all as planned now
+    (a live sampler switch can change the latter).
+    """
 
     step: int
     total: int
@@ -182,6 +190,14 @@ class Progress:
     mode: str
     sampler: str
     elapsed_s: float
+    step_done: bool = True
+    calls: int = 0
+    total_calls: int = 0
+
+    @property
+    def steps_done(self) -> int:
+        """Scheduler steps completed after this call."""
+        return self.step if self.step_done else self.step - 1
 
 
 @dataclass
@@ -285,6 +301,11 @@ class Backend(ABC):
     def describe(self) -> dict:
         return {"backend": self.name}
 
+    def prompt_report(self, request: GenerationRequest) -> dict | None:
+        """What the backend understood of the prompt ({"used", "ignored"} words), for a backend with a closed
+        vocabulary; None: it reads any prompt (or there is none)."""
+        return None
+
     def plan_layout(self, request: GenerationRequest) -> Plan | None:
         """Motion strokes planned from the prompt (a two-stage backend's first stage), or None: nothing planned."""
         return None
@@ -292,12 +313,6 @@ class Backend(ABC):
     @abstractmethod
     def run(self, request: GenerationRequest, control: RunControl) -> Iterator[Event]:
         """Denoise, reading control.mode / control.sampler / control.stopped at every step."""
-
-
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """(F, 3, H, W) float in [-1, 1] -> (F, H, W, 3) uint8."""
-    video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return video.permute(0, 2, 3, 1).cpu().numpy()
 
 
 class DenoisingBackend(Backend):
@@ -324,20 +339,26 @@ class DenoisingBackend(Backend):
         """Clean sample -> (F, H, W, 3) uint8 frames (also used for previews)."""
 
     def run(self, request: GenerationRequest, control: RunControl) -> Iterator[Event]:
+        """Denoise with `vdemo.samplers.sample_steps`: one Progress per model call, labelled with its scheduler step.
+
+        Mode and sampler are read between scheduler steps only (never between the two calls of a Heun / DPM++ SDE
+        step or PLMS's warm-up), so a change made while handling step k's last Progress applies from step k+1; a stop
+        is honoured before any call. `history` gets one entry per call: {"step", "call", "mode", "sampler"}.
+        """
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(int(request.seed))
         plan = self.plan_layout(request)
         with self.lock:
             cond = self.prepare(replace(request, strokes=plan.strokes) if plan else request)
-        current = {"sampler": control.sampler, "mode": control.mode}
+        current = {"sampler": control.sampler, "mode": control.mode, "between_steps": True}
 
         def model_fn(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with self.lock:
                 return self.predict(x_in, t, cond, request.guidance, current["mode"])
 
-        def switch_to(_calls: int) -> str | None:  # read the live sampler once per step
+        def switch_to(_calls: int) -> str | None:  # read the live sampler once per scheduler step
             wanted = control.sampler
-            if wanted == current["sampler"]:
+            if not current["between_steps"] or wanted == current["sampler"]:
                 return None
             current["sampler"] = wanted
             return wanted
@@ -346,39 +367,59 @@ class DenoisingBackend(Backend):
         steps = sample_steps(model_fn, scheduler, self.latent_shape(request), request.num_steps, generator, switch_to,
                              self.output_type)
         x0_hat = final = None
-        first_preview_s, total, stopped = None, 0, False
+        first_preview_s, total, steps_done, stopped = None, 0, 0, False
         while True:
             if control.stopped:
                 stopped = True
                 break
-            current["mode"] = control.mode
+            if current["between_steps"]:
+                current["mode"] = control.mode
             try:
-                step = next(steps)
+                call = next(steps)
             except StopIteration as end:
                 final = end.value
                 break
-            x0_hat, total = step["denoised"], len(step["scheduler"].timesteps)
-            control.history.append({"step": step["i"] + 1, "mode": current["mode"], "sampler": current["sampler"]})
+            x0_hat, used = call["denoised"], call["scheduler"]
+            total = total or schedule_steps(used)  # the first call's scheduler: its whole, fresh schedule
+            step, done = step_progress(used, call["index"], total)
+            current["between_steps"], steps_done = done, step if done else steps_done
+            calls = call["i"] + 1
+            mode, sampler = current["mode"], current["sampler"]
+            control.history.append({"step": step, "call": calls, "mode": mode, "sampler": sampler})
             elapsed = time.perf_counter() - started
             first_preview_s = first_preview_s if first_preview_s is not None else elapsed
-            yield Progress(step["i"] + 1, total, self.decode(x0_hat), current["mode"], current["sampler"], elapsed)
+            yield Progress(step, total, self.decode(x0_hat), mode, sampler, elapsed,
+                           step_done=done, calls=calls, total_calls=calls + len(used.timesteps) - 1 - call["index"])
         steps.close()
         final = x0_hat if stopped else final
         frames = self.decode(final) if final is not None else np.zeros((0, 1, 1, 3), np.uint8)
         total_s = time.perf_counter() - started
-        manifest = {
-            **self.describe(),
-            "request": request.settings(),
-            "steps": control.history,
-            "attention_modes_used": sorted({h["mode"] for h in control.history}),
-            "samplers_used": list(dict.fromkeys(h["sampler"] for h in control.history)),
-            "motion_plan": plan.to_manifest() if plan else None,
-            "stopped": stopped,
-            "timings": {"total_s": round(total_s, 4), "first_preview_s": round(first_preview_s or 0.0, 4),
-                        "steps_done": len(control.history)},
-            "versions": {"vdemo": __version__, "torch": torch.__version__},
-        }
+        manifest = build_manifest(self, request, control.history, stopped=stopped, total_s=total_s,
+                                  first_preview_s=first_preview_s, steps_done=steps_done,
+                                  model_calls=len(control.history),
+                                  motion_plan=plan.to_manifest() if plan else None,
+                                  prompt_understood=self.prompt_report(request))
         yield Done(frames, manifest, stopped)
+
+
+def build_manifest(backend: Backend, request: GenerationRequest, history: list[dict], *, stopped: bool,
+                   total_s: float, first_preview_s: float | None, steps_done: int, model_calls: int,
+                   versions: dict | None = None, **extra) -> dict:
+    """The one place a run's manifest is made (every backend calls it): what ran (`backend.describe()`), the request,
+    each step's mode and sampler, timings and versions, plus a backend's own `extra` entries. The UI adds its "ui"
+    section (the tab and its inputs) and export its "export" section (file names) on top."""
+    return {
+        **backend.describe(),
+        "request": request.settings(),
+        "steps": history,
+        "attention_modes_used": sorted({h["mode"] for h in history}),
+        "samplers_used": list(dict.fromkeys(h["sampler"] for h in history)),
+        **extra,
+        "stopped": stopped,
+        "timings": {"total_s": round(total_s, 4), "first_preview_s": round(first_preview_s or 0.0, 4),
+                    "steps_done": steps_done, "model_calls": model_calls},
+        "versions": {"vdemo": __version__, "torch": torch.__version__, **(versions or {})},
+    }
 
 
 class Run:
@@ -403,19 +444,15 @@ class Run:
         self.control.stop()
 
     def __iter__(self) -> Iterator[Event]:
-        self._pipeline._active.add(self)
-        try:
-            yield from self._pipeline.backend.run(self.request, self.control)
-        finally:
-            self._pipeline._active.discard(self)
+        yield from self._pipeline.backend.run(self.request, self.control)
 
 
 @dataclass
 class VideoPipeline:
-    """Holds one loaded backend (weights stay cached); shared by every tab and user."""
+    """Holds one loaded backend (weights stay cached); shared by every tab and user. Each run is steered through its
+    own `Run` (its RunControl); the app keeps each session's run in `vdemo.ui.session.ACTIVE_RUNS`."""
 
     backend: Backend
-    _active: set = field(default_factory=set, repr=False)
 
     def start(self, request: GenerationRequest, control: RunControl | None = None) -> Run:
         """Check the request against the backend and return a Run (iterate it to generate). `control`: the live
@@ -426,17 +463,3 @@ class VideoPipeline:
     def generate(self, request: GenerationRequest) -> Iterator[Event]:
         """Progress events per step, then Done."""
         return iter(self.start(request))
-
-    def set_attention_mode(self, mode: str) -> None:
-        """Switch every active run's attention mode from its next step."""
-        for run in list(self._active):
-            run.set_attention_mode(mode)
-
-    def set_sampler(self, name: str) -> None:
-        """Switch every active run's sampler from its next step."""
-        for run in list(self._active):
-            run.set_sampler(name)
-
-    def stop(self) -> None:
-        for run in list(self._active):
-            run.stop()

@@ -296,6 +296,55 @@ def scheduler_step(scheduler: SchedulerMixin, model_output: torch.Tensor, t: flo
     return scheduler.step(model_output, t, sample, **kwargs).prev_sample
 
 
+TWO_CALL_SAMPLERS = (HeunDiscreteScheduler, DPMSolverSDEScheduler)  # two model calls per step but the last
+
+
+def schedule_steps(scheduler: SchedulerMixin) -> int:
+    """Scheduler steps in `scheduler.timesteps` (after `set_timesteps(n)`: n), as opposed to model calls.
+
+    Heun and DPM++ SDE evaluate every level but the last twice (2n−1 entries: [t0, t1, t1, …, tn−1, tn−1]; their last
+    step is a single Euler call to σ = 0); PLMS evaluates t1 twice in its pseudo-Heun warm-up (n+1 entries); every
+    other sampler makes one call per step. Also right for a list cut or re-aligned at a step's start
+    (`reproject`, `_align_schedule`, the zero-shot backend's `start_at_level`).
+    """
+    entries = len(scheduler.timesteps)
+    if isinstance(scheduler, TWO_CALL_SAMPLERS):
+        return (entries + 1) // 2
+    if isinstance(scheduler, PNDMScheduler):
+        return max(entries - 1, 1)
+    return entries
+
+
+def mid_step(scheduler: SchedulerMixin) -> bool:
+    """Whether the scheduler holds the first half of a two-call step, i.e. its last `step` did not complete one.
+
+    Read from diffusers' own state after `step`: Heun and DPM++ SDE are between their two calls when
+    `state_in_first_order` is False (Heun keeps `dt`, DPM++ SDE `sample`); PLMS keeps `cur_sample` between the two
+    calls of its warm-up (`PNDMScheduler.step_plms`).
+    """
+    if isinstance(scheduler, TWO_CALL_SAMPLERS):
+        return not scheduler.state_in_first_order
+    if isinstance(scheduler, PNDMScheduler):
+        return scheduler.cur_sample is not None
+    return False
+
+
+def step_progress(scheduler: SchedulerMixin, index: int, total: int) -> tuple[int, bool]:
+    """(the scheduler step 1..total that the model call at timestep `index` belongs to, whether it completed it).
+
+    Call it after `scheduler_step` for that call. `total` is `schedule_steps` of the run's schedule at its start; the
+    step is counted back from the end (`total` minus the steps still left), so it stays right after a live switch
+    (the new scheduler's list is re-aligned at a step's start) and a cut schedule. The last entry always completes
+    the run (Heun's last step is one call). A switch maps entries by fraction (`equivalent_index`), so where that
+    repeats a level the step is reported again (e.g. Euler → PNDM), and where it passes one (PNDM → Heun: PLMS's
+    n+1 entries are not evenly spread) the count moves on by two.
+    """
+    done = not mid_step(scheduler) or index == len(scheduler.timesteps) - 1
+    rest = len(scheduler.timesteps) - 1 - index - (0 if done else 1)  # entries after the call that completes it
+    left = (rest + 1) // 2 if isinstance(scheduler, TWO_CALL_SAMPLERS) else rest
+    return total - left, done
+
+
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -305,9 +354,11 @@ def sample_steps(model_fn: ModelFn, scheduler: SchedulerMixin, latents_shape: tu
                  output_type: str | None = None) -> Generator[dict, None, torch.Tensor]:
     """The sampling loop as a generator: one dict per model call, k-diffusion style.
 
-    Yields {"i": model calls so far − 1, "index", "t", "x" (after the step), "denoised", "eps", "scheduler"}.
-    Before each call, `switch_to(calls)` may name another sampler; the run then continues on that scheduler from the
-    same progress, re-projected onto its noise level (`reproject`). Stop early by closing / leaving the generator.
+    Yields {"i": model calls so far − 1, "index", "t", "x" (after the step), "denoised", "eps", "scheduler"}; calls
+    are not steps for Heun, DPM++ SDE and PNDM: `step_progress(d["scheduler"], d["index"], total)` says which step a
+    call belongs to. Before each call, `switch_to(calls)` may name another sampler; the run then continues on that
+    scheduler from the same progress, re-projected onto its noise level (`reproject`). Stop early by closing / leaving
+    the generator.
     model_fn(x_in, t) returns the model output in the scheduler's prediction_type for the VP-normalised x_in, or the
     clean sample x0 when `output_type == "sample"` (converted with `from_clean`).
     """

@@ -113,8 +113,9 @@ def _length(points: np.ndarray) -> float:
     return float(np.linalg.norm(np.diff(points, axis=0), axis=1).sum()) if len(points) > 1 else 0.0
 
 
-def resample_stroke(points: np.ndarray | Sequence, num_frames: int) -> np.ndarray:
-    """(P, 2) points -> (F, 2) float32 positions equally spaced by arc length, first and last points kept.
+def resample_stroke(points: np.ndarray | Sequence, num_frames: int, dtype: type = np.float32) -> np.ndarray:
+    """(P, 2) points -> (F, 2) positions equally spaced by arc length, first and last points kept; computed in
+    float64 and returned as `dtype` (float32 for strokes; the world's curved paths keep float64).
 
     A single point or a zero-length stroke is an anchor: all F positions equal the first point.
     """
@@ -125,11 +126,11 @@ def resample_stroke(points: np.ndarray | Sequence, num_frames: int) -> np.ndarra
     keep = np.concatenate([[True], seg > 0])  # drop repeated points: np.interp needs increasing distances
     pts, cum = pts[keep], np.concatenate([[0.0], np.cumsum(seg[seg > 0])])
     if cum[-1] == 0.0:
-        return np.repeat(pts[:1], num_frames, axis=0).astype(np.float32)
+        return np.repeat(pts[:1], num_frames, axis=0).astype(dtype)
     target = np.linspace(0.0, cum[-1], num_frames)  # (F,)
     out = np.stack([np.interp(target, cum, pts[:, k]) for k in range(2)], axis=1)
     out[0], out[-1] = pts[0], pts[-1]
-    return out.astype(np.float32)
+    return out.astype(dtype)
 
 
 def stroke_positions(strokes: Sequence[Stroke], num_frames: int) -> np.ndarray:

@@ -83,7 +83,7 @@ class TrainConfig:
     # other frames, so that is where frame-mixing attention is learned (runs/diag: x0 MSE per mode and t).
     high_noise_frac: float = 0.3
     high_noise_from: int = 850
-    planner: bool = False  # train only the layout planner (vdemo.models.planner, ~2 min) into <out>/planner
+    planner: bool = False  # train only the layout planner (vdemo.train_planner, ~2 min) into <out>/planner
     planner_steps: int = 3000
 
     def __post_init__(self) -> None:
@@ -370,7 +370,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         raise SystemExit(f"python -m vdemo.train: error: {err}") from None
     if cfg.planner:
-        from vdemo.models.planner import PLANNER_DIR, train_planner
+        from vdemo.models.planner import PLANNER_DIR
+        from vdemo.train_planner import train_planner
 
         if cfg.threads:
             torch.set_num_threads(cfg.threads)

@@ -1,8 +1,11 @@
 """Backends behind the shared pipeline, by name: the built-in `tiny` model and (on GPU spaces) hub backends.
 
-`load_backend(name)` is the only way the app and the CLI get a backend; loaded weights are cached per process (one
-cache: `loaded_backend(name)` returns what is already in it and never loads). The names are an allow-list
-(`backend_names()`): a free-typed hub repo id is never accepted.
+The contract the UI and the tools read (and nothing else): `backend_info(name)` -> `BackendInfo`, everything a
+registry entry declares — modalities, attention modes, samplers, defaults (mode, sampler, steps, guidance, frame
+size, frames), limits and its GPU-cost model — without loading weights. `load_backend(name)` is the only way to get a
+backend; `get_pipeline(name)` its process-wide `VideoPipeline`. One cache holds both (`loaded_backend(name)` returns
+what is already in it and never loads). The names are an allow-list (`backend_names()`): a free-typed hub repo id is
+never accepted.
 
 A hosted Space serves the backends named by `$VDEMO_SPACE_BACKENDS` (comma-separated, or "all"); by default every
 backend whose weights are present here (`weights_present`: a local folder, or the pinned revision already in the hub
@@ -15,15 +18,98 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from vdemo.pipeline import Backend
+from vdemo.config import LIMITS, Limits
+from vdemo.cost import GpuCost
+from vdemo.errors import UserError
+from vdemo.pipeline import Backend, VideoPipeline
 
 BUILTIN = ("tiny",)
 SPACE_BACKENDS_ENV = "VDEMO_SPACE_BACKENDS"
 
 _CACHE: dict[tuple[str, str | None], Backend] = {}
+_PIPELINES: dict[str, VideoPipeline] = {}
 _CACHE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What one registry entry declares (attribute names as on `pipeline.Backend`, so `vdemo.cost` takes either)."""
+
+    name: str
+    label: str
+    modalities: frozenset[str]
+    attention_modes: tuple[str, ...]
+    samplers: tuple[str, ...]
+    default_attention_mode: str
+    default_sampler: str
+    default_steps: int
+    default_guidance: float
+    default_size: tuple[int, int]  # (height, width)
+    default_num_frames: int
+    limits: Limits
+    gpu_cost: GpuCost
+    mode_layers: Any = None  # lab mode -> (spatial layers' mode, temporal layers' mode), for UNets that have both
+    notes: str = ""
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The class that runs a registry entry (its capabilities are class attributes); imports code, loads no weights."""
+    if name == "tiny":
+        from vdemo.backends.tiny import TinyBackend
+
+        return TinyBackend
+    import importlib
+
+    from vdemo.backends.hub.registry import get_spec
+
+    module, cls = get_spec(name).backend.split(":")
+    return getattr(importlib.import_module(f"vdemo.backends.hub.{module}"), cls)
+
+
+def size_setting(name: str) -> tuple[int, int] | None:
+    """$VDEMO_<NAME>_SIZE ("WIDTHxHEIGHT", e.g. VDEMO_SVD_SIZE=768x432): a Space owner's frame size for one backend
+    (smaller frames fit a ZeroGPU limit); None when unset. Returns (height, width)."""
+    import re
+
+    var = "VDEMO_" + "".join(c if c.isalnum() else "_" for c in name.upper()) + "_SIZE"
+    value = os.environ.get(var, "").strip()
+    if not value:
+        return None
+    match = re.fullmatch(r"(\d+)\s*[x×]\s*(\d+)", value)
+    width, height = (int(match[1]), int(match[2])) if match else (0, 0)
+    if not match or width % LIMITS.side_multiple or height % LIMITS.side_multiple or not (
+            LIMITS.min_side_px <= min(width, height) and max(width, height) <= LIMITS.max_side_px):
+        raise UserError(f"{var} must be WIDTHxHEIGHT, multiples of {LIMITS.side_multiple} in "
+                        f"{LIMITS.min_side_px}–{LIMITS.max_side_px} px, got {value!r}")
+    return height, width
+
+
+def backend_info(name: str) -> BackendInfo:
+    """The contract of a registry entry: the loaded instance's when it is loaded (a hub backend narrows its
+    modalities to the ControlNets it has), else its class's, with the Space's size setting and the entry's frames."""
+    if name not in backend_names():
+        raise UserError(f"unknown backend {name!r}; choose one of: {', '.join(backend_names())}")
+    source: Any = loaded_backend(name) or backend_class(name)
+    label, notes, frames = name, "", None
+    if name != "tiny":
+        from vdemo.backends.hub.registry import get_spec
+
+        spec = get_spec(name)
+        label, notes, frames = spec.label, spec.notes, spec.default_num_frames
+    modes, samplers = tuple(source.attention_modes), tuple(source.samplers)
+    mode = source.default_attention_mode if source.default_attention_mode in modes else modes[0]
+    sampler = source.default_sampler if source.default_sampler in samplers else samplers[0]
+    return BackendInfo(
+        name=name, label=label, modalities=frozenset(source.modalities), attention_modes=modes, samplers=samplers,
+        default_attention_mode=mode, default_sampler=sampler, default_steps=int(source.default_steps),
+        default_guidance=float(source.default_guidance),
+        default_size=size_setting(name) or tuple(source.default_size),
+        default_num_frames=int(frames or source.default_num_frames), limits=source.limits,
+        gpu_cost=source.gpu_cost, mode_layers=getattr(source, "mode_layers", None), notes=notes)
 
 
 def backend_names() -> list[str]:
@@ -40,6 +126,15 @@ def tiny_dir(local_dir: str | os.PathLike | None = None) -> Path:
     return Path(local_dir or os.environ.get("VDEMO_TINY_DIR") or ASSETS)
 
 
+def get_pipeline(name: str) -> VideoPipeline:
+    """The process-wide VideoPipeline of a backend (weights load once; shared by every tab and user)."""
+    backend = load_backend(name)
+    with _CACHE_LOCK:
+        if name not in _PIPELINES or _PIPELINES[name].backend is not backend:
+            _PIPELINES[name] = VideoPipeline(backend)
+        return _PIPELINES[name]
+
+
 def _load(name: str, local_dir: str | None) -> Backend:
     if name == "tiny":
         from vdemo.backends.tiny import TinyBackend
@@ -49,8 +144,6 @@ def _load(name: str, local_dir: str | None) -> Backend:
 
     if name in HUB_BACKENDS:
         return load_hub_backend(name, local_dir=local_dir)
-    from vdemo.errors import UserError
-
     raise UserError(f"unknown backend {name!r}; choose one of: {', '.join(backend_names())}")
 
 
@@ -72,6 +165,7 @@ def loaded_backend(name: str) -> Backend | None:
 def _cache_clear() -> None:
     with _CACHE_LOCK:
         _CACHE.clear()
+        _PIPELINES.clear()
 
 
 load_backend.cache_clear = _cache_clear  # the lru_cache-style name tests and scripts use
@@ -105,8 +199,6 @@ def weights_present(name: str) -> bool:
 def served_backends() -> list[str]:
     """What this app serves: $VDEMO_SPACE_BACKENDS ("all", or names), else every backend whose weights are present.
     The built-in model is always first when it is served. Unknown names raise a one-line UserError."""
-    from vdemo.errors import UserError
-
     setting = os.environ.get(SPACE_BACKENDS_ENV, "").strip()
     names = backend_names()
     if not setting:

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from vdemo.config import ATTENTION_MODES, LIMITS, MODALITIES, Limits
-from vdemo.errors import ModelNotFound
+from vdemo.errors import ModelNotFound, UserError
+from vdemo.media import fit_clip, fit_image, to_uint8
 from vdemo.models.controls import control_tensors
 from vdemo.models.planner import PLANNER_DIR, Plan, Planner
 from vdemo.models.tiny_unet import TinyVideoUNet
 from vdemo.models.tokenizer import build_tokenizer, encode_prompts, load_tokenizer
-from vdemo.pipeline import DenoisingBackend, GenerationRequest, to_uint8
+from vdemo.pipeline import DenoisingBackend, GenerationRequest, RequestError
 from vdemo.samplers import default_scheduler_config, sampler_names
 from vdemo.strokes import stroke_heatmaps
 
@@ -41,29 +41,12 @@ def cpu_bf16(setting: str | None = None) -> bool:
     if setting in ("1", "0"):
         return setting == "1"
     if setting != "auto":
-        raise ValueError(f"VDEMO_CPU_BF16 must be 1, 0 or auto, got {setting!r}")
+        raise UserError(f"VDEMO_CPU_BF16 must be 1, 0 or auto, got {setting!r}")
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     return any(flag in flags.split() for flag in CPU_BF16_FLAGS)
-
-
-def fit_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Centre-crop to the target aspect ratio, then resize (Lanczos): (H, W, C) uint8 -> (height, width, C)."""
-    h, w = image.shape[:2]
-    scale = min(h / height, w / width)
-    ch, cw = int(round(height * scale)), int(round(width * scale))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    crop = image[top: top + ch, left: left + cw]
-    pil = Image.fromarray(crop.squeeze(-1) if crop.ndim == 3 and crop.shape[2] == 1 else crop)
-    return np.asarray(pil.resize((width, height), Image.Resampling.LANCZOS))
-
-
-def fit_clip(clip: np.ndarray, num_frames: int, height: int, width: int) -> np.ndarray:
-    """Resample a control clip to num_frames (nearest frame in time) and fit each frame to height × width."""
-    index = np.round(np.linspace(0, len(clip) - 1, num_frames)).astype(int)
-    return np.stack([fit_image(clip[i], height, width) for i in index])
 
 
 class TinyBackend(DenoisingBackend):
@@ -110,7 +93,8 @@ class TinyBackend(DenoisingBackend):
 
         torch.manual_seed(seed)
         model = TinyVideoUNet(channels=(16, 32, 32), attention_head_dim=16, temb_dim=64, norm_groups=8, text_dim=32,
-                              text_layers=1)
+                              text_layers=1, max_tokens=16, prediction_type="v_prediction", position_embedding=False,
+                              distance_bias=False, frame_conditioning=False)
         for p in model.conv_out.parameters():  # zero-init output would make every sample identical
             torch.nn.init.normal_(p, std=0.05)
         return cls(model, build_tokenizer(vocab or world.VOCAB, model.config.max_tokens), source=f"random:{seed}")
@@ -119,6 +103,22 @@ class TinyBackend(DenoisingBackend):
         n = sum(p.numel() for p in self.model.parameters())
         return {"backend": self.name, "model": self.source, "parameters": n,
                 "compute": "bf16 autocast" if self.bf16 else "float32", "layout_planner": self.planner is not None}
+
+    def prompt_report(self, request: GenerationRequest) -> dict | None:
+        """What the model understood of the prompt: the words of its world it used and the ones it ignored."""
+        from vdemo.world import vocabulary_report
+
+        return vocabulary_report(request.prompt) if request.prompt.strip() else None
+
+    def check(self, request: GenerationRequest) -> None:
+        """Also refuses a text-only prompt that names nothing of the world (instead of a random blob, silently)."""
+        super().check(request)
+        report = self.prompt_report(request)
+        if report and not report["subject"] and request.modalities == {"text"}:
+            ignored = ", ".join(f"'{w}'" for w in report["ignored"][:6]) or "its words"
+            raise RequestError(f"the built-in model did not understand {ignored}: it knows flat shapes (circle, "
+                               f"square, triangle) in colours, stick figures ('a red person waves') and motions "
+                               f"('moves left', 'moves closer'); for open prompts use a GPU backend")
 
     def plan_layout(self, request: GenerationRequest) -> Plan | None:
         """The planner's strokes when nothing else gives the motion: text only, or text + a first frame (image-to-
@@ -135,7 +135,7 @@ class TinyBackend(DenoisingBackend):
     def prepare(self, request: GenerationRequest) -> dict:
         F, H, W = request.num_frames, request.height, request.width
         if H != W:
-            raise ValueError(f"the tiny model makes square videos: height and width must match, got {H}×{W}")
+            raise RequestError(f"the tiny model makes square videos: height and width must match, got {H}×{W}")
         known = {}
         if request.image is not None:
             known[0] = fit_image(request.image, H, W)
@@ -170,4 +170,4 @@ class TinyBackend(DenoisingBackend):
         return out[1:] + guidance * (out[:1] - out[1:])
 
     def decode(self, x0: torch.Tensor) -> np.ndarray:
-        return to_uint8(x0[0])
+        return to_uint8(x0[0], channels_first=True)  # (F, 3, H, W) in [-1, 1] -> (F, H, W, 3)

@@ -97,6 +97,9 @@ class TinyVideoUNet(ModelMixin, ConfigMixin, AttentionMixin):
     each 4×4 pixel patch as one token, so reproducing per-pixel noise (which ε and v targets need) is hard for it and
     its leftovers show up as grain in every sample; predicting x0 only needs the flat shapes, and the sampler derives
     ε from the input exactly (`vdemo.samplers.from_clean`).
+
+    The defaults are the shipped model's `assets/tiny/config.json` (`TinyVideoUNet()` builds that architecture, as a
+    diffusers model class's defaults build its reference checkpoint); minute test models pass their sizes explicitly.
     """
 
     @register_to_config
@@ -104,7 +107,7 @@ class TinyVideoUNet(ModelMixin, ConfigMixin, AttentionMixin):
         self,
         vocab_size: int = 128,
         pad_token_id: int = 0,
-        max_tokens: int = 16,
+        max_tokens: int = 24,
         text_dim: int = 128,
         text_layers: int = 2,
         channels: tuple[int, int, int] = (64, 128, 192),
@@ -113,10 +116,10 @@ class TinyVideoUNet(ModelMixin, ConfigMixin, AttentionMixin):
         norm_groups: int = 16,
         unshuffle: int = 4,
         sample_size: int = 64,
-        prediction_type: str = "v_prediction",  # what forward() returns: "sample" (x0), "v_prediction" or "epsilon"
-        position_embedding: bool = False,  # 2D sin-cos token positions before every attention block
-        distance_bias: bool = False,  # a learned per-head bias by query-key distance in every self-attention
-        frame_conditioning: bool = False,  # an MLP of (clip conditioning, frame time) added to each frame's embedding
+        prediction_type: str = "sample",  # what forward() returns: "sample" (x0), "v_prediction" or "epsilon"
+        position_embedding: bool = True,  # 2D sin-cos token positions before every attention block
+        distance_bias: bool = True,  # a learned per-head bias by query-key distance in every self-attention
+        frame_conditioning: bool = True,  # an MLP of (clip conditioning, frame time) added to each frame's embedding
     ):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:

@@ -104,13 +104,6 @@ def pad_shape(height: int, width: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def pad_base(image_u8: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The first frame at the pad's resolution, centre-cropped to the video's aspect exactly as the model's input."""
-    from vdemo.backends.tiny import fit_image
-
-    return fit_image(image_u8, *pad_shape(height, width))
-
-
 def render_pad(base_u8: np.ndarray, strokes: list[Stroke], num_frames: int) -> str:
     """The pad's value: the overlay of all strokes on the (pad-sized) first frame, as a data URL.
 

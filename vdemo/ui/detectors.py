@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from vdemo.errors import UserError
+from vdemo.media import fit_image
 
 ANNOTATORS_REPO = "lllyasviel/Annotators"  # pinned hub id (an allow-list entry; never user-typed)
 OPENPOSE_ENV = "VDEMO_OPENPOSE_DIR"
@@ -121,8 +122,6 @@ def _square(image: np.ndarray, side: int) -> np.ndarray:
 
 def extract_pose(frames: np.ndarray, num_frames: int, size: int) -> np.ndarray:
     """OpenPose skeletons (F, size, size, 3) uint8 for (F', H, W, 3) uint8 frames (body only, COCO-18 drawing)."""
-    from vdemo.backends.tiny import fit_image
-
     detector = openpose_detector()
     out = []
     with _LOCK:
@@ -137,8 +136,6 @@ def extract_pose(frames: np.ndarray, num_frames: int, size: int) -> np.ndarray:
 
 def extract_depth(frames: np.ndarray, num_frames: int, size: int, model: str = "DPT-hybrid") -> np.ndarray:
     """MiDaS relative inverse depth (F, size, size) uint8, near = bright, for (F', H, W, 3) uint8 frames."""
-    from vdemo.backends.tiny import fit_image
-
     if model not in DEPTH_MODELS:
         raise UserError(f"depth model must be one of {tuple(DEPTH_MODELS)}, got {model!r}")
     detector = midas_detector(DEPTH_MODELS[model])

@@ -17,7 +17,7 @@ from PIL import Image
 from vdemo import world
 from vdemo.config import LIMITS
 from vdemo.errors import UserError
-from vdemo.media import MediaError, load_frames, load_image, to_gray
+from vdemo.media import MediaError, fit_image, load_frames, load_image, to_gray
 from vdemo.strokes import Stroke, parse_strokes, strokes_to_data
 
 POSE_SOURCES = ("Preset", "Extract from image/video", "Skeleton images")
@@ -49,14 +49,12 @@ def _paths(files) -> list[Path]:
 
 
 def fit_square(image: np.ndarray, side: int) -> np.ndarray:
-    """Centre-crop and resize to side × side, exactly as the built-in model's input (vdemo.backends.tiny.fit_image)."""
+    """Centre-crop and resize to side × side, exactly as the built-in model's input (vdemo.media.fit_image)."""
     return fit(image, side, side)
 
 
 def fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Centre-crop to the aspect of height × width, then resize (vdemo.backends.tiny.fit_image)."""
-    from vdemo.backends.tiny import fit_image
-
+    """Centre-crop to the aspect of height × width, then resize (vdemo.media.fit_image)."""
     return fit_image(image, height, width)
 
 

@@ -84,8 +84,9 @@ def build_caption(spec: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------- parser
 _ALIASES = {"grey": "gray", "violet": "purple", "ball": "circle", "box": "square", "man": "person", "woman": "person"}
-_MOVE = {"moves", "move", "moving", "moved", "goes", "go", "going", "travels", "travel", "slides", "slide"}
-_STAY = {"stays", "stay", "staying", "stands", "stand", "standing", "still", "sits", "rests"}
+# verbs the parser reads as "moves" / "stays" (public: the layout planner maps prompts onto them)
+MOVE_WORDS = {"moves", "move", "moving", "moved", "goes", "go", "going", "travels", "travel", "slides", "slide"}
+STAY_WORDS = {"stays", "stay", "staying", "stands", "stand", "standing", "still", "sits", "rests"}
 _ACTION_WORDS = {
     **{w: "walk" for w in ("walks", "walk", "walking")},
     **{w: "wave" for w in ("waves", "wave", "waving")},
@@ -96,8 +97,10 @@ _CURVE = {"curve", "curves", "curved", "curving", "path", "arc"}
 _MOTION_WORDS = set(DIRECTIONS) | set(DEPTH_MOTIONS)
 
 
-def _tokens(text: str) -> list[str]:
-    words = [_ALIASES.get(w, w) for w in re.findall(r"[a-z]+(?:-[a-z]+)?", text.lower())]
+def tokenize(text: str) -> list[str]:
+    """The parser's tolerant words: lower case, letters only, aliases mapped ("grey" -> "gray", "ball" -> "circle"),
+    "up left" -> "up-left"."""
+    words = [_ALIASES.get(w, w) for w in re.findall(r"[^\W\d_]+(?:-[^\W\d_]+)?", text.lower())]  # any letters
     merged: list[str] = []
     for w in words:  # "up left" -> "up-left"
         if merged and merged[-1] in ("up", "down") and w in ("left", "right"):
@@ -107,6 +110,24 @@ def _tokens(text: str) -> list[str]:
     return merged
 
 
+FILLER_WORDS = {"the", "to", "is", "are", "of", "in", "on", "at", "with", "its", "it", "towards", "toward", "into",
+                "from", "very", "slowly", "quickly", "fast", "slow", "then"}  # carry no meaning for the world
+
+
+def vocabulary_report(text: str) -> dict:
+    """Which words of a prompt this world knows, as the parser reads them (aliases and verb synonyms included):
+    {"used": [...], "ignored": [...] (unknown words, not fillers), "subject": True when it names a shape or a
+    person}. "a red ball moving to the right" -> used: a red circle moving right, ignored: none."""
+    known = set(VOCAB) | MOVE_WORDS | STAY_WORDS | set(_ACTION_WORDS) | _CURVE
+    used, ignored = [], []
+    for word in tokenize(text):
+        if word in known:
+            used.append(word)
+        elif word not in FILLER_WORDS:
+            ignored.append(word)
+    return {"used": used, "ignored": ignored, "subject": any(w in SHAPES or w == "person" for w in used)}
+
+
 def parse_caption(text: str) -> dict:
     """Best-effort inverse of build_caption; unknown words are skipped, missing parts come back as None.
 
@@ -114,7 +135,7 @@ def parse_caption(text: str) -> dict:
     "relation" ("front" | "behind" | None), "kind" (a guess: "person" | "depth" | "path" | "objects" | None)}.
     For depth captions the objects after the relation are the static ones (motion None). "person" is a shape here.
     """
-    tokens = _tokens(text)
+    tokens = tokenize(text)
     out: dict = {"objects": [], "background": None, "action": None, "direction": None, "curved": False}
     out["relation"] = None
     used = [False] * len(tokens)
@@ -143,11 +164,11 @@ def parse_caption(text: str) -> dict:
             objects.append(obj)
             waiting.append(obj)
             colour = None
-        elif tok in _MOVE:
+        elif tok in MOVE_WORDS:
             motion = next((t for t in following if t in _MOTION_WORDS), None)
             if motion is not None:
                 assign(motion)
-        elif tok in _STAY:
+        elif tok in STAY_WORDS:
             assign("still")
         elif tok in _ACTION_WORDS:
             out["action"] = _ACTION_WORDS[tok]

@@ -1,11 +1,13 @@
 """Scene specs (plain JSON-able dicts, resolution- and length-free) and clips rendered from them.
 
 `sample_spec(rng, kind)` draws a spec; `make_clip(spec, num_frames, size)` renders it deterministically, so the eval
-can keep held-out specs and render them at any size. `sample_clip` does both. Kinds:
+can keep held-out specs and render them at any size. `sample_clip` does both; `object_tracks(spec, num_frames)` gives
+the objects' exact centres, radii and depths (the layout planner's training targets). Kinds:
 
 - objects: one or two shapes on a plain background, linear motion at constant speed (travel 0.3-0.5 of the frame)
   or still, fully inside the frame; two objects never overlap (checked over the whole clip).
-- path: one shape along a cubic Bezier at constant speed (resampled by arc length), inside the frame.
+- path: one shape along a cubic Bezier at constant speed (resampled by arc length with
+  `vdemo.strokes.resample_stroke`, as strokes are), inside the frame.
 - person: a stick figure doing an action (person.py), with its OpenPose skeleton as `pose`.
 - depth: 1-3 shapes at distances z in [1, 2.8]; radius = 0.22 / z, depth map = 255 / z (background 0). One
   "actor" moves (closer, away, left/right/up/down) or stays still; it stays in front of (or behind) all the others,
@@ -18,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from vdemo.strokes import resample_stroke
 
 from .grammar import build_caption
 from .palette import (
@@ -149,16 +153,6 @@ def _bezier_checks(control: np.ndarray, samples: int = 48) -> np.ndarray:
     return (chord_len >= 0.28) & (bulge >= 0.08) & (length >= 0.35) & (length <= 0.9) & (turn_radius >= 0.08)
 
 
-def _resample_by_length(points: np.ndarray, num: int) -> np.ndarray:
-    """`num` points equally spaced by arc length along a polyline (first and last points kept)."""
-    seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
-    cum = np.concatenate([[0.0], np.cumsum(seg)])
-    if cum[-1] <= 0.0:
-        return np.repeat(points[:1], num, axis=0)
-    target = np.linspace(0.0, cum[-1], num)
-    return np.stack([np.interp(target, cum, points[:, k]) for k in range(2)], axis=1)
-
-
 def _path_spec(rng: np.random.Generator) -> dict:
     background = _pick(rng, list(BACKGROUNDS))
     obj = {
@@ -288,13 +282,13 @@ def sample_spec(rng: np.random.Generator, kind: str | None = None, action: str |
 
 
 # ----------------------------------------------------------------------------------------------- rendering
-def _object_tracks(spec: dict, num_frames: int) -> list[dict]:
+def object_tracks(spec: dict, num_frames: int) -> list[dict]:
     """Per object: centres (F, 2), radii (F,), z (F,), in spec order."""
     t = np.linspace(0.0, 1.0, num_frames)[:, None]
     tracks = []
     for obj in spec["objects"]:
         if spec["kind"] == "path":
-            centres = _resample_by_length(_bezier(np.asarray(obj["control"]), 256), num_frames)
+            centres = resample_stroke(_bezier(np.asarray(obj["control"]), 256), num_frames, dtype=np.float64)
         else:
             centres = np.asarray(obj["start"]) + t * (np.subtract(obj["end"], obj["start"]))
         if spec["kind"] == "depth":
@@ -319,7 +313,7 @@ def make_clip(spec: dict, num_frames: int = 16, size: int = 64) -> Clip:
         meta["keypoints"] = keypoints
         pose = pose_frames(keypoints, size)
         return Clip(frames, caption, "person", pose, None, [torso_centre(keypoints)], [obj], meta)
-    tracks = _object_tracks(spec, num_frames)
+    tracks = object_tracks(spec, num_frames)
     far_to_near = sorted(tracks, key=lambda tr: -float(np.mean(tr["z"])))
     frames, depth = render_objects(far_to_near, spec["background"], size)
     objects = [

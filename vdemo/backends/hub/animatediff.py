@@ -20,10 +20,20 @@ Schedulers use the settings the diffusers AnimateDiff docs give: linear betas, `
 Memory: the SD 1.5 parts are the process's shared ones (`sd15.load_sd15_parts`, also the zero-shot backend's), and
 the motion UNet holds no weights of its own but the motion modules: `motion_unet` ties its 2-D layers to the shared
 SD 1.5 UNet and its motion modules to the adapter, where diffusers' `UNetMotionModel.from_unet2d` copies both.
+
+Longer clips and editing (`vdemo.long`): over `free_noise_context` frames (16, the length the motion modules were
+trained on) a run uses FreeNoise (Qiu et al. 2024, "FreeNoise: Tuning-Free Longer Video Diffusion via Noise
+Rescheduling"; diffusers' `enable_free_noise`): the motion modules attend within sliding windows of 16 frames with
+stride 4 and the initial noise is rescheduled so windows agree. Its blocks replace the motion modules' attention
+layers, so while it is on the lab mode steers only the spatial layers (the motion layers run as trained); the
+lab's processors and the adapter's shared weights come back when it is turned off. `edit_video` runs diffusers'
+`AnimateDiffVideoToVideoPipeline` (SDEdit on the latents, Meng et al. 2022) on the same weights (`from_pipe`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -53,6 +63,7 @@ MODE_LAYERS: dict[str, tuple[str, str]] = {  # lab mode -> (spatial self-attenti
 ANIMATEDIFF_SCHEDULER = {"beta_schedule": "linear", "clip_sample": False, "timestep_spacing": "linspace",
                          "steps_offset": 1}
 DECODE_CHUNK_FRAMES = 8  # VAE-decode this many frames at a time (memory saver)
+V2V_KEY = ("video-to-video",)  # the editing pipeline's key in `pipes` (ControlNet pipelines use their controls)
 
 
 def motion_unet(unet2d, adapter):
@@ -91,6 +102,10 @@ class AnimateDiffBackend(ControlNetMixin, DiffusersBackend):
     default_guidance = 7.5  # SD 1.5's: the guidance_scale default of diffusers' AnimateDiffPipeline
     default_steps = 25  # diffusers' AnimateDiffPipeline default is 50; 25 DDIM steps halve the GPU time
     default_num_frames = 16  # the clip length the motion modules were trained on; AnimateDiffPipeline's default
+    free_noise_context = 16  # longer runs use FreeNoise windows of this many frames (the trained length) ...
+    free_noise_stride = 4  # ... moved by this many frames
+    free_noise_on = False
+    _edit = None  # (PIL frames, strength) while edit_video runs
 
     def __init__(self, spec: HubSpec, sources: dict[str, Source], device: str, dtype: torch.dtype, parts: dict,
                  adapter, controls: dict[str, Source]):
@@ -137,6 +152,9 @@ class AnimateDiffBackend(ControlNetMixin, DiffusersBackend):
 
     def describe(self) -> dict:
         return {**super().describe(), "attention_layers": self.layers, "mode_layers": MODE_LAYERS,
+                "free_noise": {"on": self.free_noise_on, "context_length": self.free_noise_context,
+                               "context_stride": self.free_noise_stride},
+                "edit_strength": self._edit[1] if self._edit else None,
                 "scheduler_config": {k: self.scheduler_config.get(k) for k in ANIMATEDIFF_SCHEDULER}}
 
     def make_scheduler(self, name: str):
@@ -154,6 +172,12 @@ class AnimateDiffBackend(ControlNetMixin, DiffusersBackend):
 
     def call_kwargs(self, request: GenerationRequest, state: RunState) -> dict:
         pipe = self.pipes[self._active]
+        self.set_free_noise(pipe, request.num_frames)
+        if self._active == V2V_KEY:
+            video, strength = self._edit
+            return {"video": video, "prompt": request.prompt, "strength": strength, "height": request.height,
+                    "width": request.width, "num_inference_steps": request.num_steps,
+                    "guidance_scale": request.guidance, "decode_chunk_size": DECODE_CHUNK_FRAMES}
         kwargs = {"prompt": request.prompt, "num_frames": request.num_frames, "height": request.height,
                   "width": request.width, "num_inference_steps": request.num_steps, "guidance_scale": request.guidance,
                   "decode_chunk_size": DECODE_CHUNK_FRAMES}
@@ -166,3 +190,55 @@ class AnimateDiffBackend(ControlNetMixin, DiffusersBackend):
             noise = warp_noise(noise, request.strokes, self.stroke_strength)
             kwargs["latents"] = self.from_frames(noise, noise).to(self.device, self.dtype)
         return kwargs
+
+    # ------------------------------------------------------------------------------------- long clips, editing
+    def set_free_noise(self, pipe, num_frames: int) -> None:
+        """FreeNoise on for clips longer than the motion modules' trained length, off (the lab's processors and the
+        adapter's shared weights restored) otherwise."""
+        from vdemo.attention import install_frame_attention
+
+        want = num_frames > self.free_noise_context
+        if want:
+            pipe.enable_free_noise(context_length=self.free_noise_context, context_stride=self.free_noise_stride)
+        elif self.free_noise_on:
+            pipe.disable_free_noise()
+            install_frame_attention(pipe.unet, self.ctx_time, layers="temporal")
+        if want != self.free_noise_on:
+            tie_parameters(pipe.unet, self.pipes[()].motion_adapter)  # the swapped blocks hold copies: share again
+        self.free_noise_on = want
+
+    def pipeline_for(self, request: GenerationRequest):
+        if self._edit is None:
+            return super().pipeline_for(request)
+        from diffusers import AnimateDiffVideoToVideoPipeline
+
+        from vdemo.backends.hub.sd15 import bind_frames
+
+        bind_frames(self.ctx_self)
+        if V2V_KEY not in self.pipes:
+            self.pipes[V2V_KEY] = AnimateDiffVideoToVideoPipeline.from_pipe(self.pipes[()])
+        elif self.offload != "none" and self._active != V2V_KEY:
+            self.pipes[V2V_KEY].enable_model_cpu_offload(device=self.device)
+        self._active = V2V_KEY
+        return self.pipes[V2V_KEY]
+
+    def edit_video(self, request: GenerationRequest, video, strength: float, control) -> Iterator:
+        """SDEdit `video` ((F, H, W, 3) uint8) with the request's prompt at `strength` (0–1]: the clip's latents are
+        noised to that point of the schedule and denoised (AnimateDiffVideoToVideoPipeline); Progress then Done."""
+        from PIL import Image
+
+        from vdemo.media import fit_image
+        from vdemo.pipeline import RequestError
+
+        if not 0.0 < float(strength) <= 1.0:
+            raise RequestError(f"edit strength must be in (0, 1], got {strength!r}")
+        frames = [Image.fromarray(fit_image(f, request.height, request.width)) for f in video]
+        request = replace(request, num_frames=len(frames))  # validates the frame count
+        self.check(request)
+        self._edit = (frames, float(strength))
+        try:
+            yield from self.run(request, control)
+        finally:
+            self._edit = None
+            if self._active == V2V_KEY:
+                self._active = ()

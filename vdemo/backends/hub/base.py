@@ -41,13 +41,22 @@ import numpy as np
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
-from vdemo import __version__
 from vdemo.backends.hub.preview import latents_to_rgb
 from vdemo.backends.hub.registry import HubSpec, Source
 from vdemo.backends.hub.warping import paste_along_strokes
 from vdemo.cost import GpuCost
-from vdemo.pipeline import Backend, Done, Event, GenerationRequest, Progress, RequestError, RunControl
-from vdemo.samplers import reproject, scheduler_step, split_prediction
+from vdemo.media import fit_clip, to_uint8
+from vdemo.pipeline import (
+    Backend,
+    Done,
+    Event,
+    GenerationRequest,
+    Progress,
+    RequestError,
+    RunControl,
+    build_manifest,
+)
+from vdemo.samplers import reproject, schedule_steps, scheduler_step, split_prediction, step_progress
 
 
 class StopRun(Exception):
@@ -93,7 +102,8 @@ class RunState:
     mode: str
     started: float
     handoff: Handoff
-    index: int = 0  # steps done
+    index: int = 0  # timestep entries (model calls) done
+    steps_done: int = 0  # scheduler steps done (`vdemo.samplers.step_progress`)
     x0_hat: torch.Tensor | None = None  # pipeline layout
     eps_hat: torch.Tensor | None = None
     first_preview_s: float | None = None
@@ -335,8 +345,6 @@ def control_frames(clip: np.ndarray, num_frames: int, height: int, width: int) -
     """A pose (F', H, W, 3) or depth (F', H, W) uint8 clip -> num_frames RGB PIL images of height × width."""
     from PIL import Image
 
-    from vdemo.backends.tiny import fit_clip
-
     frames = fit_clip(clip, num_frames, height, width)
     if frames.ndim == 3:  # depth: grey -> RGB, as the depth ControlNet expects
         frames = np.repeat(frames[..., None], 3, axis=-1)
@@ -348,7 +356,7 @@ def to_uint8_frames(video: Any) -> np.ndarray:
     video = np.asarray(video)
     if video.ndim == 5:
         video = video[0]
-    return (np.clip(video, 0.0, 1.0) * 255).round().astype(np.uint8)
+    return to_uint8(video, value_range=(0.0, 1.0))
 
 
 class DiffusersBackend(Backend):
@@ -513,38 +521,52 @@ class DiffusersBackend(Backend):
         scheduler.step = step
 
     def _on_step_end(self, pipe, state: RunState, i: int, latents: torch.Tensor) -> dict:
+        """After the pipeline's timestep entry i: record, emit Progress, then stop, paste or steer.
+
+        The pipeline calls this per timestep entry, i.e. per model call: Heun / DPM++ SDE lists have 2n−1 entries and
+        PLMS n+1, so the Progress is labelled with the scheduler step the call belongs to
+        (`vdemo.samplers.step_progress`), and mode and sampler are changed only once a step is complete.
+        """
         state.index = i + 1
-        total = len(state.scheduler.timesteps)
+        entries = len(state.scheduler.timesteps)
+        total = schedule_steps(state.scheduler)  # n; a zero-shot motion run: its joint pass
+        step, done = step_progress(state.scheduler, i, total)
+        state.steps_done = step if done else state.steps_done
         control = state.control
-        control.history.append({"step": state.index, "mode": state.mode, "sampler": state.sampler})
-        self._emit_progress(state, total)
-        if control.stopped and state.index < total:
+        control.history.append({"step": step, "call": state.index, "mode": state.mode, "sampler": state.sampler})
+        self._emit_progress(state, step, total, done)
+        if control.stopped and state.index < entries:
             state.stopped = True
             if not self.interruptible:
                 raise StopRun
             pipe._interrupt = True
             return {"latents": state.x0_hat}  # the pipeline decodes the last clean estimate
         out = {}
-        if state.index < total and state.index in self._paste_steps(state):
+        if state.index < entries and state.index in self._paste_steps(state):
             out["latents"] = latents = self._paste_strokes(state, latents)
+        if not done:
+            return out
         if control.mode != state.mode:
             state.mode = control.mode
             self.apply_mode(state.mode, state.request.num_frames)
         if control.sampler == state.sampler:  # switched back before a deferred switch happened
             state.deferred_sampler = None
-        elif control.sampler != state.deferred_sampler and state.index < total:
+        elif control.sampler != state.deferred_sampler and state.index < entries:
             switched = self._switch_sampler(pipe, state)
             if switched is not None:
                 out["latents"] = switched
         return out
 
-    def _emit_progress(self, state: RunState, total: int) -> None:
+    def _emit_progress(self, state: RunState, step: int, total: int, done: bool) -> None:
+        """Hand the caller this call's Progress (in scheduler steps) and wait until it comes back (lockstep)."""
         preview = latents_to_rgb(self.to_frames(state.x0_hat), scale=self.preview_scale)
         elapsed = time.perf_counter() - state.started
         if state.first_preview_s is None:
             state.first_preview_s = elapsed
         label = state.sampler + (f" ({state.deferred_sampler} from the next run)" if state.deferred_sampler else "")
-        state.handoff.put(Progress(state.index, total, preview, state.mode, label, elapsed), wait=True)
+        progress = Progress(step, total, preview, state.mode, label, elapsed, step_done=done, calls=state.index,
+                            total_calls=len(state.scheduler.timesteps))
+        state.handoff.put(progress, wait=True)
 
     def _switch_sampler(self, pipe, state: RunState) -> torch.Tensor | None:
         wanted, old = state.control.sampler, state.scheduler
@@ -587,20 +609,10 @@ class DiffusersBackend(Backend):
         import diffusers
         import transformers
 
-        history = state.control.history
-        return {
-            **self.describe(),
-            "models": self.models_for(state.request),
-            "request": state.request.settings(),
-            "steps": history,
-            "attention_modes_used": sorted({h["mode"] for h in history}),
-            "samplers_used": list(dict.fromkeys(h["sampler"] for h in history)),
-            "sampler_switches": state.switches,
-            "stroke_pastes_after_steps": state.pastes,
-            "stopped": state.stopped,
-            "timings": {"total_s": round(total_s, 4), "first_preview_s": round(state.first_preview_s or 0.0, 4),
-                        "steps_done": state.index},
-            "versions": {"vdemo": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-                         "transformers": transformers.__version__},
-        }
+        return build_manifest(self, state.request, state.control.history, stopped=state.stopped, total_s=total_s,
+                              first_preview_s=state.first_preview_s, steps_done=state.steps_done,
+                              model_calls=state.index,
+                              versions={"diffusers": diffusers.__version__, "transformers": transformers.__version__},
+                              models=self.models_for(state.request), sampler_switches=state.switches,
+                              stroke_pastes_after_steps=state.pastes)
 

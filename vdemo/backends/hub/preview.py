@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vdemo.media import to_uint8
+
 SD15_LATENT_RGB = (  # rows: latent channels 0-3; columns: R, G, B
     (0.3512, 0.2297, 0.3227),
     (0.3250, 0.4974, 0.2350),
@@ -26,5 +28,4 @@ def latents_to_rgb(latents: torch.Tensor, factors=SD15_LATENT_RGB, scale: int = 
     rgb = torch.einsum("fchw,cr->frhw", latents.detach().float().cpu(), matrix)  # (F, 3, h, w) in about [-1, 1]
     if scale > 1:
         rgb = rgb.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
-    rgb = ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return rgb.permute(0, 2, 3, 1).numpy()
+    return to_uint8(rgb, channels_first=True)

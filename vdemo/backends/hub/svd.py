@@ -31,6 +31,7 @@ from vdemo.backends.hub.registry import HubSpec, Source, resolve
 from vdemo.backends.hub.warping import warp_noise
 from vdemo.config import LIMITS, Limits
 from vdemo.cost import GpuCost
+from vdemo.media import fit_image
 from vdemo.pipeline import GenerationRequest, RequestError
 
 SVD_SAMPLERS = ("Euler", "DPM++ 2M")
@@ -124,8 +125,6 @@ class SVDBackend(DiffusersBackend):
 
     def call_kwargs(self, request: GenerationRequest, state: RunState) -> dict:
         from PIL import Image
-
-        from vdemo.backends.tiny import fit_image
 
         image = Image.fromarray(fit_image(request.image, request.height, request.width))
         guidance = float(request.guidance)

@@ -1,0 +1,168 @@
+"""The streaming and export path every generation endpoint shares, and the output panel it fills.
+
+`generate(tab, build, settings, request)` builds the GenerationRequest from a tab's inputs, refuses what the backend
+cannot do or what does not fit the Space's GPU limit (one line, before any GPU time), runs it through
+`vdemo.ui.gpu.generate_on_gpu` (the ZeroGPU worker on a ZeroGPU Space, this thread elsewhere) while the session's
+live toggles steer it, and yields (status, preview grid, mp4, downloads, manifest, seed): a preview and a status
+line per denoising step, then the exported result (mp4, gif, frames zip, manifest.json).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from vdemo.backends import get_pipeline
+from vdemo.cost import check_fits
+from vdemo.pipeline import Done, GenerationRequest
+from vdemo.ui import sources
+from vdemo.ui.gpu import generate_on_gpu, live_settings
+from vdemo.ui.messages import USER_ERRORS, user_error
+from vdemo.ui.session import ACTIVE_RUNS, session_key
+from vdemo.ui.settings import Settings, info_or_error
+from vdemo.ui.space import check_served
+
+RUNS_DIR = Path(tempfile.gettempdir()) / "vdemo-runs"
+RUNS_KEEP_S = 3600.0  # exported results older than this are deleted when a new run starts
+Built = tuple[dict, dict]  # (GenerationRequest fields, what the UI records in the manifest)
+Builder = Callable[[int, int, int], Built]  # (num_frames, height, width) -> Built
+
+
+def output_panel() -> dict[str, gr.components.Component]:
+    """Status + Stop, the GPU-time estimate, the preview grid, the video, downloads and the manifest."""
+    with gr.Column(scale=4, min_width=340):
+        with gr.Row(equal_height=False):
+            status = gr.Markdown("Pick a tab, set its inputs, press **Generate**.", elem_id="vd-status")
+            stop = gr.Button("Stop", variant="stop", size="sm", scale=0, min_width=70, elem_id="vd-stop")
+        estimate = gr.Markdown("", elem_id="vd-gpu-estimate")
+        preview = gr.Image(label="Preview: every frame's predicted clean image, updated each step", format="png",
+                           type="numpy", interactive=False, height=250, buttons=[], elem_id="vd-preview")
+        video = gr.Video(label="Result (mp4)", format="mp4", interactive=False, autoplay=True, loop=True, height=250,
+                         elem_id="vd-video")
+        with gr.Accordion("Downloads (mp4, gif, frames, manifest) and manifest", open=False):
+            files = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="vd-files")
+            manifest = gr.JSON(label="Manifest", elem_id="vd-manifest")
+    return {"status": status, "stop": stop, "estimate": estimate, "preview": preview, "video": video, "files": files,
+            "manifest": manifest}
+
+
+# ------------------------------------------------------------------------------------------------- formatting
+def _runs_of(history: list[dict]) -> str:
+    """'full ×5 → causal ×3' (mode · sampler per run of equal steps) from the loop's per-step history."""
+    runs: list[list] = []
+    for h in history:
+        key = (h["mode"], h["sampler"])
+        if runs and runs[-1][0] == key:
+            runs[-1][1] += 1
+        else:
+            runs.append([key, 1])
+    return " → ".join(f"{mode} · {sampler} ×{n}" for (mode, sampler), n in runs)
+
+
+def progress_text(step: int, total: int, elapsed_s: float, history: list[dict], first_s: float | None) -> str:
+    mode, sampler = history[-1]["mode"], history[-1]["sampler"]
+    lines = [f"**step {step}/{total}** · {elapsed_s:.2f} s · mode `{mode}` · sampler `{sampler}`",
+             f"steps: {_runs_of(history)}"]
+    if first_s is not None:
+        lines.append(f"first preview after {first_s:.2f} s")
+    return "  \n".join(lines)
+
+
+def preview_image(frames: np.ndarray) -> np.ndarray:
+    """All frames of a prediction as one grid (4 per row up to 16 frames, else 8)."""
+    return sources.frame_grid(frames, columns=4 if len(frames) <= 16 else 8)
+
+
+def _history_text(history: list[dict]) -> str:
+    return _runs_of(history) if history else "—"
+
+
+# ------------------------------------------------------------------------------------------------------ export
+def _clean_old_runs() -> None:
+    if not RUNS_DIR.exists():
+        return
+    now = time.time()
+    for folder in RUNS_DIR.iterdir():
+        try:
+            if now - folder.stat().st_mtime > RUNS_KEEP_S:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def export_run(frames: np.ndarray, manifest: dict, fps: int, stem: str) -> tuple[str, list[str], dict]:
+    """Write mp4 + gif + frames (zipped) + manifest.json; returns (mp4, every download, the manifest as written)."""
+    from vdemo.export import export_result
+
+    _clean_old_runs()
+    out_dir = RUNS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    paths = export_result(frames, out_dir, fps, manifest, stem)
+    frames_zip = shutil.make_archive(str(out_dir / f"{stem}-frames"), "zip", root_dir=paths.frames_dir)
+    return str(paths.mp4), [str(paths.mp4), str(paths.gif), frames_zip, str(paths.manifest)], paths.manifest_data
+
+
+# -------------------------------------------------------------------------------------------------- generation
+def generate(tab: str, build: Builder, settings: Settings, request: gr.Request | None):
+    """Shared body of the five endpoints: build the request, run it live (on the GPU worker on ZeroGPU), stream
+    previews, export the result."""
+    info = info_or_error(settings.backend)
+    if tab not in info.modalities:
+        raise user_error(f"backend {settings.backend!r} does not support {tab} conditioning")
+    check_served(settings.backend)
+    with USER_ERRORS:
+        pipe = get_pipeline(settings.backend)
+    height, width = info.default_size
+    with USER_ERRORS:
+        fields, ui_info = build(settings.num_frames, height, width)
+        request_obj = GenerationRequest(
+            **fields, num_frames=settings.num_frames, height=height, width=width, num_steps=settings.num_steps,
+            guidance=settings.guidance, seed=settings.seed, fps=settings.fps, attention_mode=settings.attention_mode,
+            sampler=settings.sampler)
+        run = pipe.start(request_obj, live_settings(request_obj.attention_mode, request_obj.sampler))
+        check_fits(pipe.backend, request_obj)  # before any GPU time is asked for
+    session = session_key(request)
+    seed_out = settings.seed if settings.random_seed else gr.skip()
+    started = time.perf_counter()
+    first_s, last_preview, history, event = None, None, [], None
+    ACTIVE_RUNS.add(session, run)
+    try:
+        yield (f"starting ({settings.backend}, {settings.num_frames} frames, {settings.num_steps} steps)…", gr.skip(),
+               None, None, None, seed_out)
+        for event in generate_on_gpu(settings.backend, run.request, run.control):
+            if isinstance(event, Done):
+                break
+            first_s = first_s if first_s is not None else time.perf_counter() - started
+            if getattr(event, "step_done", True):  # a 2-call sampler (Heun) previews each call, counts one step
+                history.append({"step": event.step, "mode": event.mode, "sampler": event.sampler})
+            current = {"step": event.step, "mode": event.mode, "sampler": event.sampler}
+            text = progress_text(event.step, event.total, event.elapsed_s, history or [current], first_s)
+            last_preview = preview_image(event.preview)
+            yield text, last_preview, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        if not isinstance(event, Done):
+            raise user_error("the run ended without a result")
+        history = event.manifest.get("steps") or history  # the loop's own record (it ran in the GPU worker)
+        manifest = {**event.manifest, "ui": {"tab": tab, "random_seed": settings.random_seed, **ui_info,
+                                             "first_preview_in_handler_s": round(first_s or 0.0, 4)}}
+        mp4, files, manifest = export_run(event.frames, manifest, settings.fps, tab)
+        steps_done = manifest.get("timings", {}).get("steps_done", len(history))
+        head = (f"**stopped** at step {steps_done}/{settings.num_steps} — kept the last preview" if event.stopped
+                else f"**done**: {steps_done} steps in {time.perf_counter() - started:.2f} s")
+        text = f"{head}  \nsteps: {_history_text(history)}  \nseed {settings.seed}"
+        understood = manifest.get("prompt_understood") or {}
+        if understood.get("ignored"):
+            text += (f"  \nthe model ignored: {', '.join(understood['ignored'][:8])} (it used: "
+                     f"{' '.join(understood['used']) or 'nothing'})")
+        if manifest.get("motion_plan"):
+            text += f"  \nmotion planned from the prompt: {', '.join(manifest['motion_plan']['directions'])}"
+        # The last preview again (same pixels: a stopped run keeps it on screen), so API callers get every output.
+        yield text, last_preview, mp4, files, manifest, settings.seed
+    finally:
+        run.stop()  # a cancelled / abandoned event must not leave its run denoising (reaches a ZeroGPU worker too)
+        ACTIVE_RUNS.remove(session, run)

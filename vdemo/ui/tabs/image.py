@@ -1,0 +1,71 @@
+"""The Image tab: a first frame (any size; centre-cropped and resized to the backend's frame) and an optional
+prompt → video. Endpoint `image_to_video`; helper event: the preview of what the model will see."""
+
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+
+from vdemo.backends import backend_info
+from vdemo.ui import sources
+from vdemo.ui.messages import USER_ERRORS, guarded
+from vdemo.ui.run import Builder, Built, generate
+from vdemo.ui.settings import Settings
+from vdemo.ui.tabs import IMAGE_TYPES, TabUI, example_images, generate_button
+
+NAME, LABEL = "image", "Image"
+
+
+def build() -> TabUI:
+    """The tab's components (inside its gr.Tab)."""
+    with gr.Row(equal_height=True):
+        image_file = gr.File(label="Image (any size)", file_types=IMAGE_TYPES, type="filepath",
+                             height=190, elem_id="vd-image-file")
+        image_preview = gr.Image(label="What the model sees (centre-cropped, resized)",
+                                 interactive=False, height=190, buttons=[], format="png",
+                                 elem_id="vd-image-preview")
+    prompt_image = gr.Textbox(label="Prompt (optional)", lines=1, elem_id="vd-prompt-image")
+    button = generate_button("image")
+    examples = example_images()
+    gr.Examples([[examples[0], "a red circle moves right"], [examples[1], ""],
+                 [examples[2], ""]],
+                inputs=[image_file, prompt_image], cache_examples=False, label="Examples")
+    return TabUI(NAME, [prompt_image, image_file], button, {"file": image_file, "preview": image_preview})
+
+
+def wire(ui: TabUI, settings: dict, tabs: dict) -> None:
+    kw = {"show_progress": "minimal", "api_visibility": "undocumented"}
+    ui.parts["file"].change(image_preview, inputs=[ui.parts["file"], settings["backend"]],
+                            outputs=ui.parts["preview"], **kw)
+
+
+@guarded
+def image_to_video(prompt: str, image, backend: str, attention_mode: str, sampler: str, steps: int, guidance: float,
+                   frames: int, fps: int, seed: int, random_seed: bool, request: gr.Request = None):
+    """Image → video. image: an image file of any size (centre-cropped and resized to the model's frame), used as
+    frame 0; prompt: optional text."""
+    settings = Settings.from_inputs(backend, attention_mode, sampler, steps, guidance, frames, fps, seed, random_seed)
+    yield from generate(NAME, request_builder(prompt, image), settings, request)
+
+
+def request_builder(prompt: str, image) -> Builder:
+    """The tab's inputs -> a Builder of the request's fields (the upload is read when the request is built)."""
+
+    def build(num_frames: int, height: int, width: int) -> Built:
+        picture = sources.load_user_image(image)
+        return {"prompt": prompt or "", "image": picture}, {"image_size": list(picture.shape[:2])}
+
+    return build
+
+
+def image_preview(image, backend: str = "tiny") -> np.ndarray | None:
+    """Image tab: what the model will see (centre-cropped, resized to the backend's frame), shown pixel-exact."""
+    if sources._path(image) is None:
+        return None
+    with USER_ERRORS:
+        picture = sources.load_user_image(image)
+    height, width = backend_info(backend).default_size
+    return sources.upscale_nearest(sources.fit(picture, height, width), 256)
+
+
+ENDPOINT = image_to_video
