@@ -1,0 +1,151 @@
+"""Candidate A: latent video diffusion, as Video LDM (Blattmann et al. 2023, "Align your Latents").
+
+A small convolutional autoencoder (f = 4, 4 latent channels: a 128×128 frame is a 32×32×4 latent) is trained first,
+on 64×64 crops of world frames (it is fully convolutional, so it runs at 128 px afterwards), with L1 + MSE; its CPU
+time is part of this candidate's budget (`ae_share`). Then it is frozen, latents are scaled to unit variance and a
+video U-Net denoises them: latents are pixel-unshuffled by 2 to a 16×16 token grid (v1's grid), next to the control
+channels at pixel resolution unshuffled by 8 (lossless) and the known frames' own latents (the encoder run on them),
+so image-to-video can copy frame 0 in the space it denoises. Attention (the live frame mode) at every level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vdemo.attention import FrameContext
+from vdemo.models.v2.core import (
+    NUM_CONTROLS,
+    Candidate,
+    UNetConfig,
+    VideoUNet,
+    ddim_sample,
+    shuffle,
+    train_scheduler,
+    unconditional,
+    unshuffle,
+    x0_loss,
+)
+
+
+@dataclass(frozen=True)
+class LatentConfig:
+    size: int = 128
+    factor: int = 4  # autoencoder downsampling (two stride-2 stages)
+    latent_channels: int = 4
+    ae_channels: int = 32
+    patch: int = 2  # latent tokens: 32×32 latents -> 16×16 tokens
+    channels: tuple[int, ...] = (48, 96, 128)
+    attention: tuple[bool, ...] = (True, True, True)
+    ae_share: float = 0.2  # share of the CPU budget spent training the autoencoder first
+    crop: int = 64
+    vocab_size: int = 128
+
+
+class Autoencoder(torch.nn.Module):
+    """f = 4 conv autoencoder: (N, 3, H, W) in [-1, 1] <-> (N, C, H/4, W/4)."""
+
+    def __init__(self, ch: int, latent: int):
+        super().__init__()
+        act = torch.nn.SiLU
+        self.encoder = torch.nn.Sequential(
+            torch.nn.Conv2d(3, ch, 3, padding=1), act(),
+            torch.nn.Conv2d(ch, ch, 4, stride=2, padding=1), act(),  # H/2
+            torch.nn.Conv2d(ch, ch, 4, stride=2, padding=1), act(),  # H/4
+            torch.nn.Conv2d(ch, ch, 3, padding=1), act(),
+            torch.nn.Conv2d(ch, latent, 1),
+        )
+        self.decoder = torch.nn.Sequential(
+            torch.nn.Conv2d(latent, ch, 3, padding=1), act(),
+            torch.nn.Conv2d(ch, ch, 3, padding=1), act(),
+            torch.nn.Upsample(scale_factor=2.0, mode="nearest"), torch.nn.Conv2d(ch, ch, 3, padding=1), act(),  # H/2
+            torch.nn.Upsample(scale_factor=2.0, mode="nearest"), torch.nn.Conv2d(ch, ch, 3, padding=1), act(),  # H
+            torch.nn.Conv2d(ch, 3, 3, padding=1),
+        )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+
+class LatentVideoDiffusion(Candidate):
+    name = "A"
+    paper = "Video LDM (Blattmann et al. 2023)"
+
+    def __init__(self, cfg: LatentConfig = LatentConfig()):
+        super().__init__()
+        self.cfg, self.ctx = cfg, FrameContext()
+        self.ae = Autoencoder(cfg.ae_channels, cfg.latent_channels)
+        r = cfg.patch
+        ctrl_r = cfg.patch * cfg.factor
+        in_ch = cfg.latent_channels * r * r + NUM_CONTROLS * ctrl_r * ctrl_r + cfg.latent_channels * r * r
+        self.unet = VideoUNet(UNetConfig(in_ch, cfg.latent_channels * r * r, cfg.channels, cfg.attention,
+                                         vocab_size=cfg.vocab_size), self.ctx)
+        self.register_buffer("latent_scale", torch.ones(()))  # 1 / std of the latents, set when the AE is frozen
+        self.register_buffer("ae_frozen", torch.zeros((), dtype=torch.bool))
+        self.scheduler = train_scheduler()
+
+    # -------------------------------------------------------------------------------------- autoencoder
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, F, 3, S, S) -> scaled latents (B, F, C, S/f, S/f)."""
+        return self.ae.encode(frames.flatten(0, 1)).unflatten(0, frames.shape[:2]) * self.latent_scale
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.ae.decode((z / self.latent_scale).flatten(0, 1)).unflatten(0, z.shape[:2]).clamp(-1, 1)
+
+    def ae_loss(self, frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """L1 + MSE reconstruction of one random crop per frame."""
+        x = frames.flatten(0, 1)  # (N, 3, S, S)
+        c, S = self.cfg.crop, x.shape[-1]
+        if c < S:
+            i, j = (int(v) for v in torch.randint(0, S - c + 1, (2,), generator=generator))
+            x = x[..., i:i + c, j:j + c]
+        rec = self.ae.decode(self.ae.encode(x))
+        return (rec - x).abs().mean() + ((rec - x) ** 2).mean()
+
+    def freeze_autoencoder(self, frames: torch.Tensor) -> None:
+        """Stop training the AE and scale latents to unit standard deviation (measured on `frames`)."""
+        self.ae.requires_grad_(False)
+        with torch.no_grad():
+            self.latent_scale.fill_(1.0 / self.ae.encode(frames.flatten(0, 1)).float().std().clamp(min=1e-3))
+        self.ae_frozen.fill_(True)
+
+    # -------------------------------------------------------------------------------------- denoiser
+    def denoise(self, zt: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, controls: torch.Tensor,
+                flags: torch.Tensor) -> torch.Tensor:
+        """z_t (B, F, C, S/f, S/f) -> predicted clean latents, same shape; controls at pixel size S."""
+        cfg = self.cfg
+        with torch.no_grad():  # the known frames' own latents, where the mask is set
+            mask = controls[:, :, 3:4]  # (B, F, 1, S, S)
+            known_z = self.encode(controls[:, :, :3]) * F.max_pool2d(mask.flatten(0, 1), cfg.factor).unflatten(
+                0, mask.shape[:2])  # (B, F, C, S/f, S/f)
+        x = torch.cat([unshuffle(zt, cfg.patch), unshuffle(controls, cfg.patch * cfg.factor),
+                       unshuffle(known_z.to(zt.dtype), cfg.patch)], 2)  # (B, F, in, S/(f·p), S/(f·p))
+        return shuffle(self.unet(x, t, ids, flags), cfg.patch)
+
+    def training_loss(self, batch: dict, generator: torch.Generator, progress: float) -> torch.Tensor:
+        if not bool(self.ae_frozen):
+            if progress < self.cfg.ae_share:
+                return self.ae_loss(batch["x0"], generator)
+            self.freeze_autoencoder(batch["x0"])
+        with torch.no_grad():
+            z0 = self.encode(batch["x0"]).float()  # (B, F, C, s, s)
+            fg = F.adaptive_max_pool2d(batch["fg"].flatten(0, 1), z0.shape[-1]).unflatten(0, z0.shape[:2])
+
+        def fn(zt, t):
+            return self.denoise(zt, t, batch["ids"], batch["controls"], batch["flags"])
+        return x0_loss(fn, z0, fg, generator, self.scheduler)
+
+    def generate(self, ids, controls, flags, steps, guidance, generator):
+        B, Fr, _, S, _ = controls.shape
+        s = S // self.cfg.factor
+        off = unconditional(ids, controls, flags)
+
+        def fn(zt, t, cond):
+            return self.denoise(zt, t, *((ids, controls, flags) if cond else off))
+        z = ddim_sample(fn, (B, Fr, self.cfg.latent_channels, s, s), steps, guidance, generator)
+        return self.decode(z.to(controls.dtype))
