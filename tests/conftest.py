@@ -105,6 +105,16 @@ def midas_small_weights_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def hub_root(tmp_path_factory) -> Path:
+    """Tiny random hub components (SD 1.5, motion adapter, ControlNets, SVD) in their real repo layouts, one folder
+    per test module (tests/hub_fixtures.py)."""
+    from hub_fixtures import build_hub_folder
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return build_hub_folder(tmp_path_factory.mktemp("hub"))
+
+
 # ---------------------------------------------------------------------------------------------------- markers
 def pytest_configure(config):
     config.addinivalue_line("markers", "hub: hub backends (vdemo/backends/hub) on tiny random components saved locally")

@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from hub_fixtures import build_hub_folder, save_svd
+from hub_fixtures import save_svd
 
 from vdemo.backends.hub import HUB_BACKENDS, HubError, load_hub_backend
 from vdemo.backends.hub.bench import run_backends_bench
@@ -32,12 +32,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def hub_root(tmp_path_factory):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return build_hub_folder(tmp_path_factory.mktemp("hub"))
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,13 @@ manager (fake memory, fake backends, "meta" standing in for the GPU), per-backen
 
 from __future__ import annotations
 
-import os
 import threading
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from hub_fixtures import build_hub_folder, save_controlnet, save_sd15
+from hub_fixtures import save_controlnet, save_sd15
 
 from vdemo.backends.hub import load_hub_backend
 from vdemo.backends.hub.base import (
@@ -39,12 +38,6 @@ def one_thread():
     torch.set_num_threads(1)  # tiny models on a shared 2-core box: threads only spin
     yield
     torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def hub_root(tmp_path_factory):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return build_hub_folder(tmp_path_factory.mktemp("hub"))
 
 
 @pytest.fixture(scope="module")

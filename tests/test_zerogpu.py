@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hub_fixtures import build_hub_folder
 from PIL import Image
 
 from vdemo.cost import request_seconds
@@ -42,11 +41,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def hub_root(tmp_path_factory) -> Path:
-    return build_hub_folder(tmp_path_factory.mktemp("space-hub"))
 
 
 @pytest.fixture(scope="module", params=["on", "off"], ids=["zerogpu", "dedicated"])

@@ -14,7 +14,7 @@ from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_vid
     create_motion_field,
     warp_single_latent,
 )
-from test_hub_backends import STROKE, hub_root, one_thread, request, run_steered, zeroshot  # noqa: F401 - fixtures
+from test_hub_backends import STROKE, one_thread, request, run_steered, zeroshot  # noqa: F401 - fixtures
 
 import vdemo.backends.hub.zeroshot as zs
 from vdemo.pipeline import Done, Progress, RequestError

@@ -70,25 +70,38 @@ def gpu_duration(backend_name: str, request: GenerationRequest, control: RunCont
     return int(min(seconds, limit) if limit else seconds)
 
 
-@spaces.GPU(duration=gpu_duration)
-def generate_on_gpu(backend_name: str, request: GenerationRequest, control: RunControl) -> Iterator[Event]:
-    """Run one generation on the named, already loaded backend; yields Progress events, then Done."""
+def worker_backend(backend_name: str):
+    """The named backend as this process loaded it (a forked worker inherits it); a one-line gr.Error if it was
+    not loaded before the worker started — nothing loads inside GPU time."""
     from vdemo.backends import loaded_backend
 
     backend = loaded_backend(backend_name)
     if backend is None:
         raise gr.Error(f"backend {backend_name!r} is not loaded in this GPU worker: a Space must load it at start-up "
                        f"(list it in VDEMO_SPACE_BACKENDS)", print_exception=False)
+    return backend
+
+
+def one_line_errors(events: Iterator, what: str) -> Iterator:
+    """Yield a GPU job's events; every error leaves as a one-line gr.Error (a bug is logged with its traceback).
+    Used by every `@spaces.GPU` generator: spaces would otherwise show "ZeroGPU worker error"."""
     try:
-        for event in backend.run(request, control):
-            if isinstance(event, Done):
-                event.manifest["gpu"] = {"zero_gpu": ZERO_GPU, "worker_pid": os.getpid(),
-                                         "requested_s": gpu_duration(backend_name, request, control)}
-            yield event
+        yield from events
     except gr.Error:
         raise
     except UserError as err:
         raise gr.Error(one_line(err), print_exception=False) from None
     except Exception as err:
-        LOG.exception("internal error while generating on backend %r", backend_name)
+        LOG.exception("internal error in %s", what)
         raise gr.Error(internal_error_line(err), print_exception=False) from None
+
+
+@spaces.GPU(duration=gpu_duration)
+def generate_on_gpu(backend_name: str, request: GenerationRequest, control: RunControl) -> Iterator[Event]:
+    """Run one generation on the named, already loaded backend; yields Progress events, then Done."""
+    backend = worker_backend(backend_name)
+    for event in one_line_errors(backend.run(request, control), f"a generation on backend {backend_name!r}"):
+        if isinstance(event, Done):
+            event.manifest["gpu"] = {"zero_gpu": ZERO_GPU, "worker_pid": os.getpid(),
+                                     "requested_s": gpu_duration(backend_name, request, control)}
+        yield event

@@ -38,11 +38,10 @@ from vdemo.compare import (
 )
 from vdemo.config import ATTENTION_MODES, MODALITIES
 from vdemo.cost import gpu_limit_s, request_seconds
-from vdemo.errors import UserError, internal_error_line, one_line
 from vdemo.pipeline import GenerationRequest, RunControl
 from vdemo.samplers import SAMPLERS
 from vdemo.ui.canvas import to_data_url
-from vdemo.ui.gpu import LOG, live_settings
+from vdemo.ui.gpu import live_settings
 from vdemo.ui.messages import USER_ERRORS, guarded, user_error
 from vdemo.ui.run import RUNS_DIR, Builder, _clean_old_runs, preview_image
 from vdemo.ui.session import ACTIVE_RUNS, session_key, stop_run
@@ -212,20 +211,11 @@ def total_seconds(backend, request: GenerationRequest, variants: list) -> int:
 @spaces.GPU(duration=compare_duration)
 def compare_on_gpu(backend_name: str, request: GenerationRequest, variants: list, control: RunControl):
     """Every run of one comparison in one GPU job; yields `vdemo.compare` events, the CompareResult last."""
-    from vdemo.backends import loaded_backend
+    from vdemo.ui.gpu import one_line_errors, worker_backend
 
-    backend = loaded_backend(backend_name)
-    if backend is None:
-        raise gr.Error(f"backend {backend_name!r} is not loaded in this GPU worker", print_exception=False)
-    try:
-        yield from stream_compare(backend, request, variants, control)
-    except gr.Error:
-        raise
-    except UserError as err:
-        raise gr.Error(one_line(err), print_exception=False) from None
-    except Exception as err:
-        LOG.exception("internal error while comparing on backend %r", backend_name)
-        raise gr.Error(internal_error_line(err), print_exception=False) from None
+    backend = worker_backend(backend_name)
+    yield from one_line_errors(stream_compare(backend, request, variants, control),
+                               f"a comparison on backend {backend_name!r}")
 
 
 class CompareHandle:

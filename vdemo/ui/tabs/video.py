@@ -18,7 +18,6 @@ import numpy as np
 import spaces
 
 from vdemo.backends import get_pipeline
-from vdemo.errors import UserError, internal_error_line, one_line
 from vdemo.long import (
     MAX_LENGTH,
     STRATEGIES,
@@ -34,7 +33,7 @@ from vdemo.long import (
 )
 from vdemo.pipeline import Done, GenerationRequest, RequestError, RunControl
 from vdemo.ui import sources
-from vdemo.ui.gpu import LOG, ZERO_GPU, live_settings
+from vdemo.ui.gpu import ZERO_GPU, live_settings
 from vdemo.ui.messages import USER_ERRORS, guarded, user_error
 from vdemo.ui.run import export_run
 from vdemo.ui.session import ACTIVE_RUNS, session_key
@@ -188,20 +187,10 @@ def long_duration(backend_name: str, job: LongJob, control: RunControl) -> int:
 @spaces.GPU(duration=long_duration)
 def long_on_gpu(backend_name: str, job: LongJob, control: RunControl):
     """Run one long / video-to-video job on the named, already loaded backend (the ZeroGPU worker on a Space)."""
-    from vdemo.backends import loaded_backend
+    from vdemo.ui.gpu import one_line_errors, worker_backend
 
-    backend = loaded_backend(backend_name)
-    if backend is None:
-        raise gr.Error(f"backend {backend_name!r} is not loaded in this GPU worker", print_exception=False)
-    try:
-        yield from generate_long(backend, job, control)
-    except gr.Error:
-        raise
-    except UserError as err:
-        raise gr.Error(one_line(err), print_exception=False) from None
-    except Exception as err:
-        LOG.exception("internal error in a long-video job on backend %r", backend_name)
-        raise gr.Error(internal_error_line(err), print_exception=False) from None
+    backend = worker_backend(backend_name)
+    yield from one_line_errors(generate_long(backend, job, control), f"a long-video job on backend {backend_name!r}")
 
 
 def check_job_fits(backend, job: LongJob) -> None:
