@@ -40,6 +40,7 @@ CSS = """
 #vd-settings { gap: 6px; }
 #vd-settings .block { padding: 6px 8px; }
 .vd-small textarea { font-family: ui-monospace, monospace; font-size: 0.75rem; }
+.vd-caption p { font-size: 0.75rem; opacity: 0.75; margin: 0; }
 #vd-compare-table { overflow-x: auto; }
 #vd-compare-table th, #vd-compare-table td { white-space: nowrap; word-break: keep-all; font-size: 0.72rem;
                                              padding: 2px 5px; }

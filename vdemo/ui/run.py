@@ -42,8 +42,9 @@ def output_panel() -> dict[str, gr.components.Component]:
             status = gr.Markdown("Pick a tab, set its inputs, press **Generate**.", elem_id="vd-status")
             stop = gr.Button("Stop", variant="stop", size="sm", scale=0, min_width=70, elem_id="vd-stop")
         estimate = gr.Markdown("", elem_id="vd-gpu-estimate")
-        preview = gr.Image(label="Preview: every frame's predicted clean image, updated each step", format="png",
-                           type="numpy", interactive=False, height=250, buttons=[], elem_id="vd-preview")
+        gr.Markdown("Preview: every frame's predicted clean image, updated each step", elem_classes=["vd-caption"])
+        preview = gr.Image(label="Preview", show_label=False, format="png", type="numpy", interactive=False,
+                           height=250, buttons=[], elem_id="vd-preview")  # no label badge over the top row of frames
         video = gr.Video(label="Result (mp4)", format="mp4", interactive=False, autoplay=True, loop=True, height=250,
                          elem_id="vd-video")
         with gr.Accordion("Downloads (mp4, gif, frames, manifest) and manifest", open=False):
