@@ -229,3 +229,11 @@ def test_mode_cost_on_a_unet_with_temporal_layers():
     assert factor["temporal"] == pytest.approx(1.0) and factor["spatial"] == pytest.approx(1.0, abs=0.01)
     assert factor["sparse_causal"] < factor["causal"] < factor["full"], factor
     assert factor["full"] == pytest.approx(0.65 + 0.35 * 16, rel=0.01), "full: 16× the spatial layers' pairs"
+
+
+def test_markup_in_user_text_shows_as_text_in_the_error():
+    """Gradio renders a toast's message as HTML: what the user typed must come back escaped, never as markup."""
+    strokes = '[{"points": [["<img src=x onerror=alert(1)>", 0.5]]}]'
+    with pytest.raises(gr.Error) as raised:
+        list(h.strokes_to_video("", strokes, None, 7, "tiny", "full", "DDIM", 2, 3.0, 4, 8, 0, False))
+    assert "&lt;img src=x onerror=alert(1)&gt;" in raised.value.message and "<img" not in raised.value.message

@@ -153,7 +153,8 @@ _OK = {"points": [[0.1, 0.1]], "radius": 0.1}
         ([{"points": [[0.1, 0.1]], "radius": 0.0}], "radius must be"),
         ([{"points": [[0.1, 0.1]], "radius": MAX_STROKE_RADIUS + 0.1}], "radius must be"),
         ([{"points": [[0.1, 0.1]], "radius": "big"}], "radius must be a number"),
-        ([_OK] * (LIMITS.max_strokes + 1), f"too many strokes: {LIMITS.max_strokes + 1} > {LIMITS.max_strokes}"),
+        ([_OK] * (LIMITS.max_strokes + 1),
+         f"too many strokes: {LIMITS.max_strokes + 1}, more than {LIMITS.max_strokes}"),
         ([{"points": [[0.5, 0.5]] * (LIMITS.max_stroke_points + 1)}], "too many points"),
     ],
 )

@@ -80,7 +80,7 @@ def parse_strokes(data) -> list[Stroke]:
     if not isinstance(data, list):
         raise ValueError(f"strokes must be a list of {{'points', 'radius'}} objects, got {type(data).__name__}")
     if len(data) > LIMITS.max_strokes:
-        raise ValueError(f"too many strokes: {len(data)} > {LIMITS.max_strokes}")
+        raise ValueError(f"too many strokes: {len(data)}, more than {LIMITS.max_strokes}")
     strokes = []
     for i, item in enumerate(data):
         where = f"stroke {i}"
@@ -94,7 +94,7 @@ def parse_strokes(data) -> list[Stroke]:
         if len(points) == 0:
             raise ValueError(f"{where} has empty points")
         if len(points) > LIMITS.max_stroke_points:
-            raise ValueError(f"{where} has too many points: {len(points)} > {LIMITS.max_stroke_points}")
+            raise ValueError(f"{where} has too many points: {len(points)}, more than {LIMITS.max_stroke_points}")
         parsed = tuple(_parse_point(p, f"{where} point {j}") for j, p in enumerate(points))
         radius = _number(item.get("radius", DEFAULTS.stroke_radius), f"{where} radius")
         if not MIN_STROKE_RADIUS <= radius <= MAX_STROKE_RADIUS:

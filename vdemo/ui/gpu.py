@@ -31,8 +31,9 @@ import spaces
 from spaces.config import Config as SpacesConfig
 
 from vdemo.cost import gpu_limit_s, request_seconds
-from vdemo.errors import UserError, internal_error_line, one_line
+from vdemo.errors import UserError, internal_error_line
 from vdemo.pipeline import Done, Event, GenerationRequest, RunControl
+from vdemo.ui.messages import safe_line
 
 LOG = logging.getLogger("vdemo")
 ZERO_GPU = bool(SpacesConfig.zero_gpu)  # SPACES_ZERO_GPU=true: a ZeroGPU Space (spaces reads it at import)
@@ -90,10 +91,10 @@ def one_line_errors(events: Iterator, what: str) -> Iterator:
     except gr.Error:
         raise
     except UserError as err:
-        raise gr.Error(one_line(err), print_exception=False) from None
+        raise gr.Error(safe_line(err), print_exception=False) from None
     except Exception as err:
         LOG.exception("internal error in %s", what)
-        raise gr.Error(internal_error_line(err), print_exception=False) from None
+        raise gr.Error(safe_line(internal_error_line(err)), print_exception=False) from None
 
 
 @spaces.GPU(duration=gpu_duration)

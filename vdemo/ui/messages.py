@@ -10,6 +10,7 @@ exception".
 from __future__ import annotations
 
 import functools
+import html
 import inspect
 import logging
 
@@ -21,9 +22,15 @@ MAX_MESSAGE_CHARS = 300
 LOG = logging.getLogger("vdemo")
 
 
+def safe_line(message: object) -> str:
+    """One line (the first, capped) with HTML special characters escaped: Gradio renders a toast's message as HTML,
+    and a message may quote what the user typed (a strokes JSON holding markup must show as text)."""
+    return html.escape(one_line(message, MAX_MESSAGE_CHARS), quote=False)
+
+
 def user_error(message: str) -> gr.Error:
-    """A gr.Error whose message is one line (the first line, capped) — what the user sees in the toast."""
-    return gr.Error(one_line(message, MAX_MESSAGE_CHARS), print_exception=False)
+    """A gr.Error whose message is one safe line — what the user sees in the toast."""
+    return gr.Error(safe_line(message), print_exception=False)
 
 
 class _UserErrors:
@@ -55,7 +62,7 @@ def guarded(fn):
         if isinstance(err, UserError):
             return user_error(str(err))
         LOG.error("internal error in %s", fn.__name__, exc_info=err)
-        return gr.Error(internal_error_line(err), print_exception=False)
+        return gr.Error(safe_line(internal_error_line(err)), print_exception=False)
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
