@@ -310,6 +310,11 @@ class Backend(ABC):
         """Motion strokes planned from the prompt (a two-stage backend's first stage), or None: nothing planned."""
         return None
 
+    def input_warnings(self, request: GenerationRequest) -> list[str]:
+        """One-line warnings about inputs this backend accepts but will likely render wrong (shown in the status
+        line, recorded in the manifest as `warnings`). Default: none."""
+        return []
+
     @abstractmethod
     def run(self, request: GenerationRequest, control: RunControl) -> Iterator[Event]:
         """Denoise, reading control.mode / control.sampler / control.stopped at every step."""
@@ -398,7 +403,8 @@ class DenoisingBackend(Backend):
                                   first_preview_s=first_preview_s, steps_done=steps_done,
                                   model_calls=len(control.history),
                                   motion_plan=plan.to_manifest() if plan else None,
-                                  prompt_understood=self.prompt_report(request))
+                                  prompt_understood=self.prompt_report(request),
+                                  warnings=self.input_warnings(request))
         yield Done(frames, manifest, stopped)
 
 

@@ -29,6 +29,15 @@ from vdemo.strokes import stroke_heatmaps
 ASSETS = Path(__file__).resolve().parent.parent.parent / "assets" / "tiny"
 TINY_LIMITS = Limits(min_side_px=48, max_side_px=128)
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bf16 arithmetic in hardware
+NO_SHAPE_WARNING = ("the built-in model found no shape of its world in this image: it will replace it with its own "
+                    "shapes from frame 1")
+NOT_OPENPOSE_WARNING = ("the pose frames do not look like OpenPose renderings (coloured limbs on a black background): "
+                        "the built-in model will follow them poorly")
+# OpenPose-likeness of skeleton frames (see `looks_like_openpose`)
+POSE_DARK_MAX, POSE_MIN_DARK_SHARE, POSE_MIN_PALETTE_SHARE, POSE_CHROMA_TOLERANCE = 40, 0.6, 0.7, 0.2
+POSE_CHECK_FRAMES = 8
+# A first frame "shows the world" when the detector finds an object and background + objects explain the frame
+WORLD_BACKGROUND_TOLERANCE, WORLD_MIN_EXPLAINED_SHARE = 40.0, 0.9
 
 
 def cpu_bf16(setting: str | None = None) -> bool:
@@ -47,6 +56,51 @@ def cpu_bf16(setting: str | None = None) -> bool:
     except OSError:
         return False
     return any(flag in flags.split() for flag in CPU_BF16_FLAGS)
+
+
+def openpose_palette() -> np.ndarray:
+    """OpenPose's 18 limb colours (vdemo/world/person.py, copied from controlnet_aux): fully saturated hues 20° apart,
+    starting at red — as (18, 3) floats with max channel 1."""
+    import colorsys
+
+    return np.array([colorsys.hsv_to_rgb(k / 18, 1.0, 1.0) for k in range(18)], dtype=np.float32)
+
+
+def looks_like_openpose(clip: np.ndarray) -> bool:
+    """Whether (F, H, W, 3) uint8 frames look like OpenPose renderings: at least POSE_MIN_DARK_SHARE of the pixels are
+    near black (max channel < POSE_DARK_MAX), and of the rest at least POSE_MIN_PALETTE_SHARE have the chromaticity of
+    an OpenPose palette colour (pixel / its max channel within POSE_CHROMA_TOLERANCE of one: limbs are drawn at 60 %,
+    joints at 100 %, anti-aliased and downscaled onto black, which all keep the chromaticity). Checks at most
+    POSE_CHECK_FRAMES evenly spread frames."""
+    clip = np.asarray(clip)
+    picked = clip[np.unique(np.linspace(0, len(clip) - 1, min(len(clip), POSE_CHECK_FRAMES)).astype(int))]
+    pixels = picked.reshape(-1, 3).astype(np.float32)
+    peak = pixels.max(axis=1)
+    lit = pixels[peak >= POSE_DARK_MAX]
+    if 1.0 - len(lit) / len(pixels) < POSE_MIN_DARK_SHARE:
+        return False
+    if len(lit) == 0:
+        return True  # nothing drawn: no person in view, still an OpenPose rendering
+    chroma = lit / lit.max(axis=1, keepdims=True)
+    nearest = np.linalg.norm(chroma[:, None, :] - openpose_palette()[None], axis=2).min(axis=1)
+    return float((nearest <= POSE_CHROMA_TOLERANCE).mean()) >= POSE_MIN_PALETTE_SHARE
+
+
+def shows_its_world(frame: np.ndarray) -> bool:
+    """Whether an (H, W, 3) uint8 frame shows shapes of the built-in world: vdemo.world.detect finds an object, and
+    the background (within WORLD_BACKGROUND_TOLERANCE) plus the detected objects cover at least
+    WORLD_MIN_EXPLAINED_SHARE of the pixels. World frames: ~0.99; a photo: ~0.5 (the detector, made for flat
+    shapes, also finds dozens of spurious specks in one)."""
+    from vdemo.world.detect import detect_objects, estimate_background
+
+    background = estimate_background(frame)
+    detections = detect_objects(frame, background, max_objects=None)
+    if not detections:
+        return False
+    explained = np.linalg.norm(frame.astype(np.float32) - np.float32(background), axis=2) < WORLD_BACKGROUND_TOLERANCE
+    for detection in detections:
+        explained |= detection.mask
+    return float(explained.mean()) >= WORLD_MIN_EXPLAINED_SHARE
 
 
 class TinyBackend(DenoisingBackend):
@@ -119,6 +173,16 @@ class TinyBackend(DenoisingBackend):
             raise RequestError(f"the built-in model did not understand {ignored}: it knows flat shapes (circle, "
                                f"square, triangle) in colours, stick figures ('a red person waves') and motions "
                                f"('moves left', 'moves closer'); for open prompts use a GPU backend")
+
+    def input_warnings(self, request: GenerationRequest) -> list[str]:
+        """Inputs it accepts but will render wrong: a first frame with no shape of its world in it (the world's own
+        detector, vdemo.world.detect), pose frames that are not OpenPose renderings (`looks_like_openpose`)."""
+        warnings = []
+        if request.image is not None and not shows_its_world(fit_image(request.image, request.height, request.width)):
+            warnings.append(NO_SHAPE_WARNING)
+        if request.pose is not None and not looks_like_openpose(request.pose):
+            warnings.append(NOT_OPENPOSE_WARNING)
+        return warnings
 
     def plan_layout(self, request: GenerationRequest) -> Plan | None:
         """The planner's strokes when nothing else gives the motion: text only, or text + a first frame (image-to-

@@ -3,7 +3,10 @@
 Weights come from a local folder named by an environment variable, or else from the pinned hub repo
 (`lllyasviel/Annotators`, the repo controlnet_aux's own docs use). With neither available the loaders raise
 `DetectorUnavailable`, a one-line message saying how to provide them; the tabs keep working with presets and
-uploaded control images.
+uploaded control images. Where the weights are looked for, in order: the local folder, the hub cache (files of one
+snapshot), a hub download. When only a download could provide them and the hub is offline (`HF_HUB_OFFLINE`) or does
+not answer an HTTP request within HUB_PROBE_TIMEOUT_S, the loaders fail at once instead of after huggingface_hub's
+~24 s of retries.
 
 - OpenPose (`OpenposeDetector`): needs body_pose_model.pth, hand_pose_model.pth and facenet.pth.
 - MiDaS DPT-hybrid (`MidasDetector`, the default): needs dpt_hybrid-midas-501f0c75.pt.
@@ -33,6 +36,7 @@ OPENPOSE_FILES = ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")
 MIDAS_FILES = {"dpt_hybrid": "dpt_hybrid-midas-501f0c75.pt", "midas_v21_small": "midas_v21_small_256.pt"}
 DEPTH_MODELS = {"DPT-hybrid": "dpt_hybrid", "MiDaS small": "midas_v21_small"}
 DETECT_RESOLUTION_PX = 256  # detectors run at this short side: enough for a 64-128 px video, quick on a CPU
+HUB_PROBE_TIMEOUT_S = 1.5  # an HTTP answer from the hub endpoint within this, or it is unreachable
 
 _LOCK = threading.Lock()  # detectors are not thread-safe, and the torch.hub patch below is process-wide
 
@@ -52,24 +56,77 @@ def _local_folder(env: str, files: tuple[str, ...], what: str) -> Path | None:
     return Path(folder)
 
 
-def _how_to(env: str, files: tuple[str, ...], what: str, err: Exception) -> DetectorUnavailable:
-    reason = type(err).__name__
+def _how_to(env: str, files: tuple[str, ...], what: str, reason: str) -> DetectorUnavailable:
     return DetectorUnavailable(f"{what} weights not found ({reason}): set {env} to a folder with {', '.join(files)} "
                                f"(from the hub repo {ANNOTATORS_REPO}), or allow the hub download; presets and "
                                f"uploaded control images work without them")
 
 
+def _cached_folder(files: tuple[str, ...]) -> Path | None:
+    """The hub cache's snapshot folder of ANNOTATORS_REPO holding all the files, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    paths = [try_to_load_from_cache(ANNOTATORS_REPO, name) for name in files]
+    if not all(isinstance(path, str) for path in paths):
+        return None
+    folders = {Path(path).parent for path in paths}
+    return folders.pop() if len(folders) == 1 else None
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_reachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the hub endpoint answers an HTTP HEAD (any status) within timeout_s, DNS and TLS included (run in a
+    thread, so the bound holds whatever stalls). HTTP, not a bare TCP connect: a proxy may accept any connection."""
+    import httpx
+    from huggingface_hub import constants
+
+    answer: list[bool] = []
+
+    def probe() -> None:
+        try:
+            httpx.head(constants.ENDPOINT, timeout=timeout_s)
+            answer.append(True)
+        except Exception:  # noqa: BLE001 - any failure to get an answer means "unreachable"
+            answer.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return bool(answer and answer[0])
+
+
+def _weights_source(env: str, files: tuple[str, ...], what: str) -> str:
+    """Where to load from: the local folder ($env), the hub cache's snapshot folder, or the hub repo id (download);
+    DetectorUnavailable at once when only a download could work and the hub is offline or unreachable."""
+    folder = _local_folder(env, files, what) or _cached_folder(files)
+    if folder is not None:
+        return str(folder)
+    if _hub_offline():
+        raise _how_to(env, files, what, "not in the hub cache, and HF_HUB_OFFLINE is set")
+    if not _hub_reachable():
+        from huggingface_hub import constants
+
+        raise _how_to(env, files, what, f"not in the hub cache, and {constants.ENDPOINT} is unreachable")
+    return ANNOTATORS_REPO
+
+
 @lru_cache(maxsize=1)
 def openpose_detector():
-    """controlnet_aux's OpenposeDetector from $VDEMO_OPENPOSE_DIR or the pinned hub repo (cached per process)."""
+    """controlnet_aux's OpenposeDetector from $VDEMO_OPENPOSE_DIR, the hub cache or the pinned hub repo (cached per
+    process)."""
     from controlnet_aux import OpenposeDetector
 
     what = "OpenPose"
-    folder = _local_folder(OPENPOSE_ENV, OPENPOSE_FILES, what)
+    source = _weights_source(OPENPOSE_ENV, OPENPOSE_FILES, what)
     try:
-        return OpenposeDetector.from_pretrained(str(folder) if folder else ANNOTATORS_REPO)
-    except Exception as err:  # offline hub, missing or corrupt files: all mean "provide the weights"
-        raise _how_to(OPENPOSE_ENV, OPENPOSE_FILES, what, err) from None
+        return OpenposeDetector.from_pretrained(source)
+    except Exception as err:  # a failed download, missing or corrupt files: all mean "provide the weights"
+        raise _how_to(OPENPOSE_ENV, OPENPOSE_FILES, what, type(err).__name__) from None
 
 
 @contextlib.contextmanager
@@ -92,20 +149,20 @@ def _geffnet_backbone() -> Iterator[None]:
 
 @lru_cache(maxsize=2)
 def midas_detector(model_type: str = "dpt_hybrid"):
-    """controlnet_aux's MidasDetector (DPT-hybrid or MiDaS small) from $VDEMO_MIDAS_DIR or the pinned hub repo."""
+    """controlnet_aux's MidasDetector (DPT-hybrid or MiDaS small) from $VDEMO_MIDAS_DIR, the hub cache or the pinned
+    hub repo."""
     from controlnet_aux import MidasDetector
 
     if model_type not in MIDAS_FILES:
         raise UserError(f"depth model must be one of {tuple(MIDAS_FILES)}, got {model_type!r}")
     filename = MIDAS_FILES[model_type]
     what = f"MiDaS ({model_type})"
-    folder = _local_folder(MIDAS_ENV, (filename,), what)
+    source = _weights_source(MIDAS_ENV, (filename,), what)
     try:
         with _geffnet_backbone() if model_type == "midas_v21_small" else contextlib.nullcontext():
-            return MidasDetector.from_pretrained(str(folder) if folder else ANNOTATORS_REPO, model_type=model_type,
-                                                 filename=filename)
+            return MidasDetector.from_pretrained(source, model_type=model_type, filename=filename)
     except Exception as err:
-        raise _how_to(MIDAS_ENV, (filename,), what, err) from None
+        raise _how_to(MIDAS_ENV, (filename,), what, type(err).__name__) from None
 
 
 def _pick_frames(frames: np.ndarray, num_frames: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from vdemo.cost import check_fits
 from vdemo.pipeline import Done, GenerationRequest
 from vdemo.ui import sources
 from vdemo.ui.gpu import generate_on_gpu, live_settings
-from vdemo.ui.messages import USER_ERRORS, user_error
+from vdemo.ui.messages import USER_ERRORS, safe_line, user_error
 from vdemo.ui.session import ACTIVE_RUNS, session_key
 from vdemo.ui.settings import Settings, info_or_error
 from vdemo.ui.space import check_served
@@ -160,6 +160,8 @@ def generate(tab: str, build: Builder, settings: Settings, request: gr.Request |
         if understood.get("ignored"):
             text += (f"  \nthe model ignored: {', '.join(understood['ignored'][:8])} (it used: "
                      f"{' '.join(understood['used']) or 'nothing'})")
+        for warning in manifest.get("warnings") or []:
+            text += f"  \nwarning: {safe_line(warning)}"
         if manifest.get("motion_plan"):
             text += f"  \nmotion planned from the prompt: {', '.join(manifest['motion_plan']['directions'])}"
         # The last preview again (same pixels: a stopped run keeps it on screen), so API callers get every output.

@@ -64,6 +64,20 @@ class Settings:
                    whole("frames", frames), whole("fps", fps), whole("seed", seed), random_seed)
 
 
+def numbers_only(slider: gr.Slider, setting: str) -> gr.Slider:
+    """The slider refuses a value that is not a number (an API caller's "abc", None) with a one-line gr.Error naming
+    the setting, instead of Slider.preprocess's TypeError (Gradio's generic "upstream app" message)."""
+    preprocess = slider.preprocess
+
+    def checked(payload):
+        if isinstance(payload, bool) or not isinstance(payload, (int, float)):
+            raise user_error(f"{setting} must be a number, got {payload!r}")
+        return preprocess(payload)
+
+    slider.preprocess = checked
+    return slider
+
+
 def settings_panel(info: BackendInfo) -> dict[str, gr.components.Component]:
     """The panel's components (a column), keyed by SETTING_NAMES, at the given backend's defaults and limits."""
     lim = info.limits
@@ -87,6 +101,8 @@ def settings_panel(info: BackendInfo) -> dict[str, gr.components.Component]:
             s["seed"] = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=lim.max_seed, min_width=90,
                                   elem_id="vd-seed")
             s["random_seed"] = gr.Checkbox(False, label="random seed", min_width=90, elem_id="vd-random-seed")
+    for name in ("steps", "guidance", "frames", "fps"):
+        numbers_only(s[name], name)
     return s
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from vdemo import world
 from vdemo.config import LIMITS
 from vdemo.errors import UserError
-from vdemo.media import MediaError, fit_image, load_frames, load_image, to_gray
+from vdemo.media import MAX_PIXELS, MediaError, fit_image, load_frames, load_image, to_gray
 from vdemo.strokes import Stroke, parse_strokes, strokes_to_data
 
 POSE_SOURCES = ("Preset", "Extract from image/video", "Skeleton images")
@@ -67,15 +67,26 @@ def upscale_nearest(image: np.ndarray, long_side: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------------- image
+def _read(loader, path: Path) -> np.ndarray:
+    """loader(path) with every unreadable or oversized file as one InputError line: MediaError, and PIL's
+    decompression-bomb check (an image header claiming over ~179 M pixels fails in Image.open, before media's own
+    4096×4096 limit is reached)."""
+    try:
+        return loader(path)
+    except MediaError as err:
+        raise InputError(str(err)) from None
+    except Image.DecompressionBombError:
+        side = int(MAX_PIXELS**0.5)
+        raise InputError(f"{path.name} claims far too many pixels (a decompression bomb?); the limit is "
+                         f"{side}×{side}") from None
+
+
 def load_user_image(file, what: str = "an image") -> np.ndarray:
     """An uploaded image file as RGB uint8 (H, W, 3)."""
     path = _path(file)
     if path is None:
         raise InputError(f"upload {what} first")
-    try:
-        return load_image(path)
-    except MediaError as err:
-        raise InputError(str(err)) from None
+    return _read(load_image, path)
 
 
 # -------------------------------------------------------------------------------------------------------- grid
@@ -102,10 +113,7 @@ def _upload_frames(file, what: str) -> np.ndarray:
     path = _path(file)
     if path is None:
         raise InputError(f"upload {what} to extract from first")
-    try:
-        return load_frames(path)
-    except MediaError as err:
-        raise InputError(str(err)) from None
+    return _read(load_frames, path)
 
 
 def _control_images(files, what: str, size: int) -> np.ndarray:
@@ -114,13 +122,7 @@ def _control_images(files, what: str, size: int) -> np.ndarray:
         raise InputError(f"upload {what} first (one image per frame, in name order)")
     if len(paths) > 4 * LIMITS.max_frames:
         raise InputError(f"upload at most {4 * LIMITS.max_frames} {what}, got {len(paths)}")
-    frames = []
-    for path in paths:
-        try:
-            frames.append(fit_square(load_image(path), size))
-        except MediaError as err:
-            raise InputError(str(err)) from None
-    return np.stack(frames)
+    return np.stack([fit_square(_read(load_image, path), size) for path in paths])
 
 
 def pose_frames(source: str, preset: str, upload, skeleton_files, num_frames: int, size: int) -> np.ndarray:
@@ -198,6 +200,9 @@ def parse_strokes_text(text: str | Sequence | None) -> list[Stroke]:
         return parse_strokes(text)
     except ValueError as err:
         raise InputError(str(err)) from None
+    except RecursionError:  # json.loads on e.g. 5000 nested brackets
+        raise InputError("strokes JSON is nested too deeply: expected [{\"points\": [[x, y], ...], "
+                         "\"radius\": r}, ...]") from None
 
 
 def strokes_text(strokes: Sequence[Stroke]) -> str:
