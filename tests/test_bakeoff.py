@@ -145,4 +145,6 @@ def test_winner_rule():
     assert choose_winner({"A": row, "D": {**row, "shape_kept": 1.0}}, cases=9) == "D"
     close = {**row, "shape_kept": 0.5 + 1 / 9 * 0.5, "edge_sharpness": 0.1}  # within one case: sharpness decides
     assert choose_winner({"A": row, "D": close}, cases=9) == "A"
+    rounded = {"shape_from_text": 0.4444, "shape_kept": 0.2222, "edge_sharpness": 0.1}  # one case ahead, rounded
+    assert choose_winner({"A": rounded, "D": {**rounded, "shape_from_text": 0.2222, "edge_sharpness": 0.9}}, 9) == "A"
     assert choose_winner({}, cases=9) is None

@@ -301,8 +301,9 @@ def choose_winner(finals: dict[str, dict], cases: int) -> str | None:
         return None
     score = {k: (r["shape_from_text"] + r["shape_kept"]) / 2 for k, r in finals.items()}
     ranked = sorted(finals, key=lambda k: -score[k])
-    if len(ranked) > 1 and score[ranked[0]] - score[ranked[1]] < 1.0 / cases - 1e-9:
-        top = [k for k in ranked if score[ranked[0]] - score[k] < 1.0 / cases - 1e-9]
+    margin = 1.0 / cases - 1e-3  # rows are rounded to 4 decimals: a gap of exactly one case is not "within"
+    if len(ranked) > 1 and score[ranked[0]] - score[ranked[1]] < margin:
+        top = [k for k in ranked if score[ranked[0]] - score[k] < margin]
         return max(top, key=lambda k: finals[k]["edge_sharpness"])
     return ranked[0]
 
