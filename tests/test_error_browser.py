@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_app_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, open_tab
+from test_app_browser import CHROMIUM, browser, open_tab, page  # noqa: F401 - the same browser fixtures
 
 TOAST_TEXT = '[data-testid="toast-text"], .toast-message-text'
 
@@ -16,28 +16,7 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason="Debian's chromium is not installed (apt-get install -y chromium)")
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture()
-def page(browser, app_url):
-    context = browser.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    page.goto(app_url)
-    page.wait_for_selector("#vd-generate-text")
-    yield page
-    context.close()
-
-
-def toast_text(page) -> str:
+def toast_text(page) -> str:  # noqa: F811 - a page, as the fixture gives it
     """The first error toast's visible text, once it shows."""
     toast = page.locator(TOAST_TEXT).first
     toast.wait_for(state="visible", timeout=30_000)
@@ -48,7 +27,7 @@ def toast_text(page) -> str:
     ("", "write a prompt first, e.g. “a red circle moves right on a black background”"),
     ("a cat playing piano", "the built-in model did not understand 'cat', 'playing', 'piano': it knows flat shapes"),
 ])
-def test_text_tab_error_text_is_visible(page, prompt, expected):
+def test_text_tab_error_text_is_visible(page, prompt, expected):  # noqa: F811 - the imported fixture
     page.fill("#vd-prompt-text textarea", prompt)
     page.click("#vd-generate-text")
     text = toast_text(page)
@@ -56,7 +35,7 @@ def test_text_tab_error_text_is_visible(page, prompt, expected):
     assert "\n" not in text and "upstream" not in text
 
 
-def test_markup_in_strokes_shows_as_text(page):
+def test_markup_in_strokes_shows_as_text(page):  # noqa: F811 - the imported fixture
     """A strokes JSON holding markup: the toast shows the characters, it does not render them."""
     open_tab(page, "Motion strokes")
     box = page.locator("#vd-strokes-json textarea")
