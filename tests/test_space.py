@@ -201,12 +201,67 @@ def test_a_backend_the_space_did_not_load_is_refused_with_the_reason(monkeypatch
     from vdemo.ui import space
 
     monkeypatch.setattr(space, "SERVED", {"tiny": "ok", "svd": "could not load hub backend 'svd': no network"})
-    assert h.offered_backends() == ["tiny", "svd"]
+    monkeypatch.setenv("VDEMO_SPACE_BACKENDS", "tiny,svd")
+    assert h.offered_backends() == ["tiny"]
     with pytest.raises(gr.Error, match="backend 'svd' is not available on this app: could not load"):
         h.check_served("svd")
     with pytest.raises(gr.Error, match="it is not in VDEMO_SPACE_BACKENDS"):
         h.check_served("animatediff")
+    monkeypatch.delenv("VDEMO_SPACE_BACKENDS")
+    with pytest.raises(gr.Error, match="weights not on this machine: set VDEMO_ANIMATEDIFF_DIR to a folder with "
+                                       "base/, motion_adapter/ in the hub layout"):
+        h.check_served("animatediff")
     h.check_served("tiny")
+
+
+def test_unavailable_backends_are_listed_greyed_with_their_reason(monkeypatch, tiny_model_dir):
+    """Under the dropdown: a backend that failed, with its (escaped) reason; those without weights, in one line."""
+    from vdemo.backends import backend_names
+    from vdemo.ui import space
+    from vdemo.ui.layout import build_demo
+    from vdemo.ui.settings import unavailable_text
+
+    monkeypatch.delenv("VDEMO_SPACE_BACKENDS", raising=False)
+    monkeypatch.setattr(space, "SERVED", {"tiny": "ok", "svd": "HubError: <b>broken</b> download"})
+    text = unavailable_text()
+    first, second = text.split("  \n")
+    assert first == "Unavailable here: **svd**: HubError: &lt;b&gt;broken&lt;/b&gt; download"
+    missing = [n for n in backend_names() if n not in ("tiny", "svd")]
+    assert second.startswith("Unavailable here, no weights on this machine: **" + "**, **".join(missing) + "**")
+    demo = build_demo(warm_up_model=False)
+    note = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "vd-backends-unavailable")
+    dropdown = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "vd-backend")
+    assert note.value == text and [c[1] for c in dropdown.choices] == ["tiny"]
+    monkeypatch.setattr(space, "SERVED", {})  # serve_backends() not called: everything offered, nothing listed
+    assert unavailable_text() == ""
+
+
+@pytest.mark.parametrize("kind, env, files", [("pose", "VDEMO_OPENPOSE_DIR", ("body_pose_model.pth",
+                                                                               "hand_pose_model.pth", "facenet.pth")),
+                                               ("depth", "VDEMO_MIDAS_DIR", ("dpt_hybrid-midas-501f0c75.pt",))])
+def test_a_detector_without_weights_is_greyed_out_at_start_up(monkeypatch, tmp_path, tiny_model_dir, kind, env, files):
+    """Offline with no weights: the upload-to-extract input is not interactive and says why; with a local folder
+    holding the files it is usable and the note is hidden. Decided at start-up, without loading anything."""
+    from vdemo.ui import detectors
+    from vdemo.ui.layout import build_demo
+
+    def page():
+        detectors.unavailable_reason.cache_clear()
+        demo = build_demo(warm_up_model=False)
+        blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+        return blocks[f"vd-{kind}-video"], blocks[f"vd-{kind}-unavailable"]
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv(env, raising=False)
+    upload, note = page()
+    assert upload.interactive is False and note.visible
+    assert note.value.startswith("Unavailable here: ") and f"set {env} to a folder with {files[0]}" in note.value
+    for name in files:
+        (tmp_path / name).write_bytes(b"weights")
+    monkeypatch.setenv(env, str(tmp_path))
+    upload, note = page()
+    assert upload.interactive is not False and not note.visible and note.value == ""
+    detectors.unavailable_reason.cache_clear()
 
 
 @pytest.mark.parametrize(("value", "size"), [("768x432", (432, 768)), ("256 × 256", (256, 256)), ("", None)])

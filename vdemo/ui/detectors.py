@@ -115,6 +115,22 @@ def _weights_source(env: str, files: tuple[str, ...], what: str) -> str:
     return ANNOTATORS_REPO
 
 
+@lru_cache(maxsize=None)
+def unavailable_reason(kind: str) -> str:
+    """Why the "pose" (OpenPose) or "depth" (MiDaS DPT-hybrid) detector cannot run here, in one line; "" when its
+    weights are in a local folder or the hub cache, or the hub is reachable. Checked once per process, at start-up
+    (the page greys the upload-to-extract input out with this reason); never downloads."""
+    if kind == "pose":
+        env, files, what = OPENPOSE_ENV, OPENPOSE_FILES, "OpenPose"
+    else:
+        env, files, what = MIDAS_ENV, (MIDAS_FILES["dpt_hybrid"],), "MiDaS (dpt_hybrid)"
+    try:
+        _weights_source(env, files, what)
+        return ""
+    except DetectorUnavailable as err:
+        return str(err)
+
+
 @lru_cache(maxsize=1)
 def openpose_detector():
     """controlnet_aux's OpenposeDetector from $VDEMO_OPENPOSE_DIR, the hub cache or the pinned hub repo (cached per

@@ -17,7 +17,7 @@ from vdemo.config import LIMITS, MODALITIES
 from vdemo.ui import session
 from vdemo.ui.canvas import PAD_CSS
 from vdemo.ui.run import output_panel
-from vdemo.ui.settings import SETTING_NAMES, gpu_estimate, on_backend_change, settings_panel
+from vdemo.ui.settings import SETTING_NAMES, gpu_estimate, on_backend_change, settings_panel, strict_inputs
 from vdemo.ui.space import model_status, offered_backends, warm_up
 from vdemo.ui.tabs import tab_modules
 from vdemo.ui.tabs.strokes import DEFAULT_SCENE  # noqa: F401 - re-exported: the strokes tab's first scene
@@ -41,6 +41,8 @@ CSS = """
 #vd-settings .block { padding: 6px 8px; }
 .vd-small textarea { font-family: ui-monospace, monospace; font-size: 0.75rem; }
 .vd-caption p { font-size: 0.75rem; opacity: 0.75; margin: 0; }
+.vd-unavailable p { opacity: 0.55; font-style: italic; }
+#vd-backends-unavailable:empty { display: none; }
 #vd-compare-table { overflow-x: auto; }
 #vd-compare-table th, #vd-compare-table td { white-space: nowrap; word-break: keep-all; font-size: 0.72rem;
                                              padding: 2px 5px; }
@@ -108,6 +110,7 @@ def build_demo(warm_up_model: bool = True) -> gr.Blocks:
         demo.load(model_status, inputs=None, outputs=banner, api_visibility="undocumented")
         estimate_inputs = [settings[k] for k in ("backend", "attention_mode", "sampler", "steps", "frames")]
         demo.load(gpu_estimate, inputs=estimate_inputs, outputs=out["estimate"], api_visibility="undocumented")
+    strict_inputs(demo)  # every number / checkbox an event takes refuses a wrong type in one line, never coerces
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=GPU_CONCURRENCY)
     from vdemo.ui.gpu import ZERO_GPU
 

@@ -16,8 +16,8 @@ import gradio as gr
 from vdemo.backends import BackendInfo, backend_info, load_backend
 from vdemo.config import LIMITS, MODALITIES
 from vdemo.errors import UserError
-from vdemo.ui.messages import user_error
-from vdemo.ui.space import SERVED, offered_backends
+from vdemo.ui.messages import safe_line, user_error
+from vdemo.ui.space import SERVED, offered_backends, unavailable_backends
 
 SETTING_NAMES = ("backend", "attention_mode", "sampler", "steps", "guidance", "frames", "fps", "seed", "random_seed")
 SETTINGS_DOC = """Shared settings, in this order after each endpoint's own inputs:
@@ -64,18 +64,61 @@ class Settings:
                    whole("frames", frames), whole("fps", fps), whole("seed", seed), random_seed)
 
 
-def numbers_only(slider: gr.Slider, setting: str) -> gr.Slider:
-    """The slider refuses a value that is not a number (an API caller's "abc", None) with a one-line gr.Error naming
-    the setting, instead of Slider.preprocess's TypeError (Gradio's generic "upstream app" message)."""
-    preprocess = slider.preprocess
+def strict_input(component: gr.components.Component, setting: str) -> gr.components.Component:
+    """Make the component refuse a raw value of the wrong type with a one-line gr.Error naming the setting, before its
+    own preprocess can coerce it or fail with a TypeError (Gradio's generic "upstream app" message):
+    Slider and Number take numbers only (an API caller's "abc", None), a Number with precision 0 a whole number (its
+    preprocess would silently round seed 1.5 to 2), a Checkbox a boolean (it would take "yes" or "maybe" as true).
+    Other components are returned unchanged; wrapping twice is harmless.
+
+    The check lives on the instance. Gradio serves a session a fresh copy of a component (`block.__class__(
+    **constructor_args)`, unchecked) once an event has *updated* it (gr.update / gr.skip), so the seed box an event
+    writes is written as a plain value (`vdemo.ui.run`), never as an update."""
+    if getattr(component, "_vdemo_strict", None) or not isinstance(component, (gr.Slider, gr.Number, gr.Checkbox)):
+        return component
+    preprocess = component.preprocess
+    whole = isinstance(component, gr.Number) and component.precision == 0
 
     def checked(payload):
-        if isinstance(payload, bool) or not isinstance(payload, (int, float)):
+        if isinstance(component, gr.Checkbox):
+            if not isinstance(payload, bool):
+                raise user_error(f"{setting} must be true or false, got {payload!r}")
+        elif isinstance(payload, bool) or not isinstance(payload, (int, float)):
             raise user_error(f"{setting} must be a number, got {payload!r}")
+        elif whole and not float(payload).is_integer():
+            raise user_error(f"{setting} must be a whole number, got {payload!r}")
         return preprocess(payload)
 
-    slider.preprocess = checked
-    return slider
+    component.preprocess = checked
+    component._vdemo_strict = setting
+    return component
+
+
+def numbers_only(slider: gr.Slider, setting: str) -> gr.Slider:
+    """`strict_input` for a slider (the settings panel's numbers)."""
+    return strict_input(slider, setting)
+
+
+def strict_inputs(demo: gr.Blocks) -> int:
+    """`strict_input` on every Slider, Number and Checkbox that an event of `demo` takes, named as the API names it
+    (the handler's parameter name, e.g. "seed", "plan_motion"); returns how many were wrapped. Called once on the
+    finished page, so no tab can forget it."""
+    import inspect
+
+    wrapped = 0
+    for block_fn in demo.fns.values():
+        if block_fn.fn is None:
+            continue
+        try:
+            names = list(inspect.signature(block_fn.fn).parameters)
+        except (TypeError, ValueError):
+            continue
+        for name, component in zip(names, block_fn.inputs):
+            if isinstance(component, (gr.Slider, gr.Number, gr.Checkbox)) and not getattr(component, "_vdemo_strict",
+                                                                                          None):
+                strict_input(component, name)
+                wrapped += 1
+    return wrapped
 
 
 def settings_panel(info: BackendInfo) -> dict[str, gr.components.Component]:
@@ -85,6 +128,8 @@ def settings_panel(info: BackendInfo) -> dict[str, gr.components.Component]:
         gr.Markdown("### Settings")
         s = {
             "backend": gr.Dropdown(offered_backends(), value=info.name, label="Backend", elem_id="vd-backend"),
+            "unavailable": gr.Markdown(unavailable_text(), elem_id="vd-backends-unavailable",
+                                       elem_classes=["vd-caption", "vd-unavailable"]),
             "attention_mode": gr.Radio(list(info.attention_modes), value=info.default_attention_mode,
                                        label="Attention mode (live)", elem_id="vd-mode"),
             "sampler": gr.Dropdown(list(info.samplers), value=info.default_sampler, label="Sampler (live)",
@@ -104,6 +149,19 @@ def settings_panel(info: BackendInfo) -> dict[str, gr.components.Component]:
     for name in ("steps", "guidance", "frames", "fps"):
         numbers_only(s[name], name)
     return s
+
+
+def unavailable_text() -> str:
+    """Markdown under the backend dropdown: each backend this app does not serve, greyed, with why."""
+    from vdemo.ui.space import MISSING_WEIGHTS
+
+    reasons = unavailable_backends()
+    missing = [name for name, why in reasons.items() if why.startswith(MISSING_WEIGHTS)]
+    lines = [f"Unavailable here: **{name}**: {safe_line(why)}" for name, why in reasons.items() if name not in missing]
+    if missing:
+        lines.append(f"Unavailable here, no weights on this machine: **{'**, **'.join(missing)}** (set "
+                     f"`VDEMO_<NAME>_DIR` to a folder in the hub layout, or put the pinned revision in the hub cache)")
+    return "  \n".join(lines)
 
 
 def info_or_error(backend: str) -> BackendInfo:

@@ -2,14 +2,16 @@
 
 `serve_backends()` runs in `app.py`'s main thread before `launch`: it loads the backends the app serves
 (`vdemo.backends.served_backends`, ControlNets included), so nothing loads — or downloads — inside GPU time and a
-forked ZeroGPU worker inherits them. The backend dropdown then offers exactly those (`offered_backends`); a backend
-that failed to load is refused with its reason (`check_served`).
+forked ZeroGPU worker inherits them. The backend dropdown then offers exactly those (`offered_backends`); the others
+are listed greyed under it, each with why (`unavailable_backends`), and an API call naming one is refused with that
+reason (`check_served`).
 """
 
 from __future__ import annotations
 
 from vdemo.ui.messages import LOG, USER_ERRORS, user_error
 
+MISSING_WEIGHTS = "weights not on this machine"
 SERVED: dict[str, str] = {}  # name -> "ok" or why it is unavailable; filled by serve_backends() at start-up
 
 
@@ -27,16 +29,51 @@ def serve_backends() -> dict[str, str]:
 
 
 def offered_backends() -> list[str]:
-    """The backend dropdown's choices: what serve_backends() loaded, or (when it was not called) every backend."""
+    """The backend dropdown's choices: what serve_backends() loaded, or (when it was not called) every backend. The
+    rest are listed greyed under it with their reasons (`unavailable_backends`)."""
     from vdemo.backends import backend_names
 
-    return [n for n in backend_names() if n in SERVED] if SERVED else backend_names()
+    return [n for n in backend_names() if SERVED.get(n) == "ok"] if SERVED else backend_names()
+
+
+def unavailable_backends() -> dict[str, str]:
+    """Registry backends this app does not serve, each with why (shown greyed under the backend dropdown): the
+    reason it failed to load, or that its weights are not on this machine (and how to provide them), or that the
+    Space owner left it out. Empty when serve_backends() was not called (every backend is offered)."""
+    import os
+
+    from vdemo.backends import SPACE_BACKENDS_ENV, backend_names
+
+    if not SERVED:
+        return {}
+    reasons = {}
+    for name in backend_names():
+        if SERVED.get(name) == "ok":
+            continue
+        if name in SERVED:
+            reasons[name] = SERVED[name]
+        elif os.environ.get(SPACE_BACKENDS_ENV, "").strip():
+            reasons[name] = f"it is not in {SPACE_BACKENDS_ENV}"
+        else:
+            reasons[name] = _missing_weights(name)
+    return reasons
+
+
+def _missing_weights(name: str) -> str:
+    if name == "tiny":
+        return "no built-in model (assets/tiny) found"
+    from vdemo.backends.hub.registry import get_spec
+
+    spec = get_spec(name)
+    roles = [r for r in spec.repos if r not in spec.lazy_roles]
+    return (f"{MISSING_WEIGHTS}: set {spec.env_var} to a folder with {'/, '.join(roles)}/ in the hub "
+            f"layout, or download the pinned revision into the hub cache")
 
 
 def check_served(name: str) -> None:
     """A backend this app did not load at start-up is refused with the reason (never loaded inside GPU time)."""
     if SERVED and SERVED.get(name) != "ok":
-        reason = SERVED.get(name) or "it is not in VDEMO_SPACE_BACKENDS"
+        reason = unavailable_backends().get(name) or "it is not in the registry"
         raise user_error(f"backend {name!r} is not available on this app: {reason}")
 
 

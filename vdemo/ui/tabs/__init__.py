@@ -44,6 +44,13 @@ def generate_button(tab: str) -> gr.Button:
     return gr.Button("Generate", variant="primary", elem_id=f"vd-generate-{tab}")
 
 
+def unavailable_note(reason: str, elem_id: str) -> gr.Markdown:
+    """A greyed caption under an input this app cannot serve (detector weights missing), saying why and how to fix it;
+    hidden when there is no reason."""
+    return gr.Markdown(f"Unavailable here: {reason}" if reason else "", visible=bool(reason), elem_id=elem_id,
+                       elem_classes=["vd-caption", "vd-unavailable"])
+
+
 def example_images() -> list[str]:
     """A few first frames from the world, written once, for the Image tab's examples (offline)."""
     EXAMPLES_DIR.mkdir(parents=True, exist_ok=True)

@@ -9,10 +9,11 @@ from vdemo import world
 from vdemo.backends import backend_info
 from vdemo.config import DEFAULTS
 from vdemo.ui import sources
+from vdemo.ui.detectors import unavailable_reason
 from vdemo.ui.messages import USER_ERRORS, guarded
 from vdemo.ui.run import Builder, Built, generate, preview_image
 from vdemo.ui.settings import Settings
-from vdemo.ui.tabs import IMAGE_TYPES, PREVIEW_SIZE, VIDEO_TYPES, TabUI, generate_button
+from vdemo.ui.tabs import IMAGE_TYPES, PREVIEW_SIZE, VIDEO_TYPES, TabUI, generate_button, unavailable_note
 
 NAME, LABEL = "pose", "Pose"
 
@@ -23,9 +24,12 @@ def build() -> TabUI:
                            elem_id="vd-pose-source")
     pose_preset = gr.Dropdown(list(world.POSE_PRESETS), value="walk", label="Preset",
                               elem_id="vd-pose-preset")
-    pose_video = gr.File(label="Image or short video to extract OpenPose skeletons from",
-                         file_types=IMAGE_TYPES + VIDEO_TYPES, visible=False, height=120,
-                         elem_id="vd-pose-video")
+    reason = unavailable_reason("pose")  # checked once, at start-up: no weights here greys the upload out
+    with gr.Group(visible=False) as pose_extract:
+        pose_video = gr.File(label="Image or short video to extract OpenPose skeletons from",
+                             file_types=IMAGE_TYPES + VIDEO_TYPES, height=120, interactive=not reason,
+                             elem_id="vd-pose-video")
+        unavailable_note(reason, "vd-pose-unavailable")
     skeleton_images = gr.File(label="Skeleton images (OpenPose renderings, one per frame)",
                              file_count="multiple", file_types=IMAGE_TYPES, visible=False,
                              height=120, elem_id="vd-pose-files")
@@ -43,7 +47,7 @@ def build() -> TabUI:
                 label="Examples")
     return TabUI(NAME, [prompt_pose, pose_source, pose_preset, pose_video, skeleton_images], button,
                  {"source": pose_source, "preset": pose_preset, "video": pose_video, "skeletons": skeleton_images,
-                  "control": pose_control})
+                  "control": pose_control, "extract": pose_extract})
 
 
 def wire(ui: TabUI, settings: dict, tabs: dict) -> None:
@@ -54,7 +58,8 @@ def wire(ui: TabUI, settings: dict, tabs: dict) -> None:
         trigger(pose_preview_quiet, inputs=inputs, outputs=p["control"], **kw)
     for trigger in (p["video"].upload, p["skeletons"].upload):  # a new upload: extract / show, errors shown
         trigger(pose_preview, inputs=inputs, outputs=p["control"], **kw)
-    p["source"].change(source_visibility, inputs=p["source"], outputs=[p["preset"], p["video"], p["skeletons"]], **kw)
+    p["source"].change(source_visibility, inputs=p["source"], outputs=[p["preset"], p["extract"], p["skeletons"]],
+                       **kw)
 
 
 @guarded
