@@ -4,6 +4,7 @@
     python -m vdemo.bench attention --frames 16 --tokens 256 --json
     python -m vdemo.bench pipeline                           # s per 16-frame clip, first preview, per mode/sampler
     python -m vdemo.bench backends                           # hub backends on a GPU space (downloads; not in CI)
+    python -m vdemo.bench dit-attention                      # per mode at Wan 2.1 1.3B's real grid (32,760 tokens)
 
 `attention` times `vdemo.attention.attend` per mode (under torch.no_grad; one warm-up round per config, not counted)
 and prints the measured speedup over `full` next to the theoretical one, P(full) / P(mode), where P is the number of
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -365,12 +367,108 @@ def run_gpu_time(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------------- DiT attention
+WAN_1_3B = {"heads": 12, "head_dim": 128, "layers": 30, "calls_per_step": 2}  # Wan 2.1 T2V 1.3B; 2 calls: CFG
+WAN_VAE_STRIDE = (4, 8, 8)  # Wan VAE: 4× in time (plus the first frame), 8× in space
+WAN_PATCH = (1, 2, 2)
+
+
+def wan_token_grid(frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """Wan 2.1's self-attention grid in tokens: (frames-1)/4+1 latent frames, then patch (1, 2, 2) over H/8 × W/8."""
+    st, sh, sw = WAN_VAE_STRIDE
+    if (frames - 1) % st or height % (sh * WAN_PATCH[1]) or width % (sw * WAN_PATCH[2]):
+        raise ValueError(f"Wan needs frames = 4k+1 and height, width divisible by 16, got {frames}, {height}×{width}")
+    return ((frames - 1) // st + 1) // WAN_PATCH[0], height // sh // WAN_PATCH[1], width // sw // WAN_PATCH[2]
+
+
+def bench_dit_attention(frames: int = 81, height: int = 480, width: int = 832, heads: int = 1,
+                        grid: Sequence[int] | None = None, repeats: int = 1, seed: int = 0) -> list[dict]:
+    """Per mode: pairs and FLOPs of Wan 2.1 1.3B's self-attention at a video size, next to the measured time of one
+    `attend` call (float32, `heads` × 128 on this device's CPU) at that grid, or at `grid` (F, H, W tokens) if given."""
+    real = wan_token_grid(frames, height, width)
+    measured = tuple(grid) if grid else real
+    fm, hm, wm = measured
+    model = WAN_1_3B
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, heads, fm * hm * wm, model["head_dim"], generator=gen) for _ in range(3))  # (1, h, S, d)
+    modes = [parse_mode(m) for m in ATTENTION_MODES]
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        warm = min(fm, 2) * hm * wm  # warm-up on two frames: the full grid's full attention is too dear to run twice
+        for mode in modes:
+            attend(q[:, :, :warm], k[:, :, :warm], v[:, :, :warm], mode, min(fm, 2))
+        times = _time_round_robin(q, k, v, modes, fm, repeats, 0.0, cpu)
+    full_pairs, full_ms = pair_count("full", real[0], real[1] * real[2]), statistics.median(times[parse_mode("full")])
+    rows = []
+    for mode in modes:
+        pairs, ms = pair_count(mode, real[0], real[1] * real[2]), statistics.median(times[mode])
+        measured_pairs = pair_count(mode, fm, hm * wm)
+        scale = pairs / measured_pairs  # 1 when the real grid was measured
+        per_call = model["heads"] * model["layers"] * model["calls_per_step"]
+        rows.append({
+            "mode": mode.value, "grid": list(real), "measured_grid": list(measured), "pairs_per_head": pairs,
+            "tflop_per_step": 4 * pairs * model["head_dim"] * per_call / 1e12,
+            "pairs_ratio_vs_full": pairs / full_pairs, "ms": ms, "heads_measured": heads, "repeats": len(times[mode]),
+            "measured_pairs_ratio_vs_full": measured_pairs / pair_count("full", fm, hm * wm),
+            "time_ratio_vs_full": ms / full_ms,
+            "projected_s_per_step": ms / 1000 * scale * per_call / heads,
+        })
+    return rows
+
+
+def format_dit_attention_table(rows: list[dict]) -> str:
+    real, measured = rows[0]["grid"], rows[0]["measured_grid"]
+    other = real != measured  # then time/full sits next to the measured grid's pairs/full
+    lines = [f"{'mode':<13} {'pairs/head':>15} {'TFLOP/step':>10} {'pairs/full':>10} {'ms/call':>10} "
+             + (f"{'meas. pairs/full':>16} " if other else "") + f"{'time/full':>9} {'s/step (proj.)':>14}"]
+    for r in rows:
+        lines.append(f"{r['mode']:<13} {r['pairs_per_head']:>15,} {r['tflop_per_step']:>10.1f} "
+                     f"{r['pairs_ratio_vs_full']:>10.3f} {r['ms']:>10.1f} "
+                     + (f"{r['measured_pairs_ratio_vs_full']:>16.3f} " if other else "")
+                     + f"{r['time_ratio_vs_full']:>9.3f} {r['projected_s_per_step']:>14.1f}")
+    how = ("ms × 12 heads × 30 layers × 2 calls" if real == measured else
+           f"measured on {'×'.join(map(str, measured))}, scaled to the real grid by pairs, × 12 heads × 30 layers × 2")
+    lines.append(f"s/step (proj.) = {how} / {rows[0]['heads_measured']} measured head(s); self-attention only")
+    return "\n".join(lines)
+
+
+def add_dit_attention_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frames", type=int, default=81, help="video frames (4k+1)")
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--heads", type=int, default=1, help="heads to time (× 128 dim); the projection scales to 12")
+    p.add_argument("--grid", type=int, nargs=3, default=None, metavar=("F", "H", "W"),
+                   help="time on this token grid instead of the real one (full attention at 32,760 tokens is slow)")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per mode (the median is shown)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="print the rows as a JSON list instead of a table")
+
+
+def run_dit_attention(args: argparse.Namespace) -> int:
+    """attention pairs, FLOPs and measured time per mode at Wan 2.1 1.3B's real token grid"""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.json:
+        grid = wan_token_grid(args.frames, args.height, args.width)
+        measured = tuple(args.grid) if args.grid else grid
+        print(f"Wan 2.1 T2V 1.3B, {args.width}×{args.height}, {args.frames} frames -> tokens "
+              f"{'×'.join(map(str, grid))} = {math.prod(grid):,}; 12 heads × 128, 30 layers, 2 calls/step (CFG)\n"
+              f"measured: one self-attention call, {args.heads} head(s) × 128, float32, grid "
+              f"{'×'.join(map(str, measured))} = {math.prod(measured):,} tokens, {torch.get_num_threads()} CPU "
+              f"threads, {args.repeats} run(s) per mode", file=sys.stderr, flush=True)
+        warn_if_busy(lambda s: print(s, file=sys.stderr, flush=True))
+    rows = bench_dit_attention(args.frames, args.height, args.width, args.heads, args.grid, args.repeats)
+    print(json.dumps(rows, indent=1) if args.json else format_dit_attention_table(rows))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------------ CLI
 SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "attention": (add_attention_args, run_attention),
     "pipeline": (add_pipeline_args, run_pipeline),
     "backends": (add_backends_args, run_backends),
     "gpu-time": (add_gpu_time_args, run_gpu_time),
+    "dit-attention": (add_dit_attention_args, run_dit_attention),
 }
 
 
