@@ -327,12 +327,12 @@ def add_gpu_time_args(p: argparse.ArgumentParser) -> None:
 
 def gpu_time_rows(limit_s: float) -> list[dict]:
     """Each backend's estimated GPU seconds per run at its defaults (vdemo.cost), per attention mode."""
-    from vdemo.backends import backend_info
+    from vdemo.backends import backend_info, backend_names
     from vdemo.cost import fitting_settings, model_calls, request_seconds
     from vdemo.pipeline import GenerationRequest
 
     rows = []
-    for name in ("tiny", "animatediff", "zeroshot", "svd", "svd-xt"):
+    for name in backend_names():
         backend = caps = backend_info(name)
         height, width = caps.default_size
         frames = caps.default_num_frames
@@ -462,6 +462,46 @@ def run_dit_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ the running app
+def add_queue_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--users", type=int, default=8)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--json", action="store_true")
+
+
+def run_queue(args: argparse.Namespace) -> int:
+    """the app's queue: each waiting user's first estimate vs the real wait (users submit at once)"""
+    from vdemo.bench_app import format_queue, measure_queue
+
+    result = measure_queue(args.users, args.steps, args.frames)
+    print(json.dumps(result, indent=1) if args.json else format_queue(result))
+    return 0
+
+
+def add_soak_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gens", type=int, default=200)
+    p.add_argument("--users", type=int, default=8)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--frames", type=int, default=4)
+    p.add_argument("--cancel-every", type=int, default=10)
+    p.add_argument("--disk-cap-mb", type=float, default=16,
+                   help="run-folder and Gradio-cache caps for the soak (MiB; 0: the app's defaults, 256 and 512)")
+    p.add_argument("--json", action="store_true")
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    """many generations, cancels and concurrent users: RSS, open files, threads and disk after warm-up and at the end"""
+    from vdemo.bench_app import soak
+
+    result = soak(args.gens, args.users, args.steps, args.frames, args.cancel_every,
+                  disk_cap_mb=args.disk_cap_mb or None, log=partial(print, file=sys.stderr, flush=True))
+    print(json.dumps(result, indent=1) if args.json else
+          f"{result['gens']} generations ({result['cancelled']} cancelled) + {result['users']} concurrent users; "
+          f"growth after warm-up: {result['growth_after_warm_up']}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------------ CLI
 SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "attention": (add_attention_args, run_attention),
@@ -469,6 +509,8 @@ SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable
     "backends": (add_backends_args, run_backends),
     "gpu-time": (add_gpu_time_args, run_gpu_time),
     "dit-attention": (add_dit_attention_args, run_dit_attention),
+    "queue": (add_queue_args, run_queue),
+    "soak": (add_soak_args, run_soak),
 }
 
 

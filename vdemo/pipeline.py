@@ -201,6 +201,21 @@ class Progress:
 
 
 @dataclass
+class ChunkDone(Progress):
+    """A causal streaming backend finished chunk `chunk` (0-based) of `chunks`: `frames` (F', H, W, 3) uint8 are every
+    video frame decoded so far, final (later chunks never change them); `new_frames` = [start, end) of this chunk's.
+
+    A Progress that repeats the step it came after (a context chunk: step 0) with the frames as its preview, so code
+    that knows only Progress (long videos, compare) shows it as a preview; the UI shows it as "the clip so far".
+    """
+
+    chunk: int = 0
+    chunks: int = 1
+    frames: np.ndarray | None = None
+    new_frames: tuple[int, int] = (0, 0)
+
+
+@dataclass
 class Done:
     """The run ended (finished or stopped): final frames (F, H, W, 3) uint8 and a reproducibility manifest."""
 

@@ -22,9 +22,12 @@ from vdemo.ui.space import model_status, offered_backends, warm_up
 from vdemo.ui.tabs import tab_modules
 from vdemo.ui.tabs.strokes import DEFAULT_SCENE  # noqa: F401 - re-exported: the strokes tab's first scene
 
-GPU_QUEUE = "gpu"  # every generation event shares this concurrency group: one GPU (or CPU) queue
-GPU_CONCURRENCY = 1
+GPU_QUEUE = "gpu"  # every generation event shares this concurrency group
 QUEUE_MAX_SIZE = 16
+# Gradio lets every queued generation into its handler, where `vdemo.ui.queue.QUEUE` admits one run at a time (one GPU
+# or CPU) and tells each waiting user their place and an estimate from measured step times (Gradio's own ETA knows
+# nothing of steps, frames or modes)
+GPU_CONCURRENCY = QUEUE_MAX_SIZE
 CACHE_CLEANUP = (3600, 3600)  # Gradio deletes uploads and results older than an hour, checking every hour
 HEADER = ("## vdemo <small>— a browser lab for video diffusion: one pipeline, five kinds of control; switch the "
           "attention mode or sampler <b>while</b> it denoises, every step streams the predicted frames</small>")
@@ -111,7 +114,7 @@ def build_demo(warm_up_model: bool = True) -> gr.Blocks:
         estimate_inputs = [settings[k] for k in ("backend", "attention_mode", "sampler", "steps", "frames")]
         demo.load(gpu_estimate, inputs=estimate_inputs, outputs=out["estimate"], api_visibility="undocumented")
     strict_inputs(demo)  # every number / checkbox an event takes refuses a wrong type in one line, never coerces
-    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=GPU_CONCURRENCY)
+    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)  # helper events (previews) one at a time
     from vdemo.ui.gpu import ZERO_GPU
 
     if warm_up_model and not ZERO_GPU and not model_status():  # on ZeroGPU every run belongs in the GPU worker

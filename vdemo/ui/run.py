@@ -2,13 +2,15 @@
 
 `generate(tab, build, settings, request)` builds the GenerationRequest from a tab's inputs, refuses what the backend
 cannot do or what does not fit the Space's GPU limit (one line, before any GPU time), runs it through
-`vdemo.ui.gpu.generate_on_gpu` (the ZeroGPU worker on a ZeroGPU Space, this thread elsewhere) while the session's
-live toggles steer it, and yields (status, preview grid, mp4, downloads, manifest, seed): a preview and a status
-line per denoising step, then the exported result (mp4, gif, frames zip, manifest.json).
+`vdemo.ui.gpu.generate_on_gpu` (the ZeroGPU worker on a ZeroGPU Space, this thread elsewhere) once it is its turn
+(`vdemo.ui.queue`: while it waits, the status says its place and an estimate from measured step times), while the
+session's live toggles steer it, and yields (status, preview grid, mp4, downloads, manifest, seed): a preview and a
+status line per denoising step, then the exported result (mp4, gif, frames zip, manifest.json).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -20,17 +22,27 @@ import gradio as gr
 import numpy as np
 
 from vdemo.backends import get_pipeline
-from vdemo.cost import check_fits
-from vdemo.pipeline import Done, GenerationRequest
+from vdemo.cost import check_fits, request_seconds
+from vdemo.pipeline import ChunkDone, Done, GenerationRequest
 from vdemo.ui import sources
 from vdemo.ui.gpu import generate_on_gpu, live_settings
 from vdemo.ui.messages import USER_ERRORS, safe_line, user_error
+from vdemo.ui.queue import QUEUE, Work, queued
 from vdemo.ui.session import ACTIVE_RUNS, session_key
 from vdemo.ui.settings import Settings, info_or_error
 from vdemo.ui.space import check_served
 
 RUNS_DIR = Path(tempfile.gettempdir()) / "vdemo-runs"
 RUNS_KEEP_S = 3600.0  # exported results older than this are deleted when a new run starts
+RUNS_MAX_MB_ENV, RUNS_MAX_MB = "VDEMO_RUNS_MAX_MB", 256  # and the oldest beyond this much disk (MiB)
+CACHE_MAX_MB_ENV, CACHE_MAX_MB = "VDEMO_CACHE_MAX_MB", 512  # Gradio's copy of uploads and results, the same way
+
+
+def _cap_bytes(env: str, default_mb: int) -> int:
+    try:
+        return int(float(os.environ.get(env, "") or default_mb) * 2**20)
+    except ValueError:
+        return default_mb * 2**20
 Built = tuple[dict, dict]  # (GenerationRequest fields, what the UI records in the manifest)
 Builder = Callable[[int, int, int], Built]  # (num_frames, height, width) -> Built
 
@@ -86,16 +98,40 @@ def _history_text(history: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ export
-def _clean_old_runs() -> None:
-    if not RUNS_DIR.exists():
-        return
-    now = time.time()
-    for folder in RUNS_DIR.iterdir():
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else folder.stat().st_size
+
+
+def trim_folder(root: Path, max_age_s: float, max_bytes: int) -> int:
+    """Delete the entries of `root` older than max_age_s, then the oldest until the rest take at most max_bytes;
+    returns the bytes left. Each entry (a run folder; one of Gradio's per-file hash folders) goes whole."""
+    if not root.is_dir():
+        return 0
+    now, kept = time.time(), []
+    for entry in root.iterdir():
         try:
-            if now - folder.stat().st_mtime > RUNS_KEEP_S:
-                shutil.rmtree(folder, ignore_errors=True)
+            if now - entry.stat().st_mtime > max_age_s:
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            else:
+                kept.append((entry.stat().st_mtime, entry, _folder_bytes(entry)))
         except OSError:
             pass
+    total = sum(size for *_, size in kept)
+    for _, entry, size in sorted(kept, key=lambda item: item[0]):
+        if total <= max_bytes:
+            break
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        total -= size
+    return total
+
+
+def _clean_old_runs() -> None:
+    """Before a new export: our run folders and Gradio's upload/result cache, each by age and by size (a busy app
+    makes many runs within the hour; Gradio's own `delete_cache` only goes by age, hourly)."""
+    trim_folder(RUNS_DIR, RUNS_KEEP_S, _cap_bytes(RUNS_MAX_MB_ENV, RUNS_MAX_MB))
+    from gradio.utils import get_upload_folder
+
+    trim_folder(Path(get_upload_folder()), RUNS_KEEP_S, _cap_bytes(CACHE_MAX_MB_ENV, CACHE_MAX_MB))
 
 
 def export_run(frames: np.ndarray, manifest: dict, fps: int, stem: str) -> tuple[str, list[str], dict]:
@@ -129,23 +165,41 @@ def generate(tab: str, build: Builder, settings: Settings, request: gr.Request |
         run = pipe.start(request_obj, live_settings(request_obj.attention_mode, request_obj.sampler))
         check_fits(pipe.backend, request_obj)  # before any GPU time is asked for
     session = session_key(request)
-    seed_out = settings.seed if settings.random_seed else gr.skip()
+    seed_out = settings.seed  # a plain value, never gr.skip(): an update would give the session an unchecked copy
     started = time.perf_counter()
     first_s, last_preview, history, event = None, None, [], None
-    ACTIVE_RUNS.add(session, run)
+    ACTIVE_RUNS.add(session, run)  # Stop works while it waits, too
+    job, finished, steps_seen, last_total = None, False, 0, settings.num_steps
     try:
+        for waiting, job in queued(Work.of(settings.backend, pipe.backend, request_obj),
+                                   request_seconds(pipe.backend, request_obj)):
+            if waiting:
+                yield waiting, gr.skip(), None, None, None, seed_out
+        if run.control.stopped:
+            yield "**stopped** before it started (it was waiting in line)", gr.skip(), None, None, None, seed_out
+            return
+        started = time.perf_counter()
         yield (f"starting ({settings.backend}, {settings.num_frames} frames, {settings.num_steps} steps)…", gr.skip(),
                None, None, None, seed_out)
         for event in generate_on_gpu(settings.backend, run.request, run.control):
             if isinstance(event, Done):
                 break
+            if getattr(event, "step_done", False):
+                steps_seen, last_total = steps_seen + 1, event.total
+                QUEUE.step(job, steps_seen)
+            if isinstance(event, ChunkDone):  # a causal backend finished a chunk: the clip so far, final
+                last_preview = preview_image(event.frames)
+                text = (f"**chunk {event.chunk + 1}/{event.chunks} done** · {len(event.frames)}/"
+                        f"{settings.num_frames} frames final · {event.elapsed_s:.2f} s")
+                yield text, last_preview, gr.skip(), gr.skip(), gr.skip(), seed_out
+                continue
             first_s = first_s if first_s is not None else time.perf_counter() - started
             if getattr(event, "step_done", True):  # a 2-call sampler (Heun) previews each call, counts one step
                 history.append({"step": event.step, "mode": event.mode, "sampler": event.sampler})
             current = {"step": event.step, "mode": event.mode, "sampler": event.sampler}
             text = progress_text(event.step, event.total, event.elapsed_s, history or [current], first_s)
             last_preview = preview_image(event.preview)
-            yield text, last_preview, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            yield text, last_preview, gr.skip(), gr.skip(), gr.skip(), seed_out
         if not isinstance(event, Done):
             raise user_error("the run ended without a result")
         history = event.manifest.get("steps") or history  # the loop's own record (it ran in the GPU worker)
@@ -153,7 +207,8 @@ def generate(tab: str, build: Builder, settings: Settings, request: gr.Request |
                                              "first_preview_in_handler_s": round(first_s or 0.0, 4)}}
         mp4, files, manifest = export_run(event.frames, manifest, settings.fps, tab)
         steps_done = manifest.get("timings", {}).get("steps_done", len(history))
-        head = (f"**stopped** at step {steps_done}/{settings.num_steps} — kept the last preview" if event.stopped
+        total = max(last_total, steps_done)
+        head = (f"**stopped** at step {steps_done}/{total} — kept the last preview" if event.stopped
                 else f"**done**: {steps_done} steps in {time.perf_counter() - started:.2f} s")
         text = f"{head}  \nsteps: {_history_text(history)}  \nseed {settings.seed}"
         understood = manifest.get("prompt_understood") or {}
@@ -165,7 +220,10 @@ def generate(tab: str, build: Builder, settings: Settings, request: gr.Request |
         if manifest.get("motion_plan"):
             text += f"  \nmotion planned from the prompt: {', '.join(manifest['motion_plan']['directions'])}"
         # The last preview again (same pixels: a stopped run keeps it on screen), so API callers get every output.
+        finished = not event.stopped  # a stopped run's step times are real but its tail is not: not measured
         yield text, last_preview, mp4, files, manifest, settings.seed
     finally:
         run.stop()  # a cancelled / abandoned event must not leave its run denoising (reaches a ZeroGPU worker too)
         ACTIVE_RUNS.remove(session, run)
+        if job is not None:
+            QUEUE.leave(job, finished)

@@ -110,9 +110,14 @@ def strict_inputs(demo: gr.Blocks) -> int:
         if block_fn.fn is None:
             continue
         try:
-            names = list(inspect.signature(block_fn.fn).parameters)
+            params = inspect.signature(block_fn.fn).parameters.values()
         except (TypeError, ValueError):
             continue
+        names = []
+        for param in params:  # positional names only: a *values handler (compare_tab) names nothing after it
+            if param.kind not in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+                break
+            names.append(param.name)
         for name, component in zip(names, block_fn.inputs):
             if isinstance(component, (gr.Slider, gr.Number, gr.Checkbox)) and not getattr(component, "_vdemo_strict",
                                                                                           None):

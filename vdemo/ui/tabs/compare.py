@@ -43,6 +43,7 @@ from vdemo.samplers import SAMPLERS
 from vdemo.ui.canvas import to_data_url
 from vdemo.ui.gpu import live_settings
 from vdemo.ui.messages import USER_ERRORS, guarded, user_error
+from vdemo.ui.queue import QUEUE, Work, queued
 from vdemo.ui.run import RUNS_DIR, Builder, _clean_old_runs, preview_image
 from vdemo.ui.session import ACTIVE_RUNS, session_key, stop_run
 from vdemo.ui.settings import Settings, info_or_error
@@ -150,6 +151,7 @@ def build() -> TabUI:
 
 def wire(ui: TabUI, settings: dict, tabs: dict) -> None:
     """The Compare button reads the chosen tab's inputs (every modality tab's, picked by `source`) + the settings."""
+    from vdemo.ui.layout import GPU_CONCURRENCY, GPU_QUEUE
     from vdemo.ui.settings import SETTING_NAMES
 
     p = ui.parts
@@ -176,8 +178,8 @@ def wire(ui: TabUI, settings: dict, tabs: dict) -> None:
                                                            "masks", "summary", "files"))
 
     p["run"].click(compare_tab, inputs=inputs, outputs=outputs, api_name="compare_tab", api_visibility="undocumented",
-                   show_progress="minimal", show_progress_on=p["status"], concurrency_id="gpu", concurrency_limit=1,
-                   trigger_mode="once")
+                   show_progress="minimal", show_progress_on=p["status"], concurrency_id=GPU_QUEUE,
+                   concurrency_limit=GPU_CONCURRENCY, trigger_mode="once")
     p["stop"].click(stop_run, inputs=None, outputs=p["status"], queue=False, show_progress="hidden",
                     api_visibility="undocumented")
 
@@ -268,11 +270,21 @@ def compare_stream(tab: str, build: Builder, modes, samplers, settings: Settings
     handle, session = CompareHandle(control), session_key(request)
     grids: list[np.ndarray | None] = [None] * len(labels)
     notes = ["waiting"] * len(labels)
-    last_yield, result = 0.0, None
+    last_yield, result, job, finished, steps_seen = 0.0, None, None, False, 0
     ACTIVE_RUNS.add(session, handle)
     try:
+        for waiting, job in queued(Work.of(settings.backend, backend, req, runs=len(labels)),
+                                   total_seconds(backend, req, variants)):
+            if waiting:
+                yield {"status": waiting}
+        if control.stopped:
+            yield {"status": "**stopped** before it started (it was waiting in line)"}
+            return
         yield {"status": f"comparing {len(labels)} runs: {', '.join(labels)}…", "previews": "", "player": ""}
         for event in compare_on_gpu(settings.backend, req, variants, control):
+            if isinstance(event, RunProgress) and event.progress.step_done:
+                steps_seen += 1
+                QUEUE.step(job, steps_seen)
             if isinstance(event, RunProgress):
                 i, pr = event.index, event.progress
                 first = grids[i] is None
@@ -289,10 +301,14 @@ def compare_stream(tab: str, build: Builder, modes, samplers, settings: Settings
                 result = event
         if result is None:
             raise user_error("the comparison ended without a result")
-        yield finish(result, settings, grids, labels, notes)
+        final = finish(result, settings, grids, labels, notes)
+        finished = not control.stopped
+        yield final
     finally:
         control.stop()
         ACTIVE_RUNS.remove(session, handle)
+        if job is not None:
+            QUEUE.leave(job, finished)
 
 
 def finish(result: CompareResult, settings: Settings, grids, labels, notes) -> dict:

@@ -18,6 +18,7 @@ import numpy as np
 import spaces
 
 from vdemo.backends import get_pipeline
+from vdemo.cost import request_seconds
 from vdemo.long import (
     MAX_LENGTH,
     STRATEGIES,
@@ -35,6 +36,7 @@ from vdemo.pipeline import Done, GenerationRequest, RequestError, RunControl
 from vdemo.ui import sources
 from vdemo.ui.gpu import ZERO_GPU, live_settings
 from vdemo.ui.messages import USER_ERRORS, guarded, user_error
+from vdemo.ui.queue import QUEUE, Work, queued
 from vdemo.ui.run import export_run
 from vdemo.ui.session import ACTIVE_RUNS, session_key
 from vdemo.ui.settings import Settings, info_or_error
@@ -174,7 +176,7 @@ def replace_prompt(request: GenerationRequest, prompt: str, lines: tuple[str, ..
 def long_duration(backend_name: str, job: LongJob, control: RunControl) -> int:
     """spaces.GPU's duration: one window's estimate × the windows, capped at the Space's limit."""
     from vdemo.backends import loaded_backend
-    from vdemo.cost import gpu_limit_s, request_seconds
+    from vdemo.cost import gpu_limit_s
 
     backend = loaded_backend(backend_name)
     if backend is None:
@@ -195,7 +197,7 @@ def long_on_gpu(backend_name: str, job: LongJob, control: RunControl):
 
 def check_job_fits(backend, job: LongJob) -> None:
     """Refuse (one line) a job whose windows together need more GPU time than the Space allows per run."""
-    from vdemo.cost import gpu_limit_s, request_seconds
+    from vdemo.cost import gpu_limit_s
 
     limit = gpu_limit_s()
     seconds = request_seconds(backend, job.request) * len(job.windows)
@@ -260,9 +262,17 @@ def stream_long(build, settings: Settings, request: gr.Request | None):
     control = live_settings(job.request.attention_mode, job.request.sampler)
     run = LongRun(pipe.backend, control)
     session, started, preview = session_key(request), time.perf_counter(), None
-    seed_out = settings.seed if settings.random_seed else gr.skip()
+    seed_out = settings.seed  # a plain value: an update (gr.skip) would give the session an unchecked seed box
     ACTIVE_RUNS.add(session, run)
+    queue_job, finished, steps_seen = None, False, 0
     try:
+        for waiting, queue_job in queued(Work.of(settings.backend, pipe.backend, job.request, runs=len(job.windows)),
+                                         request_seconds(pipe.backend, job.request) * len(job.windows)):
+            if waiting:
+                yield waiting, gr.skip(), None, None, None, seed_out
+        if control.stopped:
+            yield "**stopped** before it started (it was waiting in line)", gr.skip(), None, None, None, seed_out
+            return
         yield (f"starting: {job.kind}, {job.strategy}, {job.length} frames in {len(job.windows)} segments…",
                gr.skip(), None, None, None, seed_out)
         done = None
@@ -270,6 +280,9 @@ def stream_long(build, settings: Settings, request: gr.Request | None):
             if isinstance(event, Done):
                 done = event
                 break
+            if getattr(event, "step_done", False) and not isinstance(event, SegmentDone):
+                steps_seen += 1
+                QUEUE.step(queue_job, steps_seen)
             if isinstance(event, SegmentDone):
                 preview = clip_preview(event.clip, event.made)
                 text = (f"**segment {event.segment + 1}/{event.segments} done** in {event.seconds:.2f} s · "
@@ -277,15 +290,18 @@ def stream_long(build, settings: Settings, request: gr.Request | None):
             else:
                 preview = sources.frame_grid(event.preview, columns=8)
                 text = segment_text(event)
-            yield text, preview, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            yield text, preview, gr.skip(), gr.skip(), gr.skip(), seed_out
         if done is None:
             raise user_error("the run ended without a result")
         mp4, files, manifest = _export(done, settings, job)
+        finished = not done.stopped
         yield _final_text(done, manifest, job, time.perf_counter() - started), preview, mp4, files, manifest, \
             settings.seed
     finally:
         control.stop()
         ACTIVE_RUNS.remove(session, run)
+        if queue_job is not None:
+            QUEUE.leave(queue_job, finished)
 
 
 def _export(done: Done, settings: Settings, job: LongJob):

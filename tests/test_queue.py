@@ -1,0 +1,169 @@
+"""The generation queue: arrival order, waits from measured step times, places freed on cancel; run folders trimmed.
+
+A fake clock drives the queue, so the estimates are checked exactly; `python -m vdemo.bench queue` measures them
+against real waits with 8 users on the app.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from vdemo.ui.queue import THROUGHPUT, RunQueue, Work, ordinal, queued, waiting_text
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def fresh_throughput():
+    THROUGHPUT.clear()
+    yield
+    THROUGHPUT.clear()
+
+
+WORK = Work("tiny", steps=10, units_per_step=1000.0)
+
+
+def run_job(queue: RunQueue, clock: Clock, job, step_s: float, tail_s: float) -> None:
+    for step in range(1, job.work.steps + 1):
+        clock.now += step_s
+        queue.step(job, step)
+    clock.now += tail_s
+    queue.leave(job, finished=True)
+
+
+def test_jobs_run_one_at_a_time_in_arrival_order():
+    clock = Clock()
+    queue = RunQueue(clock=clock)
+    a, b, c = (queue.join(WORK, fallback_s=30.0) for _ in range(3))
+    assert a.admitted_at is not None and b.admitted_at is None and c.admitted_at is None
+    assert queue.position(a) == (0, 0.0)
+    assert queue.position(b)[0] == 1 and queue.position(c)[0] == 2
+    queue.leave(a, finished=False)
+    assert b.admitted_at == clock.now and queue.position(c)[0] == 1
+
+
+def test_before_any_measurement_the_wait_is_the_cost_models_estimate():
+    clock = Clock()
+    queue = RunQueue(clock=clock)
+    a = queue.join(WORK, fallback_s=30.0)
+    b = queue.join(WORK, fallback_s=30.0)
+    c = queue.join(WORK, fallback_s=30.0)
+    clock.now += 10.0
+    assert queue.position(b) == (1, pytest.approx(20.0))  # a's estimate less its elapsed time
+    assert queue.position(c) == (2, pytest.approx(50.0))  # + b's estimate
+    assert "estimated; this app has not timed this backend yet" in waiting_text(2, 50.0, c)
+    assert a.admitted_at is not None
+
+
+def test_waits_come_from_measured_step_times():
+    """After one measured run (0.5 s a step, 10 steps, 2 s after the last): each run is 7 s; a running job's own step
+    times give its remaining time; jobs ahead add their predictions."""
+    clock = Clock()
+    queue = RunQueue(clock=clock)
+    first = queue.join(WORK)
+    clock.now += 0.5  # start-up before its first step
+    run_job(queue, clock, first, step_s=0.5, tail_s=2.0)
+    assert THROUGHPUT.step_s(WORK) == pytest.approx(0.5)
+    assert THROUGHPUT.predict(WORK) == pytest.approx(7.5)  # 10 × 0.5 + 2.5 s outside the steps
+    running = queue.join(WORK)
+    waiting = [queue.join(WORK) for _ in range(3)]
+    for step in range(1, 5):  # the running job is slower now: 1 s a step
+        clock.now += 1.0
+        queue.step(running, step)
+    # running: 6 steps left × 1.0 s + its backend's tail 2.0 s = 8 s; each waiting job ahead: 7.5 s
+    assert [queue.position(w) for w in waiting] == [(1, pytest.approx(8.0)), (2, pytest.approx(15.5)),
+                                                    (3, pytest.approx(23.0))]
+    assert waiting_text(3, 23.0, waiting[2]) == ("**waiting**: 4th in line, about 23 s (3 runs ahead; measured 0.50 s "
+                                                 "per step at these settings)")
+
+
+def test_the_prediction_scales_with_the_work():
+    clock = Clock()
+    queue = RunQueue(clock=clock)
+    job = queue.join(WORK)
+    run_job(queue, clock, job, step_s=0.5, tail_s=0.0)
+    double = Work("tiny", steps=20, units_per_step=2000.0)  # twice the steps, each twice the work
+    assert THROUGHPUT.step_s(double) == pytest.approx(1.0)
+    assert THROUGHPUT.predict(double) == pytest.approx(20.0)
+    assert THROUGHPUT.step_s(Work("other", 10, 1000.0)) is None  # per backend
+
+
+def test_a_stopped_or_failed_run_is_not_measured():
+    clock = Clock()
+    queue = RunQueue(clock=clock)
+    job = queue.join(WORK)
+    clock.now += 1.0
+    queue.step(job, 1)
+    clock.now += 1.0
+    queue.step(job, 2)
+    queue.leave(job, finished=False)
+    assert not THROUGHPUT.measured("tiny") and len(queue) == 0
+
+
+def test_a_cancelled_waiting_request_leaves_the_queue():
+    """Closing the handler's generator while it waits (Gradio's cancel, a closed tab) frees its place at once."""
+    queue = RunQueue()
+    running = queue.join(WORK, fallback_s=5.0)
+    waiting = queued(WORK, 5.0, queue)
+    text, job = next(waiting)
+    assert text.startswith("**waiting**: 2nd in line") and job is None and len(queue) == 2
+    waiting.close()
+    assert len(queue) == 1
+    queue.leave(running)
+    assert len(queue) == 0
+
+
+def test_waiting_users_are_admitted_in_order_across_threads():
+    queue = RunQueue()
+    order, statuses = [], {}
+    first = queue.join(WORK, fallback_s=1.0)
+
+    def user(i: int) -> None:
+        job = None
+        for text, job in queued(WORK, 1.0, queue):
+            if text:
+                statuses.setdefault(i, text)
+        order.append(i)
+        queue.leave(job)
+
+    threads = []
+    for i in range(4):
+        threads.append(threading.Thread(target=user, args=(i,)))
+        threads[-1].start()
+        time.sleep(0.05)  # arrive in order
+    assert len(queue) == 5
+    queue.leave(first)
+    for t in threads:
+        t.join(5)
+    assert order == [0, 1, 2, 3]
+    assert [statuses[i].split(" in line")[0] for i in range(4)] == [
+        "**waiting**: 2nd", "**waiting**: 3rd", "**waiting**: 4th", "**waiting**: 5th"]
+
+
+@pytest.mark.parametrize("n, text", [(1, "1st"), (2, "2nd"), (3, "3rd"), (4, "4th"), (11, "11th"), (22, "22nd")])
+def test_ordinal(n, text):
+    assert ordinal(n) == text
+
+
+def test_run_folders_are_trimmed_by_age_then_size(tmp_path):
+    from vdemo.ui.run import trim_folder
+
+    now = time.time()
+    for i, (age_s, size) in enumerate([(7200, 10), (300, 400), (200, 400), (100, 400)]):
+        folder = tmp_path / f"run{i}"
+        folder.mkdir()
+        (folder / "clip.mp4").write_bytes(b"x" * size)
+        os.utime(folder, (now - age_s, now - age_s))
+    left = trim_folder(tmp_path, max_age_s=3600, max_bytes=900)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run2", "run3"]  # too old; then the oldest over 900 B
+    assert left == 800
