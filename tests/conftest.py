@@ -107,12 +107,14 @@ def midas_small_weights_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def hub_root(tmp_path_factory) -> Path:
-    """Tiny random hub components (SD 1.5, motion adapter, ControlNets, SVD) in their real repo layouts, one folder
-    per test module (tests/hub_fixtures.py)."""
+    """Tiny random hub components (SD 1.5, motion adapter, ControlNets, SVD; AnyFlow-FAR; Wan T2V and VACE) in their
+    real repo layouts, one folder per test module (tests/hub_fixtures.py, anyflow_fixtures.py, wan_fixtures.py)."""
+    from anyflow_fixtures import build_anyflow_folder
     from hub_fixtures import build_hub_folder
+    from wan_fixtures import build_wan_folder
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return build_hub_folder(tmp_path_factory.mktemp("hub"))
+    return build_wan_folder(build_anyflow_folder(build_hub_folder(tmp_path_factory.mktemp("hub"))))
 
 
 # ---------------------------------------------------------------------------------------------------- markers

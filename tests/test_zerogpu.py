@@ -28,7 +28,7 @@ from vdemo.cost import request_seconds
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 REPO = Path(__file__).resolve().parent.parent
-HUB = ("animatediff", "zeroshot", "svd", "svd-xt")
+HUB = ("animatediff", "zeroshot", "svd", "svd-xt", "anyflow-far", "wan", "wan-vace")
 START_TIMEOUT_S = 240
 LIMIT_S = 40  # the Space's GPU seconds per run
 
@@ -136,6 +136,35 @@ def test_image_backends_return_an_mp4(space, backend, image_file):
     assert manifest_of(result)["backend"] == backend
     check_mp4(result, 4)
     check_where_it_ran(space, manifest_of(result))
+
+
+def test_causal_backend_streams_its_chunks_from_the_worker(space):
+    """AnyFlow-FAR's finished chunks (ChunkDone events) cross from the worker while it runs and show as the clip so
+    far; its mp4 has the requested frames."""
+    job = space["client"].submit("a red circle moves right", False,
+                                 *settings("anyflow-far", frames=5, mode="causal", sampler="Euler"),
+                                 api_name="/text_to_video")
+    result = job.result(timeout=180)
+    statuses = [output[0] for output in job.outputs()]
+    assert [s.split("**")[1] for s in statuses if "chunk" in s and "done" in s] == ["chunk 1/2 done", "chunk 2/2 done"]
+    manifest = manifest_of(result)
+    assert manifest["backend"] == "anyflow-far" and manifest["chunks"]["partition"] == [1, 1]
+    check_mp4(result, 5)
+    check_where_it_ran(space, manifest)
+
+
+def test_wan_text_and_vace_pose_run_in_the_worker(space):
+    """Wan 2.1 (a 4k + 1-frame model: 5 generated, the 4 asked for returned) from text, and VACE from a pose preset
+    as its control video, both through the GPU entry point."""
+    text = space["client"].predict("a red circle moves right", False, *settings("wan", sampler="UniPC"),
+                                   api_name="/text_to_video")
+    assert manifest_of(text)["frames"] == {"requested": 4, "generated": 5, "latent": 2}
+    pose = space["client"].predict("a person walks", "Preset", "walk", None, None,
+                                   *settings("wan-vace", mode="causal", sampler="DPM++ 2M"), api_name="/pose_to_video")
+    assert manifest_of(pose)["vace"]["control"] == "pose" and manifest_of(pose)["attention_modes_used"] == ["causal"]
+    for result in (text, pose):
+        check_mp4(result, 4)
+        check_where_it_ran(space, manifest_of(result))
 
 
 @pytest.mark.parametrize("backend", ["animatediff", "zeroshot"])

@@ -37,6 +37,7 @@ class GpuCost:
     reference_px: int = 512 * 512
     latent_factor: int = 8  # pixels per latent cell on each side: tokens per frame = (H / f) · (W / f)
     source: str = "estimate"
+    temporal_factor: int = 1  # video frames per latent frame (Wan's causal 3D VAE: 4, the first frame alone)
 
 
 @lru_cache(maxsize=64)
@@ -64,8 +65,9 @@ def mode_factor(backend, mode: str, num_frames: int, height: int, width: int) ->
     """How much slower (> 1) or faster (< 1) a model call is in `mode` than in the backend's default mode."""
     cost: GpuCost = backend.gpu_cost
     tokens = max(1, (height // cost.latent_factor) * (width // cost.latent_factor))
+    frames = (num_frames - 1) // cost.temporal_factor + 1  # the frames attention sees (latent frames)
     default = getattr(backend, "default_attention_mode", None) or backend.attention_modes[0]
-    ratio = _pairs(backend, mode, num_frames, tokens) / max(1, _pairs(backend, default, num_frames, tokens))
+    ratio = _pairs(backend, mode, frames, tokens) / max(1, _pairs(backend, default, frames, tokens))
     return (1.0 - cost.attention_share) + cost.attention_share * ratio
 
 

@@ -79,6 +79,17 @@ SVD = HubRepo("stabilityai/stable-video-diffusion-img2vid", "9cf024d5bfa8f56622a
 SVD_XT = HubRepo("stabilityai/stable-video-diffusion-img2vid-xt", "9e43909513c6714f1bc78bcb44d96e733cd242aa",
                  "HF-cache snapshot paths (StableVideoDiffusionPipeline.from_pretrained, feature_extractor/ listed) "
                  "and a revisions table ('svd-xt') in public code", variant="fp16")
+WAN_T2V = HubRepo("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "0fad780a534b6463e45facd96134c9f345acfa5b",
+                  "an HF-cache snapshot path (models--Wan-AI--Wan2.1-T2V-1.3B-Diffusers/snapshots/<sha>) and "
+                  "MODEL_REVISION / revisions-table pins in several independent public projects")
+WAN_VACE = HubRepo("Wan-AI/Wan2.1-VACE-1.3B-diffusers", "ec4d2cb062b548996b179d493fdd05340de702a1",
+                   "HF-cache snapshot paths, a /tree/<sha> URL, snapshot_download(revision=...) and MODEL_REVISION "
+                   "pins in several independent public projects")
+# one public project only (no HF-cache path or /resolve/ URL found): treat it as pinned, not independently confirmed
+ANYFLOW_FAR = HubRepo("nvidia/AnyFlow-FAR-Wan2.1-1.3B-Diffusers", "915af337434035df8545797ecc910d79fa78cf29",
+                      "pinned as a CheckpointSpec revision (with the sha256 and size of its "
+                      "transformer/diffusion_pytorch_model.safetensors) in one public project, repeated there as the "
+                      "audited checkpoint identity in its tests and design notes; no second source found")
 
 HUB_BACKENDS: Mapping[str, HubSpec] = MappingProxyType({
     "animatediff": HubSpec(
@@ -100,6 +111,16 @@ HUB_BACKENDS: Mapping[str, HubSpec] = MappingProxyType({
         "svd-xt", "Stable Video Diffusion XT (image → 25 frames)", "svd:SVDBackend",
         MappingProxyType({"svd": SVD_XT}), notes="gated on the hub: accept the licence and set HF_TOKEN",
         default_num_frames=25),
+    "wan": HubSpec(
+        "wan", "Wan 2.1 T2V 1.3B (DiT, full 3D attention; text → video)", "wan:WanBackend",
+        MappingProxyType({"wan": WAN_T2V})),
+    "wan-vace": HubSpec(
+        "wan-vace", "Wan 2.1 VACE 1.3B (text, first frame, pose, depth, stroke layout → video)",
+        "wan:WanVACEBackend", MappingProxyType({"vace": WAN_VACE})),
+    "anyflow-far": HubSpec(
+        "anyflow-far", "AnyFlow-FAR Wan 2.1 1.3B (causal, few-step, streams chunks; text / first frame → video)",
+        "anyflow:AnyFlowFARBackend", MappingProxyType({"anyflow": ANYFLOW_FAR}),
+        notes="NVIDIA One-Way Noncommercial licence (weights)"),
 })
 
 
