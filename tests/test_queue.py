@@ -167,3 +167,15 @@ def test_run_folders_are_trimmed_by_age_then_size(tmp_path):
     left = trim_folder(tmp_path, max_age_s=3600, max_bytes=900)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run2", "run3"]  # too old; then the oldest over 900 B
     assert left == 800
+
+
+def test_the_start_up_warm_up_times_the_backend_for_the_first_estimates(tiny_model_dir, one_torch_thread):
+    """The app's warm-up run goes through the queue, so the first users' waits come from measured step times."""
+    from vdemo.ui.queue import QUEUE
+    from vdemo.ui.space import WARM_UP_STEPS, warm_up
+
+    assert not THROUGHPUT.measured("tiny")
+    warm_up("tiny")
+    assert THROUGHPUT.measured("tiny") and len(QUEUE) == 0
+    assert 0 < THROUGHPUT.step_s(Work("tiny", 1, 16 * 64 * 64)) < 30
+    assert WARM_UP_STEPS >= 2  # one step has no step time to measure

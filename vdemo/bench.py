@@ -5,6 +5,7 @@
     python -m vdemo.bench pipeline                           # s per 16-frame clip, first preview, per mode/sampler
     python -m vdemo.bench backends                           # hub backends on a GPU space (downloads; not in CI)
     python -m vdemo.bench dit-attention                      # per mode at Wan 2.1 1.3B's real grid (32,760 tokens)
+    python -m vdemo.bench dit-step                           # ms/step + peak memory per mode, Wan 1.3B random weights
 
 `attention` times `vdemo.attention.attend` per mode (under torch.no_grad; one warm-up round per config, not counted)
 and prints the measured speedup over `full` next to the theoretical one, P(full) / P(mode), where P is the number of
@@ -462,6 +463,234 @@ def run_dit_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------------- DiT step
+# Wan 2.1 T2V 1.3B's transformer, as diffusers' `WanTransformer3DModel` kwargs: diffusers'
+# scripts/convert_wan_to_diffusers.py ("Wan-T2V-1.3B") and the Wan repo's wan/configs/wan_t2v_1_3B.py (dim 1536 =
+# 12 heads × 128, ffn 8960, 30 layers, eps 1e-6); rope_max_seq_len is the class default, as in the hub's config.json.
+WAN_T2V_1_3B_CONFIG = {
+    "patch_size": (1, 2, 2), "num_attention_heads": 12, "attention_head_dim": 128, "in_channels": 16,
+    "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 8960, "num_layers": 30,
+    "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 1024,
+}
+WAN_TEXT_TOKENS = 512  # Wan's text_len: umt5-xxl prompt embeddings padded to 512 tokens (wan/configs/shared_config.py)
+WAN_GUIDANCE = 5.0  # WanPipeline's default guidance_scale
+CPU_MAX_TOKEN_LAYERS = 8192  # self-attention tokens × layers the CPU code-path check may take on
+
+
+def build_wan_transformer(config: dict | None = None, layers: int | None = None, device: str = "cpu",
+                          dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.nn.Module:
+    """`WanTransformer3DModel` from a config with random weights (no download), built on `device` and cast as
+    `from_pretrained(torch_dtype=dtype)` casts: parameters under `_keep_in_fp32_modules` stay float32."""
+    from diffusers import WanTransformer3DModel
+
+    cfg = {**(config or WAN_T2V_1_3B_CONFIG), **({"num_layers": layers} if layers else {})}
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = WanTransformer3DModel(**cfg)  # an unknown key raises
+    keep = model._keep_in_fp32_modules or []
+    for name, param in model.named_parameters():
+        if param.is_floating_point() and not any(m in name.split(".") for m in keep):
+            param.data = param.data.to(dtype)
+    return model.eval()
+
+
+def dit_step_inputs(config: dict, frames: int, height: int, width: int, text_tokens: int = WAN_TEXT_TOKENS,
+                    device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> dict:
+    """Random inputs of one WanPipeline step: latent (1, C, (frames-1)/4+1, H/8, W/8), a timestep, and the prompt's
+    and negative prompt's text embeddings (1, text_tokens, text_dim)."""
+    wan_token_grid(frames, height, width)  # validates the size
+    gen = torch.Generator().manual_seed(seed)
+    latent = (1, config["in_channels"], (frames - 1) // WAN_VAE_STRIDE[0] + 1,
+              height // WAN_VAE_STRIDE[1], width // WAN_VAE_STRIDE[2])  # (B, C, F, H, W)
+    text = (1, text_tokens, config["text_dim"])
+    return {"latents": torch.randn(latent, generator=gen).to(device, dtype),
+            "timestep": torch.tensor([500.0], device=device),
+            "prompt_embeds": torch.randn(text, generator=gen).to(device, dtype),
+            "negative_prompt_embeds": torch.randn(text, generator=gen).to(device, dtype)}
+
+
+def dit_step(model: torch.nn.Module, inputs: dict, guidance: float = WAN_GUIDANCE) -> torch.Tensor:
+    """One denoising step's model work as WanPipeline does it: a conditional and an unconditional forward, then CFG."""
+    def forward(context: torch.Tensor) -> torch.Tensor:
+        return model(hidden_states=inputs["latents"], timestep=inputs["timestep"], encoder_hidden_states=context,
+                     return_dict=False)[0]
+
+    cond, uncond = forward(inputs["prompt_embeds"]), forward(inputs["negative_prompt_embeds"])
+    return uncond + guidance * (cond - uncond)  # (B, C, F, H, W) velocity
+
+
+def _param_mib(module: torch.nn.Module) -> float:
+    return sum(p.numel() * p.element_size() for p in module.parameters()) / 2**20
+
+
+class _BlockClock:
+    """Milliseconds spent in a transformer's blocks (first block's start to last block's end), summed over forwards:
+    CUDA events on a GPU, so that it adds no synchronisation, perf_counter on a CPU. Splits a step's time into blocks
+    (which scale with the layer count) and the rest (embeddings, patchify, head)."""
+
+    def __init__(self, model: torch.nn.Module, dev: torch.device):
+        self.dev, self.spans, self._start = dev, [], None
+        model.blocks[0].register_forward_pre_hook(lambda *_: setattr(self, "_start", self._mark()))
+        model.blocks[-1].register_forward_hook(lambda *_: self.spans.append((self._start, self._mark())))
+
+    def _mark(self):
+        if self.dev.type != "cuda":
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def take_ms(self) -> float:
+        """The block time since the last call; call it after a synchronisation."""
+        cuda = self.dev.type == "cuda"
+        ms = sum(a.elapsed_time(b) if cuda else (b - a) * 1000.0 for a, b in self.spans)
+        self.spans = []
+        return ms
+
+
+def bench_dit_step(frames: int = 81, height: int = 480, width: int = 832, layers: int | None = None,
+                   modes: Sequence[str] = ATTENTION_MODES, repeats: int = 3, device: str = "cpu",
+                   dtype: torch.dtype = torch.float32, config: dict | None = None,
+                   text_tokens: int = WAN_TEXT_TOKENS, seed: int = 0,
+                   log: Callable[[str], None] | None = None) -> list[dict]:
+    """Per mode: ms per denoising step (2 forwards, CFG) of Wan 2.1 1.3B built from its config with random weights
+    and the grid processors installed; median of `repeats` after one warm-up step. On CUDA also the peak memory."""
+    from vdemo.backends.hub.wan_attention import grid_pairs, install_grid_attention
+
+    config = config or WAN_T2V_1_3B_CONFIG
+    full_layers = config["num_layers"]
+    layers = layers or full_layers
+    if not 1 <= layers <= full_layers:
+        raise ValueError(f"layers must be 1–{full_layers}, got {layers}")
+    grid = wan_token_grid(frames, height, width)
+    modes = [parse_mode(m) for m in dict.fromkeys(["full", *modes])]  # full first: ratios and diffs are against it
+    dev = torch.device(device)
+    model = build_wan_transformer(config, layers, device, dtype, seed)
+    ctx = install_grid_attention(model)
+    clock = _BlockClock(model, dev)
+    inputs = dit_step_inputs(config, frames, height, width, text_tokens, device, dtype, seed)
+    weights_mib = _param_mib(model)
+    full_weights_mib = weights_mib + (full_layers - layers) * _param_mib(model.blocks[0])
+    if log:
+        log(f"  built {layers} of {full_layers} layers: {weights_mib:,.0f} MiB of weights ({full_weights_mib:,.0f} MiB "
+            f"at {full_layers}); latent {tuple(inputs['latents'].shape)}, text {tuple(inputs['prompt_embeds'].shape)}")
+    rows, full_out = [], None
+    with torch.no_grad():
+        for mode in modes:
+            ctx.mode = mode
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+                torch.cuda.reset_peak_memory_stats(dev)
+            out = dit_step(model, inputs).float()  # the warm-up step, not timed
+            full_out = out if full_out is None else full_out
+            _sync(dev)
+            clock.take_ms()
+            ms, block_ms = [], []
+            for _ in range(repeats):
+                ms.append(_time_once_ms(partial(dit_step, model, inputs), dev))
+                block_ms.append(clock.take_ms())
+            step_ms, blocks_ms = statistics.median(ms), statistics.median(block_ms)
+            peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+            rows.append({
+                "mode": mode.value, "frames": frames, "height": height, "width": width, "grid": list(grid),
+                "tokens": math.prod(grid), "latent": list(inputs["latents"].shape), "text_tokens": text_tokens,
+                "layers": layers, "device": dev.type, "dtype": str(dtype).removeprefix("torch."),
+                "ms_per_step": step_ms, "blocks_ms_per_step": blocks_ms, "repeats": repeats,
+                "projected_ms_per_step": step_ms - blocks_ms + blocks_ms * full_layers / layers,
+                "pairs_ratio_vs_full": grid_pairs(mode, grid) / grid_pairs("full", grid),
+                "peak_mib": peak, "weights_mib": weights_mib,
+                "projected_peak_mib": None if peak is None else peak - weights_mib + full_weights_mib,
+                "max_abs_diff_vs_full": (out - full_out).abs().max().item(), "finite": bool(out.isfinite().all()),
+            })
+            if log:
+                log(f"  {mode.value:<13} {rows[-1]['ms_per_step']:10.1f} ms/step")
+    full_ms = rows[0]["ms_per_step"]
+    for row in rows:
+        row["time_ratio_vs_full"] = row["ms_per_step"] / full_ms
+    return rows
+
+
+def format_dit_step_table(rows: list[dict], full_layers: int = WAN_T2V_1_3B_CONFIG["num_layers"]) -> str:
+    r0 = rows[0]
+    with_peak = r0["peak_mib"] is not None
+    proj = r0["layers"] != full_layers
+    lines = [f"{'mode':<13} {'ms/step':>10} " + (f"{f'ms/step @{full_layers}L':>13} " if proj else "")
+             + f"{'time/full':>9} {'pairs/full':>10} "
+             + (f"{'peak MiB':>9} " + (f"{f'peak @{full_layers}L':>11} " if proj else "") if with_peak else "")
+             + f"{'max|Δ| vs full':>14}"]
+    for r in rows:
+        lines.append(f"{r['mode']:<13} {r['ms_per_step']:>10.1f} "
+                     + (f"{r['projected_ms_per_step']:>13.1f} " if proj else "")
+                     + f"{r['time_ratio_vs_full']:>9.3f} {r['pairs_ratio_vs_full']:>10.3f} "
+                     + (f"{r['peak_mib']:>9,.0f} " + (f"{r['projected_peak_mib']:>11,.0f} " if proj else "")
+                        if with_peak else "")
+                     + f"{r['max_abs_diff_vs_full']:>14.3g}" + ("" if r["finite"] else "  NON-FINITE"))
+    lines.append(f"one step = 2 transformer forwards (CFG), median of {r0['repeats']} after a warm-up; "
+                 f"{r0['layers']} layer(s), {r0['dtype']} on {r0['device']}"
+                 + (f"; '@{full_layers}L' scales the blocks' time by {full_layers}/{r0['layers']} (the rest as "
+                    "measured) and adds the missing layers' weights to the peak" if proj else ""))
+    if r0["device"] != "cuda":
+        lines.append("CPU CODE-PATH CHECK at a reduced size: these times are not the GPU figure.")
+    return "\n".join(lines)
+
+
+def add_dit_step_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frames", type=int, default=81, help="video frames (4k+1)")
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--layers", type=int, default=None, help="transformer blocks to build (default: all 30); "
+                   "the time is also shown scaled to 30")
+    p.add_argument("--modes", nargs="+", default=list(ATTENTION_MODES), choices=ATTENTION_MODES)
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed steps per mode after the warm-up (median shown; default: 3 on CUDA, 1 on CPU)")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="default: bfloat16 on CUDA (as the backend loads Wan), float32 on CPU")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="print the rows as a JSON list instead of a table")
+
+
+def run_dit_step(args: argparse.Namespace) -> int:
+    """ms per denoising step and peak memory per mode: Wan 2.1 1.3B with random weights at the real size (GPU)"""
+    err = partial(print, file=sys.stderr, flush=True)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        err(f"dit-step: --device {device} but torch sees no CUDA device; drop --device to run the CPU code-path "
+            "check (e.g. --layers 1 --frames 9 --height 128 --width 128)")
+        return 2
+    dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    layers = WAN_T2V_1_3B_CONFIG["num_layers"] if args.layers is None else args.layers
+    try:
+        grid = wan_token_grid(args.frames, args.height, args.width)
+        if not 1 <= layers <= WAN_T2V_1_3B_CONFIG["num_layers"]:
+            raise ValueError(f"--layers must be 1–{WAN_T2V_1_3B_CONFIG['num_layers']}, got {layers}")
+    except ValueError as e:
+        err(f"dit-step: {e}")
+        return 2
+    if not device.startswith("cuda") and math.prod(grid) * layers > CPU_MAX_TOKEN_LAYERS:
+        err(f"dit-step: {math.prod(grid):,} tokens × {layers} layers is a GPU measurement (CPU limit: tokens × layers "
+            f"≤ {CPU_MAX_TOKEN_LAYERS:,}); on CPU run the code-path check: --layers 1 --frames 9 --height 128 "
+            "--width 128")
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = None if args.json else err
+    if log:
+        log(f"dit-step: Wan 2.1 T2V 1.3B config, random weights, {layers} layer(s), {dtype_name}, {device}; "
+            f"{args.width}×{args.height}, {args.frames} frames -> tokens {'×'.join(map(str, grid))} = "
+            f"{math.prod(grid):,}; text {WAN_TEXT_TOKENS} × {WAN_T2V_1_3B_CONFIG['text_dim']}")
+        if device.startswith("cuda"):
+            log(f"  {torch.cuda.get_device_name(device)}")
+        else:
+            log("  CPU CODE-PATH CHECK: not the GPU figure (run this on a CUDA machine without --layers for that)")
+            warn_if_busy(log)
+    repeats = args.repeats or (3 if device.startswith("cuda") else 1)
+    rows = bench_dit_step(args.frames, args.height, args.width, layers, args.modes, repeats, device,
+                          getattr(torch, dtype_name), log=log)
+    print(json.dumps(rows, indent=1) if args.json else format_dit_step_table(rows))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ the running app
 def add_queue_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--users", type=int, default=8)
@@ -509,6 +738,7 @@ SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable
     "backends": (add_backends_args, run_backends),
     "gpu-time": (add_gpu_time_args, run_gpu_time),
     "dit-attention": (add_dit_attention_args, run_dit_attention),
+    "dit-step": (add_dit_step_args, run_dit_step),
     "queue": (add_queue_args, run_queue),
     "soak": (add_soak_args, run_soak),
 }

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 PROMPT = "a red circle moves right on a black background"
+SETTLE_S = 3.0  # before a resource sample
 WAIT_RE = re.compile(r"(\d+)(?:st|nd|rd|th) in line, about ([\d.]+) s")
 
 
@@ -143,8 +144,9 @@ def resources(pid: int, folders: list[Path]) -> dict:
 
 def soak(gens: int = 200, users: int = 8, steps: int = 2, frames: int = 4, cancel_every: int = 10,
          warm_up: int = 20, disk_cap_mb: float | None = 16, log=print) -> dict:
-    """`gens` generations one after another (every `cancel_every`-th submitted and cancelled after its first
-    preview), then `users` at once; resources sampled after `warm_up` generations and at the end. `disk_cap_mb` sets
+    """Warm-up (`warm_up` generations, then `users` at once), then `gens` generations one after another (every
+    `cancel_every`-th submitted and cancelled after its first preview), `users` at once again, and `warm_up` more;
+    the app's resources sampled after the warm-up, every 50 generations and at the end. `disk_cap_mb` sets
     the run-folder and Gradio-cache caps (`VDEMO_RUNS_MAX_MB`, `VDEMO_CACHE_MAX_MB`) low enough that 200 small
     generations reach them: what is shown is that disk use stops growing at the cap (None: the app's defaults)."""
     from gradio.utils import get_upload_folder
@@ -156,29 +158,46 @@ def soak(gens: int = 200, users: int = 8, steps: int = 2, frames: int = 4, cance
 
     folders = [RUNS_DIR, Path(get_upload_folder())]
     samples, cancelled = [], 0
+
+    def sample(label: str) -> None:
+        time.sleep(SETTLE_S)  # closed connections and finished handler threads settle
+        samples.append({"after": label, **resources(pid, folders)})
+        log(f"after {label}: {samples[-1]}")
+
     with app_process(env) as (url, pid):
         client = Client(url, verbose=False)
-        for i in range(gens):
-            if cancel_every and i % cancel_every == cancel_every - 1:
-                job = client.submit(*text_args(steps, frames, seed=i), api_name="/text_to_video")
-                while not job.outputs() and not job.done():
-                    time.sleep(0.02)
-                job.cancel()
-                cancelled += 1
-            else:
-                client.predict(*text_args(steps, frames, seed=i), api_name="/text_to_video")
-            if i + 1 == warm_up or (i + 1) % 50 == 0 or i + 1 == gens:
-                samples.append({"after": i + 1, **resources(pid, folders)})
-                log(f"after {i + 1} generations: {samples[-1]}")
-        threads = [threading.Thread(target=lambda s=s: Client(url, verbose=False).predict(
-            *text_args(steps, frames, seed=1000 + s), api_name="/text_to_video")) for s in range(users)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        time.sleep(1.0)
-        samples.append({"after": f"{gens} + {users} concurrent", **resources(pid, folders)})
-        log(f"after {users} concurrent users: {samples[-1]}")
+
+        def sequential(count: int, first_seed: int, cancel: bool) -> int:
+            n = 0
+            for i in range(count):
+                if cancel and cancel_every and i % cancel_every == cancel_every - 1:
+                    job = client.submit(*text_args(steps, frames, seed=first_seed + i), api_name="/text_to_video")
+                    while not job.outputs() and not job.done():
+                        time.sleep(0.02)
+                    job.cancel()
+                    n += 1
+                else:
+                    client.predict(*text_args(steps, frames, seed=first_seed + i), api_name="/text_to_video")
+                if cancel and (i + 1) % 50 == 0:
+                    sample(f"{i + 1} generations")
+            return n
+
+        def concurrent(first_seed: int) -> None:
+            threads = [threading.Thread(target=lambda s=s: Client(url, verbose=False).predict(
+                *text_args(steps, frames, seed=first_seed + s), api_name="/text_to_video")) for s in range(users)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        sequential(warm_up, 10_000, cancel=False)  # warm-up: one user, then `users` at once (thread pool, sockets)
+        concurrent(20_000)
+        sample(f"warm-up ({warm_up} + {users} concurrent)")
+        cancelled = sequential(gens, 0, cancel=True)
+        concurrent(30_000)
+        sample(f"{gens} + {users} concurrent")
+        sequential(warm_up, 40_000, cancel=False)
+        sample(f"{gens} + {users} concurrent + {warm_up}")
     warm, end = samples[0], samples[-1]
     growth = {k: round(end[k] - warm[k], 2) for k in ("rss_mib", "open_files", "threads", "disk_mib")}
     return {"gens": gens, "users": users, "cancelled": cancelled, "disk_cap_mb": disk_cap_mb, "samples": samples,

@@ -45,6 +45,7 @@ CSS = """
 .vd-small textarea { font-family: ui-monospace, monospace; font-size: 0.75rem; }
 .vd-caption p { font-size: 0.75rem; opacity: 0.75; margin: 0; }
 .vd-unavailable p { opacity: 0.55; font-style: italic; }
+.vd-disabled { opacity: 0.45; pointer-events: none; }
 #vd-backends-unavailable:empty { display: none; }
 #vd-compare-table { overflow-x: auto; }
 #vd-compare-table th, #vd-compare-table td { white-space: nowrap; word-break: keep-all; font-size: 0.72rem;

@@ -12,6 +12,7 @@ from __future__ import annotations
 from vdemo.ui.messages import LOG, USER_ERRORS, user_error
 
 MISSING_WEIGHTS = "weights not on this machine"
+WARM_UP_STEPS = 3  # the start-up run: enough steps to time one (the queue's first estimate comes from it)
 SERVED: dict[str, str] = {}  # name -> "ok" or why it is unavailable; filled by serve_backends() at start-up
 
 
@@ -89,22 +90,35 @@ def model_status() -> str:
             f"stroke drawing still work.")
 
 
-def warm_up(backend: str = "tiny") -> None:
-    """Load a backend and run one minimal step (weights, tokenizer, kernels), so the first Generate streams at once.
+def warm_up(backend: str = "tiny", steps: int = WARM_UP_STEPS) -> None:
+    """Load a backend and run a few steps at its default frames (weights, tokenizer, kernels), so the first Generate
+    streams at once — through the generation queue, so its step times seed the waits users are shown.
 
     Meant for a background thread at startup; a failure (e.g. no model yet) is announced once and otherwise ignored.
     """
     from vdemo.backends import backend_info, get_pipeline
     from vdemo.pipeline import GenerationRequest
+    from vdemo.ui.queue import QUEUE, Work
 
+    job = None
     try:
         info = backend_info(backend)
         height, width = info.default_size
-        request = GenerationRequest(prompt="", num_frames=info.limits.min_frames, height=height, width=width,
-                                    num_steps=1, sampler=info.default_sampler,
+        request = GenerationRequest(prompt="", num_frames=info.default_num_frames, height=height, width=width,
+                                    num_steps=steps, sampler=info.default_sampler,
                                     attention_mode=info.default_attention_mode)
-        for _ in get_pipeline(backend).generate(request):
+        pipe = get_pipeline(backend)
+        job = QUEUE.join(Work.of(backend, pipe.backend, request))
+        for _ in QUEUE.wait(job):
             pass
+        done = 0
+        for event in pipe.generate(request):
+            if getattr(event, "step_done", False):
+                done += 1
+                QUEUE.step(job, done)
+        QUEUE.leave(job, finished=True)
     except Exception as err:  # noqa: BLE001 - warm-up is an optimisation; the error shows again at Generate
+        if job is not None:
+            QUEUE.leave(job)
         message = getattr(err, "message", None) or str(err)
         LOG.warning("could not warm up backend %r: %s", backend, message.splitlines()[0] if message else repr(err))

@@ -31,7 +31,8 @@ def build() -> TabUI:
                                elem_id="vd-depth-model")
         reason = unavailable_reason("depth")  # checked once, at start-up: no weights here greys the upload out
         depth_video = gr.File(label="Image or short video to estimate depth from",
-                              file_types=IMAGE_TYPES + VIDEO_TYPES, height=120, interactive=not reason,
+                              file_types=IMAGE_TYPES + VIDEO_TYPES, height=64 if reason else 120,
+                              interactive=not reason, elem_classes=["vd-disabled"] if reason else None,
                               elem_id="vd-depth-video")
         unavailable_note(reason, "vd-depth-unavailable")
     depth_maps = gr.File(label="Depth maps (grayscale, near = bright, one per frame)",

@@ -27,7 +27,8 @@ def build() -> TabUI:
     reason = unavailable_reason("pose")  # checked once, at start-up: no weights here greys the upload out
     with gr.Group(visible=False) as pose_extract:
         pose_video = gr.File(label="Image or short video to extract OpenPose skeletons from",
-                             file_types=IMAGE_TYPES + VIDEO_TYPES, height=120, interactive=not reason,
+                             file_types=IMAGE_TYPES + VIDEO_TYPES, height=64 if reason else 120, interactive=not reason,
+                             elem_classes=["vd-disabled"] if reason else None,
                              elem_id="vd-pose-video")
         unavailable_note(reason, "vd-pose-unavailable")
     skeleton_images = gr.File(label="Skeleton images (OpenPose renderings, one per frame)",
