@@ -34,20 +34,13 @@ from vdemo.media import fit_image
 from vdemo.pipeline import Done, GenerationRequest, Progress, RequestError, VideoPipeline
 from vdemo.strokes import Stroke, stroke_positions
 
-pytestmark = [pytest.mark.hub, pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy")]
+pytestmark = [pytest.mark.hub, pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 ENV = {"wan": "VDEMO_WAN_DIR", "wan-vace": "VDEMO_WAN_VACE_DIR"}
 T2V_SHA = "0fad780a534b6463e45facd96134c9f345acfa5b"
 VACE_SHA = "ec4d2cb062b548996b179d493fdd05340de702a1"
 STROKE = Stroke(((0.25, 0.5), (0.75, 0.5)), 0.2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

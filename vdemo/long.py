@@ -1,7 +1,9 @@
 """Long videos and video-to-video on the shared pipeline: many denoising windows, each an ordinary GenerationRequest.
 
 One denoising pass makes at most `LIMITS.max_frames` frames. Two ways past that, both run here on any backend that
-takes known frames (the `image` modality: known frames with a mask, as the built-in model was trained):
+takes known frames (the `image` modality: known frames with a mask, as the built-in model was trained). A backend may
+take only some layouts of them (AnyFlow-FAR, a causal model: a prefix only, so autoregressive windows and no
+in-betweening); `check_windows` asks it about every window before the first one runs:
 
 - **autoregressive** (VDM, Ho et al. 2022, §3.1 "reconstruction-guided" extension; LVDM, He et al. 2022; Video LDM,
   Blattmann et al. 2023): the first window from the prompt, then each window conditioned on the previous window's
@@ -242,7 +244,22 @@ def _backend(pipe_or_backend, job: LongJob) -> Backend:
     if "image" not in backend.modalities and needs_known_frames(job):
         raise RequestError(f"backend {backend.name!r} cannot take known frames, so it cannot make long videos window "
                            f"by window; use the built-in model (or AnimateDiff's FreeNoise for long text-to-video)")
+    check_windows(backend, job)
     return backend
+
+
+def check_windows(backend: Backend, job: LongJob) -> None:
+    """Refuse (one line) a job with a window the backend would refuse, before any window runs: each window's request
+    goes through `backend.check` with blank frames where its known frames will be."""
+    blank = np.zeros((job.request.height, job.request.width, 3), np.uint8)
+    for w in job.windows:
+        try:
+            backend.check(_window_request(job, w, {f: blank for f in w.known}, None))
+        except RequestError as err:
+            hint = "; autoregressive windows know only their first frames" if job.strategy == "hierarchical" and \
+                job.kind == "long" and w.known else ""
+            raise RequestError(f"{job.strategy} window {w.index + 1}/{len(job.windows)} (frames {w.frames[0]}–"
+                               f"{w.frames[-1]}, known {list(w.known)}): {err}{hint}") from None
 
 
 @dataclass(frozen=True)
@@ -329,7 +346,8 @@ def generate_long(pipe_or_backend, job: LongJob, control: RunControl | None = No
                 clip[f], made[f] = done.frames[position], True
         seconds = time.perf_counter() - t0
         records.append({**w.to_manifest(), "prompt": window_req.prompt, "seed": window_req.seed,
-                        "seconds": round(seconds, 3), "model_calls": len(control.history) - calls0})
+                        "seconds": round(seconds, 3), "model_calls": len(control.history) - calls0,
+                        **{k: done.manifest[k] for k in ("video_context",) if k in done.manifest}})
         yield SegmentDone(w.index, len(job.windows), w, clip.copy(), made.copy(), seconds)
     total_s = time.perf_counter() - started
     manifest = long_manifest(backend, job, control, records, planned, stopped, total_s, first_preview, made)

@@ -20,8 +20,15 @@ its last step ends. The pipeline's own loop runs it; `callback_on_step_end` is t
   frames *are* the result, no second decode.
 - noise: drawn latent frame by latent frame (`chunk_noise`), so a seed gives the same first chunks whatever the
   length: a longer clip continues the shorter one (the model is causal; tested).
-- modalities: text; image = the first frame, VAE-encoded as the conditioning prefix (the pipeline's `video=` context:
-  `encode_video`, then `video_latents=`); that chunk is not denoised, only cached, and streams first.
+- modalities: text; image = known frames that form a prefix of the clip: a first frame (image-to-video), or the
+  frames 0..k−1 of a clip to continue (keyframes; the Video tab's autoregressive long videos and "extend a clip"). They
+  are VAE-encoded as the conditioning prefix (the pipeline's `video=` context: `encode_video`, then `video_latents=`),
+  in chunks of their own (no chunk mixes context and new frames); those chunks are not denoised, only cached, and
+  stream first, as the known frames themselves (exact, not VAE round-tripped). The Wan VAE encodes 4n + 1 frames, so
+  of k known frames the *last* m = the largest 4n + 1 ≤ k condition the model (the frames the continuation must join)
+  and the k − m before them are returned unchanged without being seen (k = 4, the Video tab's default context: m = 1;
+  5 uses all; the manifest's `video_context` says which). A known frame after a generated one (in-betweening, a last
+  frame, the hierarchical long-video strategy) is refused: the causal model only continues.
 - attention: only `causal`. The model is a trained causal student: every query sees its own chunk and all earlier
   chunks, never later ones, which is the lab's `causal` mode at chunk granularity. The other lab modes are not
   offered: `full` would need the KV cache of future chunks, which do not exist when a chunk is denoised (the pipeline
@@ -53,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from einops import rearrange
 
 from vdemo.backends.hub.base import RESIDENCY, DiffusersBackend, RunState, StopRun, place, to_uint8_frames
 from vdemo.backends.hub.preview import WAN21_LATENT_RGB, WAN21_LATENT_RGB_BIAS, latents_to_rgb
@@ -68,8 +76,9 @@ TEMPORAL_STRIDE = 4  # pixel frames per latent frame after the first (the Wan VA
 
 
 def latent_frame_count(num_frames: int, stride: int = TEMPORAL_STRIDE) -> int:
-    """Latent frames that cover `num_frames` video frames: the first stands for one frame, each next for `stride`."""
-    return math.ceil((num_frames - 1) / stride) + 1
+    """Latent frames that cover `num_frames` video frames: the first stands for one frame, each next for `stride`
+    (0 -> 0)."""
+    return math.ceil((num_frames - 1) / stride) + 1 if num_frames else 0
 
 
 def pixel_frame_count(latent_frames: int, stride: int = TEMPORAL_STRIDE) -> int:
@@ -89,6 +98,26 @@ def chunk_partition(latent_frames: int, native: tuple[int, ...]) -> tuple[int, .
         parts.append(min(size, left))
         left -= parts[-1]
     return tuple(parts)
+
+
+def context_frame_count(known: int, stride: int = TEMPORAL_STRIDE) -> int:
+    """Frames of a k-frame known prefix the Wan VAE can encode as context: the largest stride·n + 1 ≤ k (0 -> 0)."""
+    return stride * ((known - 1) // stride) + 1 if known > 0 else 0
+
+
+def context_partition(context_latents: int, latent_frames: int, native: tuple[int, ...]) -> tuple[int, ...]:
+    """Chunks for a clip whose first `context_latents` latent frames are given: the context split as the checkpoint
+    splits a clip's start (`chunk_partition`), then the new frames in chunks of the checkpoint's size, so that no chunk
+    holds both (the pipeline treats every chunk up to the context's end as context: it would never denoise the rest)."""
+    if context_latents == 0:
+        return chunk_partition(latent_frames, native)
+    size, left = native[1] if len(native) > 1 else native[0], latent_frames - context_latents
+    return chunk_partition(context_latents, native) + (size,) * (left // size) + ((left % size,) if left % size else ())
+
+
+def known_indices(request: GenerationRequest) -> list[int]:
+    """Indices of a request's known frames, sorted (repeats kept): 0 for the image, then the keyframes'."""
+    return sorted(([0] if request.image is not None else []) + [int(i) for i, _ in request.keyframes])
 
 
 def chunk_noise(generator: torch.Generator, latent_frames: int, channels: int, height: int, width: int) -> torch.Tensor:
@@ -143,18 +172,28 @@ class ChunkDecoder:
 
 @dataclass
 class ChunkStream:
-    """One run's chunks: which are context, which are done, the frames decoded so far, and when each was ready."""
+    """One run's chunks: which are context, which are done, the frames decoded so far, and when each was ready.
+
+    The video is `known[:lead]` (known frames the model does not see, returned as given), then the pipeline's clip:
+    its context chunks shown as the known frames they encode (`known[lead:]`, exact), then the decoded new chunks.
+    """
 
     partition: tuple[int, ...]
     context_chunks: int
     steps: int  # denoising steps per chunk
     num_frames: int  # requested video frames (the last chunk is trimmed to them)
     decoder: ChunkDecoder
+    known: np.ndarray | None = None  # (k, H, W, 3) uint8: the request's known prefix
+    lead: int = 0  # known frames before the VAE context (k − m)
     latents: list[torch.Tensor] = field(default_factory=list)  # finished chunks, (T_k, C, h, w) each
     frames: list[np.ndarray] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
     chunk: int = 0  # the chunk being denoised
     chunk_started: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.lead:
+            self.frames.append(self.known[:self.lead])
 
     @property
     def total_steps(self) -> int:
@@ -173,14 +212,17 @@ class ChunkStream:
                ) -> np.ndarray:
         """Decode a finished chunk (T_k, C, h, w) (partial: a stopped chunk's last clean estimate); record it;
         returns every frame so far (trimmed)."""
-        decoded = self.decoder(latents)
+        decoded = self.decoder(latents)  # context too: it primes the decoder's causal cache for the chunks after it
+        start, end = self.span(self.chunk)
+        first, last = self.lead + pixel_frame_count(start), self.lead + pixel_frame_count(end)
+        if context:
+            decoded = self.known[first:last]  # the known frames themselves, not their VAE round trip
         self.latents.append(latents.detach())
         self.frames.append(decoded)
-        start, end = self.span(self.chunk)
         now = time.perf_counter()
         self.records.append({"chunk": self.chunk, "latent_frames": [start, end], "context": context,
                              "stopped_early": partial,
-                             "frames": [pixel_frame_count(start), min(pixel_frame_count(end), self.num_frames)],
+                             "frames": [first if self.chunk else 0, min(last, self.num_frames)],
                              "seconds": round(now - (self.chunk_started or started), 4),
                              "ready_s": round(now - started, 4)})
         self.chunk, self.chunk_started = self.chunk + 1, now
@@ -193,7 +235,8 @@ class ChunkStream:
 
 
 class AnyFlowFARBackend(DiffusersBackend):
-    """AnyFlow-FAR Wan 2.1 1.3B: text and first-frame image to video, causal chunks streamed as they finish."""
+    """AnyFlow-FAR Wan 2.1 1.3B: text, a first frame or a clip's first frames to video (a continuation), causal chunks
+    streamed as they finish."""
 
     modalities = frozenset({"text", "image"})
     attention_modes = ("causal",)
@@ -234,22 +277,48 @@ class AnyFlowFARBackend(DiffusersBackend):
 
     # ------------------------------------------------------------------------------------------------- contract
     def check(self, request: GenerationRequest) -> None:
-        if request.keyframes:
-            raise RequestError(f"backend {self.name!r} takes only a first frame; keyframes are not supported")
+        known = known_indices(request)
+        if len(set(known)) < len(known):
+            raise RequestError(f"backend {self.name!r} got a known frame twice (frames {known}; the image is "
+                               f"frame 0): give each once")
+        if known != list(range(len(known))):
+            raise RequestError(f"backend {self.name!r} takes known frames only as the clip's first frames 0, 1, …, "
+                               f"k − 1 (a first frame, or a clip to continue), got frames {known}; a known frame "
+                               f"after a generated one (in-betweening, a last frame) is not supported")
+        if known and len(known) >= request.num_frames:
+            raise RequestError(f"backend {self.name!r} got {len(known)} known frames for a {request.num_frames}-frame "
+                               f"clip: nothing is left to generate")
         super().check(request)
 
     def input_warnings(self, request: GenerationRequest) -> list[str]:
+        warnings = []
         if request.guidance > 1.0:
-            return [f"guidance {request.guidance:g} > 1 runs an extra unconditional pass: AnyFlow has guidance fused "
-                    f"into its weights (use 1)"]
-        return []
+            warnings.append(f"guidance {request.guidance:g} > 1 runs an extra unconditional pass: AnyFlow has "
+                            f"guidance fused into its weights (use 1)")
+        known, used = self.context_plan(request)
+        if used < known:
+            warnings.append(f"{known} known frames: the Wan VAE encodes 4n + 1, so the last {used} condition the "
+                            f"model and the {known - used} before them are kept but unseen (a context of 1, 5, 9, … "
+                            f"frames is used whole)")
+        return warnings
 
     def describe(self) -> dict:
         return {**super().describe(), "attention": "native causal chunk attention (FAR, KV cache)",
-                "streaming": "chunks decoded and sent as each finishes"}
+                "streaming": "chunks decoded and sent as each finishes",
+                "known_frames": "a prefix of the clip (a first frame, or frames 0..k−1 to continue); its last "
+                                "4n + 1 ≤ k are the VAE-encoded context"}
+
+    @staticmethod
+    def context_plan(request: GenerationRequest) -> tuple[int, int]:
+        """(k, m): the request's known frames (a prefix) and how many of them, the last, are the VAE context."""
+        known = len(known_indices(request))
+        return known, context_frame_count(known)
 
     def partition_for(self, request: GenerationRequest) -> tuple[int, ...]:
-        return chunk_partition(latent_frame_count(request.num_frames), self.native_partition)
+        """Latent frames per chunk of the pipeline's clip: the context's chunks, then the new frames'."""
+        known, used = self.context_plan(request)
+        made = request.num_frames - (known - used)  # pixel frames of the pipeline's clip: context + new
+        return context_partition(latent_frame_count(used), latent_frame_count(made), self.native_partition)
 
     # ---------------------------------------------------------------------------------------- DiffusersBackend hooks
     def pipeline_for(self, request: GenerationRequest):
@@ -293,19 +362,23 @@ class AnyFlowFARBackend(DiffusersBackend):
         factor = pipe.vae_scale_factor_spatial
         noise = chunk_noise(state.generator, latent_frames, pipe.transformer.config.in_channels,
                             request.height // factor, request.width // factor)
-        stream = ChunkStream(partition, 0, request.num_steps, request.num_frames,
-                             ChunkDecoder(pipe.vae, pipe.video_processor))
+        known = self.known_frames(request)  # (k, H, W, 3)
+        used = context_frame_count(len(known))  # the last `used` are the VAE context
+        context_chunks = len(chunk_partition(latent_frame_count(used), self.native_partition)) if used else 0
+        stream = ChunkStream(partition, context_chunks, request.num_steps, request.num_frames,
+                             ChunkDecoder(pipe.vae, pipe.video_processor), known, len(known) - used)
         state.chunk_stream = stream  # read by _manifest (RunState has no slot for a backend's own record)
         kwargs = {"prompt": request.prompt, "height": request.height, "width": request.width,
                   "num_frames": pixel_frame_count(latent_frames), "num_inference_steps": request.num_steps,
                   "guidance_scale": float(request.guidance), "latents": noise.to(self.device),
                   "chunk_partition": list(partition)}
-        if request.image is not None:
-            context = self._encode_first_frame(pipe, request)  # (1, 1, C, h, w)
-            stream.context_chunks = 1
+        if used:
+            context = self._encode_context(pipe, known[len(known) - used:], request)  # (1, c, C, h, w)
             kwargs["video_latents"] = context
-            frames = stream.finish(context[0], state.started, context=True)
-            self._emit_chunk(state, stream, frames, step=0)
+            for chunk in range(context_chunks):
+                start, end = stream.span(chunk)
+                frames = stream.finish(context[0, start:end], state.started, context=True)
+                self._emit_chunk(state, stream, frames, step=0)
 
         def callback(pipe_, i, t, callback_kwargs):
             return self._on_chunk_step(state, stream, i, callback_kwargs["latents"])
@@ -317,10 +390,19 @@ class AnyFlowFARBackend(DiffusersBackend):
             pipe.maybe_free_model_hooks()
         return stream.video()
 
-    def _encode_first_frame(self, pipe, request: GenerationRequest) -> torch.Tensor:
-        """The image as a one-frame video in [0, 1], VAE-encoded by the pipeline: (1, 1, C, h, w) FAR layout."""
-        image = fit_image(request.image, request.height, request.width)
-        video = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None, None].float() / 255.0  # (1, 1, 3, H, W)
+    @staticmethod
+    def known_frames(request: GenerationRequest) -> np.ndarray:
+        """The request's known prefix (the image as frame 0, then the keyframes by index), fitted to its size:
+        (k, H, W, 3) uint8 (check() has made sure the indices are 0..k−1)."""
+        given = {} if request.image is None else {0: request.image}
+        given.update({int(i): frame for i, frame in request.keyframes})
+        frames = [fit_image(given[i], request.height, request.width) for i in sorted(given)]
+        return np.stack(frames) if frames else np.zeros((0, request.height, request.width, 3), np.uint8)
+
+    def _encode_context(self, pipe, frames: np.ndarray, request: GenerationRequest) -> torch.Tensor:
+        """(m, H, W, 3) uint8 frames, m = 4n + 1, as a video in [0, 1] VAE-encoded by the pipeline (its `video=`
+        path): (1, n + 1, C, h, w) FAR layout."""
+        video = rearrange(torch.from_numpy(frames).float() / 255.0, "f h w c -> 1 f c h w")
         with torch.no_grad():
             return pipe.encode_video(video.to(self.device), height=request.height, width=request.width)
 
@@ -362,5 +444,10 @@ class AnyFlowFARBackend(DiffusersBackend):
         stream = getattr(state, "chunk_stream", None)
         if stream is not None:
             manifest["chunks"] = stream.manifest()
+        known, used = self.context_plan(state.request)
+        manifest["video_context"] = {"known_frames": known, "context_frames": used,
+                                     "context_span": [known - used, known],  # [start, end) of the clip
+                                     "context_latent_frames": latent_frame_count(used),
+                                     "kept_unseen": known - used}
         manifest["warnings"] = self.input_warnings(state.request)
         return manifest

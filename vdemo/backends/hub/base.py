@@ -509,8 +509,7 @@ class DiffusersBackend(Backend):
             if state.in_step:  # `scheduler_step` below calls back into scheduler.step
                 return original(model_output, timestep, sample, *args, **kwargs)
             t = scheduler.timesteps[state.index] if state.index < len(scheduler.timesteps) else timestep
-            x_in = scheduler.scale_model_input(sample, t)
-            state.x0_hat, state.eps_hat = split_prediction(scheduler, model_output, x_in, t)
+            state.x0_hat, state.eps_hat = self.split(scheduler, model_output, sample, t, state)
             state.in_step = True
             try:
                 prev = scheduler_step(scheduler, model_output, t, sample, state.generator)
@@ -519,6 +518,12 @@ class DiffusersBackend(Backend):
             return SchedulerOutput(prev_sample=prev)
 
         scheduler.step = step
+
+    def split(self, scheduler: SchedulerMixin, model_output: torch.Tensor, sample: torch.Tensor, t,
+              state: RunState) -> tuple[torch.Tensor, torch.Tensor]:
+        """x0̂ and ε̂ from one model output at timestep t (`vdemo.samplers.split_prediction`: the VP models' ε / v /
+        x0 parametrisations); flow-matching backends override it."""
+        return split_prediction(scheduler, model_output, scheduler.scale_model_input(sample, t), t)
 
     def _on_step_end(self, pipe, state: RunState, i: int, latents: torch.Tensor) -> dict:
         """After the pipeline's timestep entry i: record, emit Progress, then stop, paste or steer.

@@ -118,7 +118,8 @@ HUB_BACKENDS: Mapping[str, HubSpec] = MappingProxyType({
         "wan-vace", "Wan 2.1 VACE 1.3B (text, first frame, pose, depth, stroke layout → video)",
         "wan:WanVACEBackend", MappingProxyType({"vace": WAN_VACE})),
     "anyflow-far": HubSpec(
-        "anyflow-far", "AnyFlow-FAR Wan 2.1 1.3B (causal, few-step, streams chunks; text / first frame → video)",
+        "anyflow-far",
+        "AnyFlow-FAR Wan 2.1 1.3B (causal, few-step, streams chunks; text / first frame / a clip to continue → video)",
         "anyflow:AnyFlowFARBackend", MappingProxyType({"anyflow": ANYFLOW_FAR}),
         notes="NVIDIA One-Way Noncommercial licence (weights)"),
 })

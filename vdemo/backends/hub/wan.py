@@ -51,7 +51,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from vdemo.backends.hub.base import RESIDENCY, DiffusersBackend, RunState, control_frames, place
 from vdemo.backends.hub.preview import WAN21_LATENT_RGB, WAN21_LATENT_RGB_BIAS, latents_to_rgb
@@ -60,7 +60,6 @@ from vdemo.config import ATTENTION_MODES, LIMITS, Limits
 from vdemo.cost import GpuCost
 from vdemo.media import fit_image
 from vdemo.pipeline import GenerationRequest, Progress, RequestError
-from vdemo.samplers import scheduler_step
 from vdemo.strokes import Stroke, stroke_positions
 
 WAN_SAMPLERS = ("UniPC", "DPM++ 2M", "Euler")
@@ -212,24 +211,11 @@ class WanBackend(DiffusersBackend):
             frames[index] = frame
         return frames
 
-    def _instrument(self, scheduler: SchedulerMixin, state: RunState) -> None:
-        """Wrap `step` to record x0̂ / ε̂ from the flow velocity (σ of the current entry) and step on our own list."""
-        original = scheduler.step
-
-        def step(model_output, timestep, sample, *args, **kwargs):
-            if state.in_step:
-                return original(model_output, timestep, sample, *args, **kwargs)
-            t = scheduler.timesteps[state.index] if state.index < len(scheduler.timesteps) else timestep
-            sigma = float(scheduler.sigmas[min(state.index, len(scheduler.sigmas) - 1)])
-            state.x0_hat, state.eps_hat = flow_split(model_output.float(), sample.float(), sigma)
-            state.in_step = True
-            try:
-                prev = scheduler_step(scheduler, model_output, t, sample, state.generator)
-            finally:
-                state.in_step = False
-            return SchedulerOutput(prev_sample=prev)
-
-        scheduler.step = step
+    def split(self, scheduler: SchedulerMixin, model_output: torch.Tensor, sample: torch.Tensor, t,
+              state: RunState) -> tuple[torch.Tensor, torch.Tensor]:
+        """x0̂ / ε̂ from the flow velocity at σ of the current timestep entry (`flow_split`)."""
+        sigma = float(scheduler.sigmas[min(state.index, len(scheduler.sigmas) - 1)])
+        return flow_split(model_output.float(), sample.float(), sigma)
 
     def _paste_steps(self, state: RunState) -> set[int]:
         return set()  # strokes are a VACE control video here, not latent pasting

@@ -25,6 +25,7 @@ from vdemo.long import (
     LongJob,
     LongProgress,
     SegmentDone,
+    check_windows,
     edit,
     extend,
     generate_long,
@@ -258,6 +259,8 @@ def stream_long(build, settings: Settings, request: gr.Request | None):
         raise user_error(f"backend {settings.backend!r} cannot take known frames, so it makes no windows after the "
                          f"first; use the built-in model (AnimateDiff: up to {info.limits.max_frames} frames with "
                          f"FreeNoise, or edit a clip of at most that many frames)")
+    with USER_ERRORS:
+        check_windows(pipe.backend, job)  # e.g. in-betweening windows on a backend that only continues a clip
     check_job_fits(pipe.backend, job)  # before any GPU time is asked for
     control = live_settings(job.request.attention_mode, job.request.sampler)
     run = LongRun(pipe.backend, control)
