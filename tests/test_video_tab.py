@@ -125,3 +125,13 @@ def test_cli_long_video_and_extension(app_ready, tmp_path):
                  "--out", str(tmp_path / "x.mp4")]) == 0
     assert json.loads((tmp_path / "manifest.json").read_text())["long"]["given_frames"] == list(range(12))
     assert main(["generate", "--video", str(out), "--out", str(tmp_path / "y.mp4")]) == 2  # neither extend nor edit
+
+
+def test_choosing_a_backend_sets_the_video_tabs_strategy_and_context():
+    """A causal model that only continues clips starts on autoregressive windows with a context it encodes whole."""
+    from vdemo.ui.tabs.video import long_video_defaults
+
+    strategy, context = long_video_defaults("anyflow-far")
+    assert (strategy["value"], context["value"]) == ("autoregressive", 5)
+    strategy, context = long_video_defaults("tiny")
+    assert (strategy["value"], context["value"]) == ("hierarchical", 4)

@@ -282,6 +282,9 @@ class Backend(ABC):
     """What actually denoises. Declares what it accepts; `run` yields Progress events then one Done."""
 
     name: str = "backend"
+    # what the Video tab starts from on this backend: (strategy, context frames); a causal model that only continues
+    # clips wants autoregressive windows with a context it can encode whole
+    long_video_defaults: tuple[str, int] = ("hierarchical", 4)
     modalities: frozenset[str] = frozenset(MODALITIES)
     attention_modes: tuple[str, ...] = ATTENTION_MODES
     samplers: tuple[str, ...] = tuple(SAMPLERS)

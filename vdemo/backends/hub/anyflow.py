@@ -251,6 +251,7 @@ class AnyFlowFARBackend(DiffusersBackend):
     interruptible = False  # the chunk loop has no interrupt flag: the step callback raises StopRun
     min_vram_gib = 20.0  # 1.3B DiT + 5.7B UMT5-XXL encoder in bf16 (~14 GiB) + working memory
     preview_scale = 2
+    long_video_defaults = ("autoregressive", 5)  # it only continues; 5 = 4·1 + 1 frames, all encoded as context
     gpu_cost = GpuCost(startup_s=20.0, s_per_frame_call=0.016, attention_share=0.3, latent_factor=16,
                        temporal_factor=4,
                        source="estimate: a Wan 2.1 1.3B forward (public H100-class timings) scaled to chunk-causal "

@@ -98,6 +98,19 @@ def wire(ui: TabUI, settings: dict, tabs: dict) -> None:
     parts["long_button"].click(long_video, inputs=inputs, outputs=_outputs(), api_name="long_video",
                                api_description="Text → long video (autoregressive or hierarchical windows).",
                                concurrency_id=GPU_QUEUE, concurrency_limit=GPU_CONCURRENCY, show_progress="minimal")
+    settings["backend"].change(long_video_defaults, inputs=settings["backend"],
+                               outputs=[parts["strategy"], parts["context"]], api_visibility="undocumented")
+
+
+def long_video_defaults(backend: str):
+    """The chosen backend's starting strategy and context (e.g. a causal model that only continues clips:
+    autoregressive, 5 frames); an unknown name leaves them."""
+    from vdemo.backends import backend_class, backend_names
+
+    if backend not in backend_names():
+        return gr.skip(), gr.skip()
+    strategy, context = backend_class(backend).long_video_defaults
+    return gr.update(value=strategy), gr.update(value=context)
 
 
 # ------------------------------------------------------------------------------------------------ endpoints
