@@ -562,9 +562,13 @@ class DiffusersBackend(Backend):
                 out["latents"] = switched
         return out
 
+    def preview(self, x0_hat: torch.Tensor, num_frames: int) -> np.ndarray:
+        """x0̂ in the pipeline's layout -> (frames, h, w, 3) uint8 by the SD latent→RGB projection (no VAE decode)."""
+        return latents_to_rgb(self.to_frames(x0_hat), scale=self.preview_scale)
+
     def _emit_progress(self, state: RunState, step: int, total: int, done: bool) -> None:
         """Hand the caller this call's Progress (in scheduler steps) and wait until it comes back (lockstep)."""
-        preview = latents_to_rgb(self.to_frames(state.x0_hat), scale=self.preview_scale)
+        preview = self.preview(state.x0_hat, state.request.num_frames)
         elapsed = time.perf_counter() - state.started
         if state.first_preview_s is None:
             state.first_preview_s = elapsed

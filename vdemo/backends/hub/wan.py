@@ -59,7 +59,7 @@ from vdemo.backends.hub.registry import HubError, HubSpec, Source, resolve
 from vdemo.config import ATTENTION_MODES, LIMITS, Limits
 from vdemo.cost import GpuCost
 from vdemo.media import fit_image
-from vdemo.pipeline import GenerationRequest, Progress, RequestError
+from vdemo.pipeline import GenerationRequest, RequestError
 from vdemo.strokes import Stroke, stroke_positions
 
 WAN_SAMPLERS = ("UniPC", "DPM++ 2M", "Euler")
@@ -225,19 +225,6 @@ class WanBackend(DiffusersBackend):
         rgb = latents_to_rgb(self.to_frames(x0_hat), WAN21_LATENT_RGB, scale=self.preview_scale,
                              bias=WAN21_LATENT_RGB_BIAS)  # (L, h·s, w·s, 3)
         return rgb[np.minimum(latent_index(num_frames), len(rgb) - 1)]
-
-    def _emit_progress(self, state: RunState, step: int, total: int, done: bool) -> None:
-        """As DiffusersBackend's, with the Wan latent preview."""
-        import time
-
-        preview = self.preview(state.x0_hat, state.request.num_frames)
-        elapsed = time.perf_counter() - state.started
-        if state.first_preview_s is None:
-            state.first_preview_s = elapsed
-        label = state.sampler + (f" ({state.deferred_sampler} from the next run)" if state.deferred_sampler else "")
-        progress = Progress(step, total, preview, state.mode, label, elapsed, step_done=done, calls=state.index,
-                            total_calls=len(state.scheduler.timesteps))
-        state.handoff.put(progress, wait=True)
 
     def _manifest(self, state: RunState, total_s: float) -> dict:
         manifest = super()._manifest(state, total_s)
