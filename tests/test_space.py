@@ -292,3 +292,18 @@ def test_markup_in_user_text_shows_as_text_in_the_error():
     with pytest.raises(gr.Error) as raised:
         list(h.strokes_to_video("", strokes, None, 7, "tiny", "full", "DDIM", 2, 3.0, 4, 8, 0, False))
     assert "&lt;img src=x onerror=alert(1)&gt;" in raised.value.message and "<img" not in raised.value.message
+
+
+def test_detector_libraries_import_without_console_noise():
+    """controlnet_aux / timm / geffnet print deprecation and registry warnings when first imported; the first
+    extraction must not spill them on the server console."""
+    import subprocess
+    import sys
+
+    code = ("from vdemo.ui.detectors import quiet_imports\n"
+            "with quiet_imports():\n"
+            "    import geffnet\n"
+            "    from controlnet_aux import MidasDetector, OpenposeDetector\n")
+    out = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""

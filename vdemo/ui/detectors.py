@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -39,6 +40,16 @@ DETECT_RESOLUTION_PX = 256  # detectors run at this short side: enough for a 64-
 HUB_PROBE_TIMEOUT_S = 1.5  # an HTTP answer from the hub endpoint within this, or it is unreachable
 
 _LOCK = threading.Lock()  # detectors are not thread-safe, and the torch.hub patch below is process-wide
+
+
+@contextlib.contextmanager
+def quiet_imports() -> Iterator[None]:
+    """Import controlnet_aux / timm / geffnet without their import-time noise on the server console (timm's
+    deprecated-module and registry-overwrite warnings, controlnet_aux's optional mediapipe, torch.jit.script):
+    warnings about *their* code, not about anything a user or the Space owner can act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 class DetectorUnavailable(UserError):
@@ -135,7 +146,8 @@ def unavailable_reason(kind: str) -> str:
 def openpose_detector():
     """controlnet_aux's OpenposeDetector from $VDEMO_OPENPOSE_DIR, the hub cache or the pinned hub repo (cached per
     process)."""
-    from controlnet_aux import OpenposeDetector
+    with quiet_imports():
+        from controlnet_aux import OpenposeDetector
 
     what = "OpenPose"
     source = _weights_source(OPENPOSE_ENV, OPENPOSE_FILES, what)
@@ -148,8 +160,9 @@ def openpose_detector():
 @contextlib.contextmanager
 def _geffnet_backbone() -> Iterator[None]:
     """Build MiDaS small's EfficientNet-Lite3 with geffnet (offline) instead of controlnet_aux's torch.hub.load."""
-    import geffnet
-    from controlnet_aux.midas.midas import blocks
+    with quiet_imports():
+        import geffnet
+        from controlnet_aux.midas.midas import blocks
 
     def make(use_pretrained: bool, exportable: bool = False):
         net = geffnet.create_model("tf_efficientnet_lite3", pretrained=False, exportable=exportable)
@@ -167,7 +180,8 @@ def _geffnet_backbone() -> Iterator[None]:
 def midas_detector(model_type: str = "dpt_hybrid"):
     """controlnet_aux's MidasDetector (DPT-hybrid or MiDaS small) from $VDEMO_MIDAS_DIR, the hub cache or the pinned
     hub repo."""
-    from controlnet_aux import MidasDetector
+    with quiet_imports():
+        from controlnet_aux import MidasDetector
 
     if model_type not in MIDAS_FILES:
         raise UserError(f"depth model must be one of {tuple(MIDAS_FILES)}, got {model_type!r}")

@@ -46,6 +46,9 @@ CSS = """
 .vd-caption p { font-size: 0.75rem; opacity: 0.75; margin: 0; }
 .vd-unavailable p { opacity: 0.55; font-style: italic; }
 .vd-disabled { opacity: 0.45; pointer-events: none; }
+/* uploads' whole names, wrapped (Gradio cuts the stem with an ellipsis) */
+.filename { display: block !important; }
+.filename .stem, .filename .ext { display: inline; white-space: normal !important; word-break: break-all; }
 #vd-backends-unavailable:empty { display: none; }
 #vd-compare-table { overflow-x: auto; }
 #vd-compare-table th, #vd-compare-table td { white-space: nowrap; word-break: keep-all; font-size: 0.72rem;
