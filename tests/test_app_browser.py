@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import urllib.request
 import zipfile
@@ -350,3 +351,42 @@ def test_stop_keeps_the_last_preview(page):
     # A stopped run's result is its last prediction, so the preview on screen must show exactly those frames.
     assert np.array_equal(shown[..., :3], preview_image(frames_from_zip(fetch(urls[".zip"]))))
     assert manifest["timings"]["steps_done"] <= seen_at_stop + 2  # ended within a step (+1 in flight to the page)
+
+
+def test_video_tab_long_video_streams_its_segments(page):
+    """The Video tab: a 24-frame long video in autoregressive windows streams each finished segment and ends with a
+    playable mp4 of all 24 frames."""
+    small_settings(page, steps=4, frames=8)
+    open_tab(page, "Video")
+    page.locator("#vd-video-strategy").get_by_text("autoregressive").click()
+    set_number(page, "vd-video-length", 24)
+    log = generate_and_watch(page, "video")
+    segments = {re.match(r"segment (\d+)/", s["text"])[1] for s in log["statuses"] if s["text"].startswith("segment")}
+    assert len(segments) >= 2, log["statuses"]
+    facts = video_facts(page)
+    assert abs(facts["duration"] - 24 / 8) < 0.25, facts
+
+
+def test_a_second_user_sees_their_place_and_wait(browser, app_url):
+    """Two users at once: the second one's status says it waits, second in line, with an estimate in seconds."""
+    pages = []
+    for _ in range(2):
+        context = browser.new_context(viewport=VIEWPORT)
+        p = context.new_page()
+        p.set_default_timeout(30_000)
+        p.goto(app_url)
+        p.wait_for_selector("#vd-generate-text")
+        small_settings(p, steps=30, frames=8)
+        pages.append(p)
+    pages[0].click("#vd-generate-text")
+    pages[0].wait_for_function("() => document.querySelector('#vd-status').innerText.startsWith('step')")
+    pages[1].click("#vd-generate-text")
+    pages[1].wait_for_function("() => document.querySelector('#vd-status').innerText.includes('in line')")
+    text = pages[1].inner_text("#vd-status")
+    assert text.startswith("waiting: 2nd in line, about ") and " s (1 run ahead; " in text, text
+    pages[0].click("#vd-stop")  # the first user stops: the second starts at once
+    pages[1].wait_for_function("() => document.querySelector('#vd-status').innerText.startsWith('step')",
+                               timeout=RUN_TIMEOUT_MS)
+    pages[1].click("#vd-stop")
+    for p in pages:
+        p.context.close()
