@@ -318,3 +318,21 @@ def test_the_video_tab_refuses_the_hierarchical_strategy_before_queueing(pipelin
         next(events)
     assert "hierarchical window 2/" in err.value.message and "\n" not in err.value.message
     assert "a known frame after a generated one" in err.value.message
+
+
+def test_under_model_offload_the_vae_is_brought_onto_its_device_before_encoding_and_decoding(pipeline,
+                                                                                          monkeypatch):
+    """`encode_video` calls `vae._encode`, which accelerate's offload hook does not wrap: the backend runs the hook's
+    pre_forward itself before the context encode and before each chunk decode (else: cuda input, cpu weights)."""
+    vae = pipeline.backend.pipe.vae
+    calls = []
+
+    class Hook:
+        def pre_forward(self, module):
+            calls.append(module)
+
+    monkeypatch.setattr(vae, "_hf_hook", Hook(), raising=False)
+    done = events_of(pipeline, request(num_frames=9, keyframes=prefix(clip_of(5))))[-1]
+    assert not done.stopped and calls and all(m is vae for m in calls)
+    chunks = done.manifest["chunks"]["partition"]
+    assert len(calls) >= 1 + (len(chunks) - 2)  # the context encode + every chunk decoded after the context

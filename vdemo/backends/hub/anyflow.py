@@ -126,6 +126,14 @@ def chunk_noise(generator: torch.Generator, latent_frames: int, channels: int, h
     return torch.cat(frames, dim=2)
 
 
+def onto_device(module: torch.nn.Module) -> None:
+    """Under model CPU offload, bring `module` onto its execution device as its forward would (accelerate's hook);
+    needed where the pipeline calls a method its hook does not wrap (`vae._encode`, the chunk decoder). No-op else."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is not None and hasattr(hook, "pre_forward"):
+        hook.pre_forward(module)
+
+
 class ChunkDecoder:
     """Wan VAE decode of a latent video that arrives chunk by chunk; equals `vae.decode` of the whole video.
 
@@ -145,9 +153,7 @@ class ChunkDecoder:
     def __call__(self, latents: torch.Tensor) -> np.ndarray:
         """(T, C, h, w) normalised latents, the next T of the video -> their (F, H, W, 3) uint8 frames."""
         vae = self.vae
-        hook = getattr(vae, "_hf_hook", None)  # model CPU offload: bring the VAE onto its device first, as forward does
-        if hook is not None and hasattr(hook, "pre_forward"):
-            hook.pre_forward(vae)
+        onto_device(vae)
         device = next(vae.parameters()).device
         z = latents.permute(1, 0, 2, 3)[None].to(device, vae.dtype)  # (1, C, T, h, w)
         mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(z.device, z.dtype)
@@ -404,6 +410,7 @@ class AnyFlowFARBackend(DiffusersBackend):
         """(m, H, W, 3) uint8 frames, m = 4n + 1, as a video in [0, 1] VAE-encoded by the pipeline (its `video=`
         path): (1, n + 1, C, h, w) FAR layout."""
         video = rearrange(torch.from_numpy(frames).float() / 255.0, "f h w c -> 1 f c h w")
+        onto_device(pipe.vae)  # encode_video calls vae._encode, which accelerate's offload hook does not wrap
         with torch.no_grad():
             return pipe.encode_video(video.to(self.device), height=request.height, width=request.width)
 

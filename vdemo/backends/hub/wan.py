@@ -24,7 +24,7 @@ Video Creation and Editing") via `WanVACEPipeline`, which adds VACE blocks fed b
   Only flow-matching samplers are offered, built from that config: `UniPC` (the repo's), `DPM++ 2M`
   (`DPMSolverMultistepScheduler`, dpmsolver++, order 2, flow sigmas: the original Wan code's "dpm++" solver) and
   `Euler` (the same, order 1: DPM-Solver++(1) on a flow schedule is exactly the Euler step
-  x' = x + (σ' − σ)·v). All three run on the UniPC grid (DPM-Solver's own flow grid differs by < 0.002 in σ), so the
+  x' = x + (σ' − σ)·v). All three run on the UniPC grid (DPM-Solver's own flow grid differs by < 0.003 in σ), so the
   base loop's same-grid test passes and a switch mid-run is live. x0̂ and ε̂ for previews and re-projection come from
   the flow parametrisation (`flow_split`), not `vdemo.samplers.split_prediction` (VP only).
 - previews: x0̂ through ComfyUI's Wan 2.1 latent→RGB factors (`preview.WAN21_LATENT_RGB`), each latent frame shown
