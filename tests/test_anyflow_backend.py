@@ -306,11 +306,14 @@ def test_the_hierarchical_strategy_is_refused_in_one_line_before_it_runs(pipelin
     assert runs == [], "refused before the first window ran"
 
 
-def test_the_video_tab_refuses_the_hierarchical_strategy_before_queueing(pipeline):
+def test_the_video_tab_refuses_the_hierarchical_strategy_before_queueing(pipeline, monkeypatch):
     """Through the tab's endpoint (at the backend's default 480×832): refused in one line before any window runs."""
     import gradio as gr
 
+    from vdemo.ui import space
     from vdemo.ui.tabs import video
+
+    monkeypatch.setattr(space, "SERVED", {})  # as if this app served every backend (an app test may have filled it)
 
     events = video.video_to_video("long video from the prompt", None, "a red cat", "", "hierarchical", 64, 4, 0.8, 32,
                                   None, None, NAME, "causal", "Euler", 2, 1.0, 9, 8, 0, False, request=None)

@@ -38,7 +38,7 @@ def run_job(queue: RunQueue, clock: Clock, job, step_s: float, tail_s: float) ->
         clock.now += step_s
         queue.step(job, step)
     clock.now += tail_s
-    queue.leave(job, finished=True)
+    queue.leave(job, measure=True)
 
 
 def test_jobs_run_one_at_a_time_in_arrival_order():
@@ -48,7 +48,7 @@ def test_jobs_run_one_at_a_time_in_arrival_order():
     assert a.admitted_at is not None and b.admitted_at is None and c.admitted_at is None
     assert queue.position(a) == (0, 0.0)
     assert queue.position(b)[0] == 1 and queue.position(c)[0] == 2
-    queue.leave(a, finished=False)
+    queue.leave(a, measure=False)
     assert b.admitted_at == clock.now and queue.position(c)[0] == 1
 
 
@@ -106,7 +106,7 @@ def test_a_stopped_or_failed_run_is_not_measured():
     queue.step(job, 1)
     clock.now += 1.0
     queue.step(job, 2)
-    queue.leave(job, finished=False)
+    queue.leave(job, measure=False)
     assert not THROUGHPUT.measured("tiny") and len(queue) == 0
 
 
@@ -179,3 +179,89 @@ def test_the_start_up_warm_up_times_the_backend_for_the_first_estimates(tiny_mod
     assert THROUGHPUT.measured("tiny") and len(QUEUE) == 0
     assert 0 < THROUGHPUT.step_s(Work("tiny", 1, 16 * 64 * 64)) < 30
     assert WARM_UP_STEPS >= 2  # one step has no step time to measure
+
+
+def test_stop_while_waiting_leaves_the_queue_at_once():
+    """The user presses Stop while in line: the wait ends within a poll, the place is freed, nothing runs."""
+    queue = RunQueue()
+    running = queue.join(WORK, fallback_s=5.0)
+    stopped = []
+    waiting = queued(WORK, 5.0, queue, stopped=lambda: bool(stopped))
+    text, job = next(waiting)
+    assert text.startswith("**waiting**") and len(queue) == 2
+    stopped.append(True)
+    assert next(waiting) == (None, None) and len(queue) == 1
+    queue.leave(running)
+
+
+def test_a_job_of_several_runs_is_costed_per_run_and_not_recorded():
+    """A compare of three modes: its work is the sum of its runs (each at its own cost), its fixed time is paid per
+    run, and finishing it does not feed the single-run model."""
+    from types import SimpleNamespace
+
+    from vdemo.backends.tiny import TinyBackend
+
+    req = SimpleNamespace(num_steps=10, num_frames=8, height=64, width=64, sampler="DDIM", attention_mode="spatial")
+    plan = [SimpleNamespace(**{**vars(req), "attention_mode": m}) for m in ("spatial", "full", "sparse_causal")]
+    many = Work.of_many("tiny", TinyBackend, plan)
+    units = [Work.units(TinyBackend, r) for r in plan]
+    assert many.runs == 3 and many.steps == 30 and many.units_per_step == pytest.approx(sum(units) / 3)
+    assert units[1] > units[0]  # full costs more than spatial
+    clock = Clock()
+    queue = RunQueue(clock=clock)
+    single = queue.join(WORK)
+    clock.now += 1.0  # one second before its first step: the fixed time
+    run_job(queue, clock, single, step_s=0.5, tail_s=0.0)
+    assert THROUGHPUT.predict(Work("tiny", 30, 1000.0, runs=3)) == pytest.approx(3 * 1.0 + 30 * 0.5)
+    job = queue.join(Work("tiny", 30, 4000.0, runs=3))
+    run_job(queue, clock, job, step_s=9.0, tail_s=0.0)
+    assert THROUGHPUT.step_s(WORK) == pytest.approx(0.5)  # unchanged by the compare
+
+
+def test_the_running_jobs_own_step_count_and_its_tail_count_down():
+    """A causal model reports more steps than the request's (per chunk): the reported total wins. Past its last step
+    the remaining time is the tail, counting down."""
+    clock = Clock()
+    queue = RunQueue(clock=clock)
+    first = queue.join(WORK)
+    run_job(queue, clock, first, step_s=1.0, tail_s=4.0)  # tail 4 s measured
+    job = queue.join(WORK)  # costed at 10 steps
+    behind = queue.join(WORK)
+    for step in range(1, 3):
+        clock.now += 1.0
+        queue.step(job, step, total=40)  # it reports 40 steps in all
+    assert job.remaining_s(clock.now) == pytest.approx(38 * 1.0 + 4.0)
+    for step in range(3, 41):
+        clock.now += 1.0
+        queue.step(job, step, total=40)
+    assert job.remaining_s(clock.now) == pytest.approx(4.0)
+    clock.now += 3.0
+    assert job.remaining_s(clock.now) == pytest.approx(1.0)
+    assert queue.position(behind) == (1, pytest.approx(1.0))
+
+
+def test_gradio_cache_trimming_spares_young_kept_and_foreign_entries(tmp_path):
+    from vdemo.ui.run import _gradio_entry, trim_folder
+
+    now = time.time()
+    names = {"example": "a" * 64, "old": "b" * 64, "young": "c" * 64, "foreign": "vdemo-runs"}
+    ages = {"example": 5000, "old": 2000, "young": 60, "foreign": 9000}
+    for key, name in names.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "f.bin").write_bytes(b"x" * 500)
+        os.utime(folder / "f.bin", (now - ages[key], now - ages[key]))
+        os.utime(folder, (now - 9999, now - 9999))  # a folder's own mtime is not its age: its newest file's is
+    trim_folder(tmp_path, max_age_s=3600, max_bytes=100, min_age_s=900, only=_gradio_entry,
+                keep=frozenset({names["example"]}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["example"], names["young"], "vdemo-runs"])
+
+
+def test_with_nothing_loaded_the_page_still_builds_and_offers_the_built_in_model(monkeypatch, tiny_model_dir):
+    from vdemo.ui import space
+    from vdemo.ui.layout import build_demo
+
+    monkeypatch.setattr(space, "SERVED", {"tiny": "no built-in model found"})
+    assert space.offered_backends() == ["tiny"]
+    demo = build_demo(warm_up_model=False)
+    assert any(getattr(b, "elem_id", None) == "vd-backend" for b in demo.blocks.values())

@@ -152,9 +152,10 @@ def soak(gens: int = 200, users: int = 8, steps: int = 2, frames: int = 4, cance
     from gradio.utils import get_upload_folder
     from gradio_client import Client
 
-    from vdemo.ui.run import CACHE_MAX_MB_ENV, RUNS_DIR, RUNS_MAX_MB_ENV
+    from vdemo.ui.run import CACHE_MAX_MB_ENV, CACHE_MIN_AGE_ENV, RUNS_DIR, RUNS_MAX_MB_ENV
 
-    env = {} if disk_cap_mb is None else {RUNS_MAX_MB_ENV: str(disk_cap_mb), CACHE_MAX_MB_ENV: str(disk_cap_mb)}
+    env = {} if disk_cap_mb is None else {RUNS_MAX_MB_ENV: str(disk_cap_mb), CACHE_MAX_MB_ENV: str(disk_cap_mb),
+                                          CACHE_MIN_AGE_ENV: "0"}  # a short soak: results may go at once
 
     folders = [RUNS_DIR, Path(get_upload_folder())]
     samples, cancelled = [], 0

@@ -40,6 +40,8 @@ DETECT_RESOLUTION_PX = 256  # detectors run at this short side: enough for a 64-
 HUB_PROBE_TIMEOUT_S = 1.5  # an HTTP answer from the hub endpoint within this, or it is unreachable
 
 _LOCK = threading.Lock()  # detectors are not thread-safe, and the torch.hub patch below is process-wide
+_LOAD_LOCK = threading.Lock()  # one load per detector (lru_cache alone lets two threads load it twice), and the
+# process-wide warnings filter and geffnet patch of a load never overlap another's
 
 
 @contextlib.contextmanager
@@ -209,7 +211,8 @@ def _square(image: np.ndarray, side: int) -> np.ndarray:
 
 def extract_pose(frames: np.ndarray, num_frames: int, size: int) -> np.ndarray:
     """OpenPose skeletons (F, size, size, 3) uint8 for (F', H, W, 3) uint8 frames (body only, COCO-18 drawing)."""
-    detector = openpose_detector()
+    with _LOAD_LOCK:
+        detector = openpose_detector()
     out = []
     with _LOCK:
         for frame in _pick_frames(frames, num_frames):
@@ -225,7 +228,8 @@ def extract_depth(frames: np.ndarray, num_frames: int, size: int, model: str = "
     """MiDaS relative inverse depth (F, size, size) uint8, near = bright, for (F', H, W, 3) uint8 frames."""
     if model not in DEPTH_MODELS:
         raise UserError(f"depth model must be one of {tuple(DEPTH_MODELS)}, got {model!r}")
-    detector = midas_detector(DEPTH_MODELS[model])
+    with _LOAD_LOCK:
+        detector = midas_detector(DEPTH_MODELS[model])
     out = []
     with _LOCK:
         for frame in _pick_frames(frames, num_frames):

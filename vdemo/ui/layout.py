@@ -16,9 +16,9 @@ from vdemo.backends import backend_info
 from vdemo.config import LIMITS, MODALITIES
 from vdemo.ui import session
 from vdemo.ui.canvas import PAD_CSS
-from vdemo.ui.run import output_panel
+from vdemo.ui.run import output_panel, protect_cache
 from vdemo.ui.settings import SETTING_NAMES, gpu_estimate, on_backend_change, settings_panel, strict_inputs
-from vdemo.ui.space import model_status, offered_backends, warm_up
+from vdemo.ui.space import SERVED, model_status, offered_backends, warm_up
 from vdemo.ui.tabs import tab_modules
 from vdemo.ui.tabs.strokes import DEFAULT_SCENE  # noqa: F401 - re-exported: the strokes tab's first scene
 
@@ -118,9 +118,12 @@ def build_demo(warm_up_model: bool = True) -> gr.Blocks:
         estimate_inputs = [settings[k] for k in ("backend", "attention_mode", "sampler", "steps", "frames")]
         demo.load(gpu_estimate, inputs=estimate_inputs, outputs=out["estimate"], api_visibility="undocumented")
     strict_inputs(demo)  # every number / checkbox an event takes refuses a wrong type in one line, never coerces
+    protect_cache()  # the examples' copies Gradio just made stay out of the cache trimming
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)  # helper events (previews) one at a time
     from vdemo.ui.gpu import ZERO_GPU
 
-    if warm_up_model and not ZERO_GPU and not model_status():  # on ZeroGPU every run belongs in the GPU worker
+    serves_tiny = "tiny" in backends and SERVED.get("tiny", "ok") == "ok"
+    if warm_up_model and not ZERO_GPU and not model_status() and serves_tiny:
+        # on ZeroGPU every run belongs in the GPU worker; a Space that does not serve the built-in model skips it
         threading.Thread(target=warm_up, args=("tiny",), name="vdemo-warm-up", daemon=True).start()
     return demo

@@ -43,21 +43,34 @@ def ordinal(n: int) -> str:
 
 @dataclass(frozen=True)
 class Work:
-    """What one run asks for, in the units the throughput model counts."""
+    """What one job asks for, in the units the throughput model counts: `runs` runs (a compare's variants, a long
+    video's windows) of `steps` scheduler steps in all, each step `units_per_step` work units on average."""
 
     backend: str
-    steps: int  # scheduler steps (progress is counted in these)
-    units_per_step: float  # model calls per step × frames × pixels × mode factor
+    steps: int  # scheduler steps of the whole job (progress is counted in these)
+    units_per_step: float  # model calls per step × frames × pixels × mode factor (mean over the job's steps)
+    runs: int = 1
 
-    @classmethod
-    def of(cls, backend_name: str, backend, request, runs: int = 1) -> Work:
-        """The work of `runs` runs of `request` on `backend` (an instance or class with a gpu_cost)."""
+    @staticmethod
+    def units(backend, request) -> float:
+        """Work units of one scheduler step of `request` on `backend` (an instance or class with a gpu_cost)."""
         from vdemo.cost import mode_factor, model_calls
 
         calls = model_calls(request.sampler, request.num_steps) / max(1, request.num_steps)
         factor = mode_factor(backend, request.attention_mode, request.num_frames, request.height, request.width)
-        units = calls * request.num_frames * request.height * request.width * factor
-        return cls(backend_name, request.num_steps * runs, units)
+        return calls * request.num_frames * request.height * request.width * factor
+
+    @classmethod
+    def of(cls, backend_name: str, backend, request, runs: int = 1) -> Work:
+        """`runs` runs of `request` (a long video's windows)."""
+        return cls(backend_name, request.num_steps * runs, cls.units(backend, request), runs)
+
+    @classmethod
+    def of_many(cls, backend_name: str, backend, requests: list) -> Work:
+        """One run of each request (a compare: each variant in its own mode and sampler)."""
+        steps = sum(r.num_steps for r in requests)
+        units = sum(r.num_steps * cls.units(backend, r) for r in requests) / max(1, steps)
+        return cls(backend_name, steps, units, len(requests))
 
 
 class Throughput:
@@ -96,7 +109,7 @@ class Throughput:
         step = self.step_s(work)
         if step is None:
             return float(fallback_s or 0.0)
-        return (self._median(work.backend, 1) or 0.0) + step * work.steps
+        return (self._median(work.backend, 1) or 0.0) * work.runs + step * work.steps
 
     def clear(self) -> None:
         with self._lock:
@@ -114,6 +127,7 @@ class Job:
     fallback_s: float = 0.0  # the GPU-cost estimate, used until the backend has been measured here
     number: int = 0
     admitted_at: float | None = None
+    planned_steps: int = 0  # the job's steps as the running loop reports them (a causal model: per chunk)
     steps_done: int = 0
     last_step_at: float | None = None
     step_times: list[float] = field(default_factory=list)
@@ -127,9 +141,9 @@ class Job:
             return self.predicted_s()
         if self.step_times:
             mean = sum(self.step_times) / len(self.step_times)
-            left = max(0, self.work.steps - self.steps_done) * mean
-            since = now - (self.last_step_at or now)
-            return max(0.0, left - min(since, mean) + THROUGHPUT.tail_s(self.work.backend))
+            steps = max(0, (self.planned_steps or self.work.steps) - self.steps_done) * mean
+            since = now - (self.last_step_at or now)  # the steps and then the tail count down
+            return max(0.0, steps - since) + max(0.0, THROUGHPUT.tail_s(self.work.backend) - max(0.0, since - steps))
         return max(0.0, self.predicted_s() - (now - self.admitted_at))
 
 
@@ -178,40 +192,48 @@ class RunQueue:
             free.sort()
             return len(ahead), free[0]
 
-    def wait(self, job: Job, poll_s: float = POLL_S) -> Iterator[tuple[int, float]]:
-        """Yield (runs ahead, estimated wait s) about every poll_s until `job` may run; then return. Closing the
-        generator (a cancelled request) leaves the queue."""
+    def wait(self, job: Job, poll_s: float = POLL_S,
+             stopped: Callable[[], bool] | None = None) -> Iterator[tuple[int, float]]:
+        """Yield (runs ahead, estimated wait s) about every poll_s until `job` may run, or until `stopped()` (the
+        user pressed Stop while waiting); then return."""
         while True:
             with self._cond:
                 if job.admitted_at is not None:
                     return
+            if stopped is not None and stopped():
+                return
             yield self.position(job)
             with self._cond:
                 if job.admitted_at is None:
                     self._cond.wait(poll_s)
 
-    def step(self, job: Job, steps_done: int) -> None:
-        """The running job completed scheduler step `steps_done`: its step time feeds its own remaining time."""
+    def step(self, job: Job, steps_done: int, total: int | None = None) -> None:
+        """The running job completed scheduler step `steps_done` (of `total`, as its loop counts them): its step time
+        feeds its own remaining time."""
         now = self.clock()
         with self._cond:
+            if total:
+                job.planned_steps = total
             if steps_done <= job.steps_done:
                 return
             if job.last_step_at is not None:
                 job.step_times.append((now - job.last_step_at) / (steps_done - job.steps_done))
             job.last_step_at, job.steps_done = now, steps_done
 
-    def leave(self, job: Job, finished: bool = False) -> None:
-        """Free the job's place (finished, failed or cancelled); a finished run's measurements feed THROUGHPUT."""
+    def leave(self, job: Job, measure: bool = False) -> None:
+        """Free the job's place (finished, failed, stopped or cancelled). With `measure` (a single run that finished
+        in the mode and sampler it was costed at), its step times feed THROUGHPUT; a job of several runs does not:
+        its runs differ (a compare's modes), and what it measured is not one run."""
         now = self.clock()
         with self._cond:
             if job not in self._jobs:
                 return
             self._jobs.remove(job)
             self._admit()
-        if finished and job.admitted_at is not None and job.step_times:
+        if measure and job.work.runs == 1 and job.admitted_at is not None and job.step_times:
             total = now - job.admitted_at
             step = sum(job.step_times) / len(job.step_times)
-            THROUGHPUT.record(job.work, step, total - step * job.work.steps, now - (job.last_step_at or now))
+            THROUGHPUT.record(job.work, step, total - step * job.steps_done, now - (job.last_step_at or now))
 
     def __len__(self) -> int:
         with self._cond:
@@ -231,15 +253,18 @@ def waiting_text(ahead: int, wait_s: float, job: Job) -> str:
     return f"**waiting**: {ordinal(ahead + 1)} in line, about {about} s ({runs} ahead; {basis})"
 
 
-def queued(work: Work, fallback_s: float, queue: RunQueue | None = None) -> Iterator:
-    """For a handler: `job = yield from queued(...)`-style use is awkward with Gradio's tuples, so this yields
-    (status text, None) while waiting and finally (None, job) once admitted; the caller must `QUEUE.leave(job)`."""
+def queued(work: Work, fallback_s: float, queue: RunQueue | None = None,
+           stopped: Callable[[], bool] | None = None) -> Iterator:
+    """For a handler: yields (status text, None) while waiting, then (None, job) once admitted — or (None, None) when
+    `stopped()` turned true while it waited (it has left the queue). The caller must `queue.leave(job)` when done."""
     queue = queue or QUEUE
     job = queue.join(work, fallback_s)
+    admitted = False
     try:
-        for ahead, wait_s in queue.wait(job):
+        for ahead, wait_s in queue.wait(job, stopped=stopped):
             yield waiting_text(ahead, wait_s, job), None
-    except BaseException:
-        queue.leave(job)
-        raise
-    yield None, job
+        admitted = job.admitted_at is not None
+    finally:
+        if not admitted:  # stopped, cancelled (the generator closed) or failed while waiting
+            queue.leave(job)
+    yield None, job if admitted else None

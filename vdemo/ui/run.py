@@ -36,6 +36,8 @@ RUNS_DIR = Path(tempfile.gettempdir()) / "vdemo-runs"
 RUNS_KEEP_S = 3600.0  # exported results older than this are deleted when a new run starts
 RUNS_MAX_MB_ENV, RUNS_MAX_MB = "VDEMO_RUNS_MAX_MB", 256  # and the oldest beyond this much disk (MiB)
 CACHE_MAX_MB_ENV, CACHE_MAX_MB = "VDEMO_CACHE_MAX_MB", 512  # Gradio's copy of uploads and results, the same way
+CACHE_MIN_AGE_ENV, CACHE_MIN_AGE_S = "VDEMO_CACHE_MIN_AGE_S", 900.0  # never trim Gradio's entries younger than this
+PROTECTED_CACHE: set[str] = set()  # Gradio cache entries present when the page was built (the examples' copies)
 
 
 def _cap_bytes(env: str, default_mb: int) -> int:
@@ -98,40 +100,81 @@ def _history_text(history: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ export
-def _folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else folder.stat().st_size
+def _entry_stats(entry: Path) -> tuple[float, int]:
+    """(newest mtime, bytes) of a folder's files, or of a file: Gradio touches a cached file it hands out again, not
+    its folder, so a folder's own mtime is not its age."""
+    if not entry.is_dir():
+        st = entry.stat()
+        return st.st_mtime, st.st_size
+    newest, size = entry.stat().st_mtime, 0
+    for f in entry.rglob("*"):
+        if f.is_file():
+            st = f.stat()
+            newest, size = max(newest, st.st_mtime), size + st.st_size
+    return newest, size
 
 
-def trim_folder(root: Path, max_age_s: float, max_bytes: int) -> int:
+def _remove(entry: Path) -> None:
+    if entry.is_dir():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+def trim_folder(root: Path, max_age_s: float, max_bytes: int, *, min_age_s: float = 0.0,
+                only: Callable[[Path], bool] | None = None, keep: frozenset[str] = frozenset()) -> int:
     """Delete the entries of `root` older than max_age_s, then the oldest until the rest take at most max_bytes;
-    returns the bytes left. Each entry (a run folder; one of Gradio's per-file hash folders) goes whole."""
+    returns the bytes left. Each entry (a run folder; one of Gradio's per-file hash folders) goes whole. Entries
+    newer than `min_age_s`, named in `keep`, or not matching `only` are never deleted."""
     if not root.is_dir():
         return 0
     now, kept = time.time(), []
     for entry in root.iterdir():
+        if entry.name in keep or (only is not None and not only(entry)):
+            continue
         try:
-            if now - entry.stat().st_mtime > max_age_s:
-                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            newest, size = _entry_stats(entry)
+            if now - newest > max_age_s:
+                _remove(entry)
             else:
-                kept.append((entry.stat().st_mtime, entry, _folder_bytes(entry)))
+                kept.append((newest, entry, size))
         except OSError:
             pass
     total = sum(size for *_, size in kept)
-    for _, entry, size in sorted(kept, key=lambda item: item[0]):
+    for newest, entry, size in sorted(kept, key=lambda item: item[0]):
         if total <= max_bytes:
             break
-        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        if now - newest < min_age_s:
+            break  # everything left is newer: a result being downloaded, an upload a queued request needs
+        _remove(entry)
         total -= size
     return total
 
 
+def _gradio_entry(entry: Path) -> bool:
+    """One of Gradio's cache folders (named by a 64-hex hash): never anything else in a shared temp directory."""
+    return entry.is_dir() and len(entry.name) == 64 and all(c in "0123456789abcdef" for c in entry.name)
+
+
+def protect_cache() -> None:
+    """Keep what is in Gradio's cache now (called when the page is built: the examples' copies) from trimming."""
+    from gradio.utils import get_upload_folder
+
+    folder = Path(get_upload_folder())
+    if folder.is_dir():
+        PROTECTED_CACHE.update(e.name for e in folder.iterdir())
+
+
 def _clean_old_runs() -> None:
     """Before a new export: our run folders and Gradio's upload/result cache, each by age and by size (a busy app
-    makes many runs within the hour; Gradio's own `delete_cache` only goes by age, hourly)."""
+    makes many runs within the hour; Gradio's own `delete_cache` only goes by age, hourly). Gradio's entries younger
+    than CACHE_MIN_AGE_S stay whatever the size (results not yet downloaded, uploads of queued requests)."""
     trim_folder(RUNS_DIR, RUNS_KEEP_S, _cap_bytes(RUNS_MAX_MB_ENV, RUNS_MAX_MB))
     from gradio.utils import get_upload_folder
 
-    trim_folder(Path(get_upload_folder()), RUNS_KEEP_S, _cap_bytes(CACHE_MAX_MB_ENV, CACHE_MAX_MB))
+    trim_folder(Path(get_upload_folder()), RUNS_KEEP_S, _cap_bytes(CACHE_MAX_MB_ENV, CACHE_MAX_MB),
+                min_age_s=float(os.environ.get(CACHE_MIN_AGE_ENV) or CACHE_MIN_AGE_S), only=_gradio_entry,
+                keep=frozenset(PROTECTED_CACHE))
 
 
 def export_run(frames: np.ndarray, manifest: dict, fps: int, stem: str) -> tuple[str, list[str], dict]:
@@ -169,10 +212,10 @@ def generate(tab: str, build: Builder, settings: Settings, request: gr.Request |
     started = time.perf_counter()
     first_s, last_preview, history, event = None, None, [], None
     ACTIVE_RUNS.add(session, run)  # Stop works while it waits, too
-    job, finished, steps_seen, last_total = None, False, 0, settings.num_steps
+    job, measure, steps_seen, last_total = None, False, 0, settings.num_steps
     try:
         for waiting, job in queued(Work.of(settings.backend, pipe.backend, request_obj),
-                                   request_seconds(pipe.backend, request_obj)):
+                                   request_seconds(pipe.backend, request_obj), stopped=lambda: run.control.stopped):
             if waiting:
                 yield waiting, gr.skip(), None, None, None, seed_out
         if run.control.stopped:
@@ -184,9 +227,9 @@ def generate(tab: str, build: Builder, settings: Settings, request: gr.Request |
         for event in generate_on_gpu(settings.backend, run.request, run.control):
             if isinstance(event, Done):
                 break
-            if getattr(event, "step_done", False):
+            if getattr(event, "step_done", False) and not isinstance(event, ChunkDone):  # a chunk repeats its step
                 steps_seen, last_total = steps_seen + 1, event.total
-                QUEUE.step(job, steps_seen)
+                QUEUE.step(job, steps_seen, event.total)
             if isinstance(event, ChunkDone):  # a causal backend finished a chunk: the clip so far, final
                 last_preview = preview_image(event.frames)
                 text = (f"**chunk {event.chunk + 1}/{event.chunks} done** · {len(event.frames)}/"
@@ -220,10 +263,13 @@ def generate(tab: str, build: Builder, settings: Settings, request: gr.Request |
         if manifest.get("motion_plan"):
             text += f"  \nmotion planned from the prompt: {', '.join(manifest['motion_plan']['directions'])}"
         # The last preview again (same pixels: a stopped run keeps it on screen), so API callers get every output.
-        finished = not event.stopped  # a stopped run's step times are real but its tail is not: not measured
+        # measured only when it ran to the end in the mode and sampler it was costed at (a live switch changes the
+        # work per step; a stopped run's tail is not a run's)
+        measure = (not event.stopped and run.control.mode == request_obj.attention_mode
+                   and run.control.sampler == request_obj.sampler)
         yield text, last_preview, mp4, files, manifest, settings.seed
     finally:
         run.stop()  # a cancelled / abandoned event must not leave its run denoising (reaches a ZeroGPU worker too)
         ACTIVE_RUNS.remove(session, run)
         if job is not None:
-            QUEUE.leave(job, finished)
+            QUEUE.leave(job, measure)

@@ -34,7 +34,11 @@ def offered_backends() -> list[str]:
     rest are listed greyed under it with their reasons (`unavailable_backends`)."""
     from vdemo.backends import backend_names
 
-    return [n for n in backend_names() if SERVED.get(n) == "ok"] if SERVED else backend_names()
+    if not SERVED:
+        return backend_names()
+    # nothing loaded (e.g. no built-in model yet): still offer it, so the page builds, shows the banner, and a
+    # Generate is refused with the reason (check_served)
+    return [n for n in backend_names() if SERVED.get(n) == "ok"] or ["tiny"]
 
 
 def unavailable_backends() -> dict[str, str]:
@@ -116,7 +120,7 @@ def warm_up(backend: str = "tiny", steps: int = WARM_UP_STEPS) -> None:
             if getattr(event, "step_done", False):
                 done += 1
                 QUEUE.step(job, done)
-        QUEUE.leave(job, finished=True)
+        QUEUE.leave(job, measure=True)
     except Exception as err:  # noqa: BLE001 - warm-up is an optimisation; the error shows again at Generate
         if job is not None:
             QUEUE.leave(job)

@@ -462,10 +462,15 @@ class DiffusersBackend(Backend):
                 yield item
                 handoff.resume()
         finally:
-            if not finished:  # the caller walked away (or an error came): end the loop within a step
+            if finished:
+                worker.join()
+            else:  # the caller walked away (or an error came): the loop ends within a step, on its own
                 control.stop()
                 handoff.abandoned = True
-            worker.join()
+                # no join here: Gradio closes an abandoned generator on its event loop, which a join would block for
+                # the step in flight and the stopped pipeline's decode; the worker holds `self.lock` until it is done,
+                # so the next run on this backend waits for it there
+
 
     def _work(self, request: GenerationRequest, control: RunControl, handoff: Handoff) -> None:
         started = time.perf_counter()

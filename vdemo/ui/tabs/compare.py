@@ -17,6 +17,7 @@ import html
 import json
 import time
 import uuid
+from dataclasses import replace
 
 import gradio as gr
 import numpy as np
@@ -270,11 +271,12 @@ def compare_stream(tab: str, build: Builder, modes, samplers, settings: Settings
     handle, session = CompareHandle(control), session_key(request)
     grids: list[np.ndarray | None] = [None] * len(labels)
     notes = ["waiting"] * len(labels)
-    last_yield, result, job, finished, steps_seen = 0.0, None, None, False, 0
+    last_yield, result, job, steps_seen = 0.0, None, None, 0
+    plan = [replace(req, attention_mode=v.mode, sampler=v.sampler) for v in variants + ([ref] if added else [])]
     ACTIVE_RUNS.add(session, handle)
     try:
-        for waiting, job in queued(Work.of(settings.backend, backend, req, runs=len(labels)),
-                                   total_seconds(backend, req, variants)):
+        for waiting, job in queued(Work.of_many(settings.backend, backend, plan), total_seconds(backend, req, variants),
+                                   stopped=lambda: control.stopped):
             if waiting:
                 yield {"status": waiting}
         if control.stopped:
@@ -301,14 +303,12 @@ def compare_stream(tab: str, build: Builder, modes, samplers, settings: Settings
                 result = event
         if result is None:
             raise user_error("the comparison ended without a result")
-        final = finish(result, settings, grids, labels, notes)
-        finished = not control.stopped
-        yield final
+        yield finish(result, settings, grids, labels, notes)
     finally:
         control.stop()
         ACTIVE_RUNS.remove(session, handle)
         if job is not None:
-            QUEUE.leave(job, finished)
+            QUEUE.leave(job)  # several runs in several modes: not one run's measurement
 
 
 def finish(result: CompareResult, settings: Settings, grids, labels, notes) -> dict:
@@ -371,10 +371,10 @@ def compare(prompt: str, modes: list[str], samplers: list[str], backend: str, at
     from vdemo.ui.tabs.text import request_builder
 
     settings = Settings.from_inputs(backend, attention_mode, sampler, steps, guidance, frames, fps, seed, random_seed)
-    seed_out = settings.seed if settings.random_seed else gr.skip()
+    seed_out = settings.seed  # a plain value: an update (gr.skip) would give the session an unchecked seed box
     for state in compare_stream("text", request_builder(prompt, True), modes, samplers, settings, request):
         if "result" not in state:
-            yield state.get("status", gr.skip()), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            yield state.get("status", gr.skip()), gr.skip(), gr.skip(), gr.skip(), gr.skip(), seed_out
             continue
         row = [r.frames for r in state["result"].runs if len(r.frames)]
         side = np.concatenate([preview_image(f) for f in row], axis=1) if row else None

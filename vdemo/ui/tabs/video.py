@@ -283,7 +283,8 @@ def stream_long(build, settings: Settings, request: gr.Request | None):
     queue_job, finished, steps_seen = None, False, 0
     try:
         for waiting, queue_job in queued(Work.of(settings.backend, pipe.backend, job.request, runs=len(job.windows)),
-                                         request_seconds(pipe.backend, job.request) * len(job.windows)):
+                                         request_seconds(pipe.backend, job.request) * len(job.windows),
+                                         stopped=lambda: control.stopped):
             if waiting:
                 yield waiting, gr.skip(), None, None, None, seed_out
         if control.stopped:
