@@ -37,7 +37,8 @@ RUNS_KEEP_S = 3600.0  # exported results older than this are deleted when a new 
 RUNS_MAX_MB_ENV, RUNS_MAX_MB = "VDEMO_RUNS_MAX_MB", 256  # and the oldest beyond this much disk (MiB)
 CACHE_MAX_MB_ENV, CACHE_MAX_MB = "VDEMO_CACHE_MAX_MB", 512  # Gradio's copy of uploads and results, the same way
 CACHE_MIN_AGE_ENV, CACHE_MIN_AGE_S = "VDEMO_CACHE_MIN_AGE_S", 900.0  # never trim Gradio's entries younger than this
-PROTECTED_CACHE: set[str] = set()  # Gradio cache entries present when the page was built (the examples' copies)
+PROTECTED_CACHE: set[str] = set()  # Gradio cache entries this process made before the page was built (examples)
+STARTED_AT = time.time()
 
 
 def _cap_bytes(env: str, default_mb: int) -> int:
@@ -157,12 +158,18 @@ def _gradio_entry(entry: Path) -> bool:
 
 
 def protect_cache() -> None:
-    """Keep what is in Gradio's cache now (called when the page is built: the examples' copies) from trimming."""
+    """Keep what this process has put in Gradio's cache so far (called when the page is built: the examples' copies)
+    from trimming; what earlier processes left there is not protected."""
     from gradio.utils import get_upload_folder
 
     folder = Path(get_upload_folder())
     if folder.is_dir():
-        PROTECTED_CACHE.update(e.name for e in folder.iterdir())
+        for entry in folder.iterdir():
+            try:
+                if _gradio_entry(entry) and _entry_stats(entry)[0] >= STARTED_AT - 1.0:
+                    PROTECTED_CACHE.add(entry.name)
+            except OSError:
+                pass
 
 
 def _clean_old_runs() -> None:
