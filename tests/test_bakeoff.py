@@ -148,3 +148,24 @@ def test_winner_rule():
     rounded = {"shape_from_text": 0.4444, "shape_kept": 0.2222, "edge_sharpness": 0.1}  # one case ahead, rounded
     assert choose_winner({"A": rounded, "D": {**rounded, "shape_from_text": 0.2222, "edge_sharpness": 0.9}}, 9) == "A"
     assert choose_winner({}, cases=9) is None
+
+
+def test_a_compact_resume_state_holds_the_weights_in_bf16_and_no_optimizer(tmp_path):
+    """What is committed between sessions: the weights (bf16, cast back to float32 on load), the generators and the
+    run record; the AdamW moments are left out (run_candidate restarts them with a learning-rate re-warm-up)."""
+    from vdemo.bakeoff import save_resume
+
+    model = build("B", tiny=True, size=32, vocab_size=128)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "rng": np.random.default_rng(0).bit_generator.state,
+             "generator": torch.Generator().manual_seed(0).get_state(), "st": {"step": 7, "cpu_s": 60.0}}
+    torch.save(state, tmp_path / "state.pt")
+    size = save_resume(tmp_path / "state.pt", tmp_path / "resume" / "B.pt")
+    compact = torch.load(tmp_path / "resume" / "B.pt", map_location="cpu", weights_only=False)
+    assert set(compact) == {"model", "rng", "generator", "st"} and compact["st"]["step"] == 7
+    assert all(v.dtype == torch.bfloat16 for v in compact["model"].values() if v.is_floating_point())
+    assert size < (tmp_path / "state.pt").stat().st_size
+    fresh = build("B", tiny=True, size=32, vocab_size=128)
+    fresh.load_state_dict(compact["model"])
+    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert b.dtype == a.dtype and torch.allclose(a.float(), b.float(), rtol=1e-2, atol=1e-2), name

@@ -224,14 +224,20 @@ def run_candidate(name: str, cfg: BakeoffConfig, cases: list, tokenizer, out: Pa
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     st = {"cpu_s": 0.0, "step": 0, "rows": [], "next_eval": cfg.eval_every * 60, "losses": [], "final": None}
+    warm_start = 0  # the step the learning-rate warm-up counts from (again, when AdamW's moments restart)
     if state_path.exists():
         saved = torch.load(state_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
+        model.load_state_dict(saved["model"])  # a compact state's bf16 weights are cast back to float32 here
         rng.bit_generator.state = saved["rng"]
         generator.set_state(saved["generator"])
         st = saved["st"]
-        print(f"[{name}] resumed at step {st['step']}, {st['cpu_s'] / 60:.1f} CPU-min", flush=True)
+        if "opt" in saved:
+            opt.load_state_dict(saved["opt"])
+        else:  # a compact state (`save_resume`): fresh moments, so warm the learning rate up again
+            warm_start = st["step"]
+        print(f"[{name}] resumed at step {st['step']}, {st['cpu_s'] / 60:.1f} CPU-min"
+              f"{'' if 'opt' in saved else ' (compact state: AdamW moments restart, learning rate re-warmed)'}",
+              flush=True)
     params = sum(p.numel() for p in model.parameters())
     print(f"[{name}] {model.paper}: {params / 1e6:.2f} M parameters, budget {cfg.minutes} CPU-min", flush=True)
     train_cfg = TrainConfig(size=cfg.size, p_known=0.5, p_strokes=0.2)
@@ -245,7 +251,7 @@ def run_candidate(name: str, cfg: BakeoffConfig, cases: list, tokenizer, out: Pa
             model.set_attention_mode(ATTENTION_MODES[int(rng.choice(len(ATTENTION_MODES), p=mode_p))])
             batch = make_batch(rng, cfg, tokenizer, train_cfg)
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * min(1.0, (st["step"] + 1) / cfg.warmup_steps)
+                group["lr"] = cfg.lr * min(1.0, (st["step"] + 1 - warm_start) / cfg.warmup_steps)
             st["losses"].append(train_step(model, opt, batch, generator, st["cpu_s"] / budget, cfg.bf16))
             st["step"] += 1
             st["cpu_s"] += time.process_time() - t0
@@ -293,6 +299,18 @@ def final_checks(model, cases, tokenizer, cfg: BakeoffConfig, params: int) -> di
 
 # ------------------------------------------------------------------------------------------------ reporting
 METRICS = ("shape_from_text", "shape_kept", "edge_sharpness", "loss")
+
+
+def save_resume(state_path: Path, dest: Path) -> int:
+    """A compact copy of a candidate's state to commit between sessions: weights in bfloat16, the data and noise
+    generators and the run record, no AdamW moments (two more copies of the weights; `run_candidate` restarts them
+    with a short learning-rate warm-up). Returns its size in bytes."""
+    saved = torch.load(state_path, map_location="cpu", weights_only=False)
+    compact = {"model": {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in saved["model"].items()},
+               "rng": saved["rng"], "generator": saved["generator"], "st": saved["st"]}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(compact, dest)
+    return dest.stat().st_size
 
 
 def choose_winner(finals: dict[str, dict], cases: int) -> str | None:
@@ -389,8 +407,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=defaults.bf16)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--report-only", action="store_true", help="rewrite the reports from <out>/<X>/state.pt")
+    parser.add_argument("--save-resume", default="", metavar="DIR",
+                        help="with --report-only: also write each candidate's compact state to DIR/<X>.pt")
     args = vars(parser.parse_args(argv))
-    report_only = args.pop("report_only")
+    report_only, save_to = args.pop("report_only"), args.pop("save_resume")
     args["candidates"] = tuple(args["candidates"])
     cfg = BakeoffConfig(**args)
     torch.set_num_threads(cfg.threads)
@@ -407,6 +427,9 @@ def main(argv: list[str] | None = None) -> dict:
         summary = write_reports(out, states, cfg)
         if cfg.assets:
             copy_assets(out, Path(cfg.assets))
+        for name in states if save_to else ():
+            size = save_resume(out / name / "state.pt", Path(save_to) / f"{name}.pt")
+            print(f"[{name}] compact resumable state: {Path(save_to) / f'{name}.pt'} ({size / 2**20:.1f} MiB)")
         print(results_table(summary))
         return summary
 
