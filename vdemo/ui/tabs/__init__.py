@@ -44,11 +44,19 @@ def generate_button(tab: str) -> gr.Button:
     return gr.Button("Generate", variant="primary", elem_id=f"vd-generate-{tab}")
 
 
-def unavailable_note(reason: str, elem_id: str) -> gr.Markdown:
-    """A greyed caption under an input this app cannot serve (detector weights missing), saying why and how to fix it;
-    hidden when there is no reason."""
-    return gr.Markdown(f"Unavailable here: {reason}" if reason else "", visible=bool(reason), elem_id=elem_id,
-                       elem_classes=["vd-caption", "vd-unavailable"])
+def extract_upload(kind: str, label: str) -> gr.File:
+    """The pose / depth tabs' "extract from an upload" input (elem_id `vd-<kind>-video`). When the detector's weights
+    are missing (`detectors.unavailable_reason`, checked once at start-up) it is disabled and greyed, with a caption
+    (`vd-<kind>-unavailable`) saying why and how to provide them."""
+    from vdemo.ui.detectors import unavailable_reason
+
+    reason = unavailable_reason(kind)
+    upload = gr.File(label=label, file_types=IMAGE_TYPES + VIDEO_TYPES, height=64 if reason else 120,
+                     interactive=not reason, elem_classes=["vd-disabled"] if reason else None,
+                     elem_id=f"vd-{kind}-video")
+    gr.Markdown(f"Unavailable here: {reason}" if reason else "", visible=bool(reason), elem_id=f"vd-{kind}-unavailable",
+                elem_classes=["vd-caption", "vd-unavailable"])
+    return upload
 
 
 def example_images() -> list[str]:

@@ -10,11 +10,11 @@ from vdemo import world
 from vdemo.backends import backend_info
 from vdemo.config import DEFAULTS
 from vdemo.ui import sources
-from vdemo.ui.detectors import DEPTH_MODELS, unavailable_reason
+from vdemo.ui.detectors import DEPTH_MODELS
 from vdemo.ui.messages import USER_ERRORS, guarded
 from vdemo.ui.run import Builder, Built, generate, preview_image
 from vdemo.ui.settings import Settings
-from vdemo.ui.tabs import IMAGE_TYPES, PREVIEW_SIZE, VIDEO_TYPES, TabUI, generate_button, unavailable_note
+from vdemo.ui.tabs import IMAGE_TYPES, PREVIEW_SIZE, TabUI, extract_upload, generate_button
 from vdemo.ui.tabs.pose import source_visibility
 
 NAME, LABEL = "depth", "Depth"
@@ -29,12 +29,7 @@ def build() -> TabUI:
     with gr.Group(visible=False) as depth_extract:
         depth_model = gr.Radio(list(DEPTH_MODELS), value="DPT-hybrid", label="MiDaS model",
                                elem_id="vd-depth-model")
-        reason = unavailable_reason("depth")  # checked once, at start-up: no weights here greys the upload out
-        depth_video = gr.File(label="Image or short video to estimate depth from",
-                              file_types=IMAGE_TYPES + VIDEO_TYPES, height=64 if reason else 120,
-                              interactive=not reason, elem_classes=["vd-disabled"] if reason else None,
-                              elem_id="vd-depth-video")
-        unavailable_note(reason, "vd-depth-unavailable")
+        depth_video = extract_upload("depth", "Image or short video to estimate depth from")
     depth_maps = gr.File(label="Depth maps (grayscale, near = bright, one per frame)",
                           file_count="multiple", file_types=IMAGE_TYPES, visible=False,
                           height=120, elem_id="vd-depth-files")

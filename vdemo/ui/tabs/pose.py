@@ -9,11 +9,10 @@ from vdemo import world
 from vdemo.backends import backend_info
 from vdemo.config import DEFAULTS
 from vdemo.ui import sources
-from vdemo.ui.detectors import unavailable_reason
 from vdemo.ui.messages import USER_ERRORS, guarded
 from vdemo.ui.run import Builder, Built, generate, preview_image
 from vdemo.ui.settings import Settings
-from vdemo.ui.tabs import IMAGE_TYPES, PREVIEW_SIZE, VIDEO_TYPES, TabUI, generate_button, unavailable_note
+from vdemo.ui.tabs import IMAGE_TYPES, PREVIEW_SIZE, TabUI, extract_upload, generate_button
 
 NAME, LABEL = "pose", "Pose"
 
@@ -24,13 +23,8 @@ def build() -> TabUI:
                            elem_id="vd-pose-source")
     pose_preset = gr.Dropdown(list(world.POSE_PRESETS), value="walk", label="Preset",
                               elem_id="vd-pose-preset")
-    reason = unavailable_reason("pose")  # checked once, at start-up: no weights here greys the upload out
     with gr.Group(visible=False) as pose_extract:
-        pose_video = gr.File(label="Image or short video to extract OpenPose skeletons from",
-                             file_types=IMAGE_TYPES + VIDEO_TYPES, height=64 if reason else 120, interactive=not reason,
-                             elem_classes=["vd-disabled"] if reason else None,
-                             elem_id="vd-pose-video")
-        unavailable_note(reason, "vd-pose-unavailable")
+        pose_video = extract_upload("pose", "Image or short video to extract OpenPose skeletons from")
     skeleton_images = gr.File(label="Skeleton images (OpenPose renderings, one per frame)",
                              file_count="multiple", file_types=IMAGE_TYPES, visible=False,
                              height=120, elem_id="vd-pose-files")
