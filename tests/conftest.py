@@ -134,9 +134,8 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(scope="module")
-def app_url(tiny_model_dir, one_torch_thread) -> str:
-    """The app's module-level `demo` (app.py, imported afresh), launched on a free local port for one test module."""
+def launch_app():
+    """app.py imported afresh (its module-level `demo` built anew) and launched on a free local port: (module, url)."""
     import importlib.util
     import socket
 
@@ -150,5 +149,44 @@ def app_url(tiny_model_dir, one_torch_thread) -> str:
         port = sock.getsockname()[1]
     _, url, _ = module.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
                                    ssr_mode=False, **launch_kwargs())
-    yield url.rstrip("/")
+    return module, url.rstrip("/")
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_model_dir, one_torch_thread) -> str:
+    """The app's module-level `demo` (app.py, imported afresh), launched on a free local port for one test module."""
+    module, url = launch_app()
+    yield url
+    leaked = wait_for_empty_run_queue()  # closing the server under a running handler would strand its place
     module.demo.close()
+    assert not leaked, f"run queue still held when the app closed: {leaked}"
+
+
+# ------------------------------------------------------------------------------------------------ run queue
+def wait_for_empty_run_queue(timeout_s: float = 30.0) -> list:
+    """Wait for the app's one-per-process run queue to empty; return (and clear) what still holds a place."""
+    import sys
+    import time
+
+    queue_module = sys.modules.get("vdemo.ui.queue")
+    if queue_module is None:
+        return []
+    queue = queue_module.QUEUE
+    deadline = time.monotonic() + timeout_s
+    while len(queue) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with queue._cond:
+        leaked = list(queue._jobs)
+        queue._jobs.clear()  # so one leak fails one test, not every later one
+        queue._cond.notify_all()
+    return leaked
+
+
+@pytest.fixture(autouse=True)
+def run_queue_left_empty():
+    """No test may leave a place in the app's run queue: a leaked place makes every later run in the process wait
+    (CI once hung for 90 minutes this way). Runs still ending (a stopped run's export) get a grace period; no garbage
+    collection is forced, since the product must not depend on one."""
+    yield
+    leaked = wait_for_empty_run_queue()
+    assert not leaked, f"run queue still held after the test: {leaked}"

@@ -17,14 +17,21 @@ every second until its turn. The wait is
   scaling, with this machine's measured rate in place of its GPU estimate) and of the fixed per-run time (start-up,
   decode, export). Before the first measurement it falls back to the backend's `GpuCost` estimate.
 
-A job that leaves (cancelled, tab closed: the generator is closed) frees its place at once; the slot is released in a
-`finally`, whatever happens. One `RunQueue` per process (`QUEUE`); on ZeroGPU the runs it admits still go through
-`spaces.GPU`, so this is the Space's own queue in front of ZeroGPU's.
+A handler holds its place as a `Place` (a context manager): the place is given up when the block ends, whatever ends
+it (finished, failed, stopped, or the generator closed by Gradio's cancel or a closed tab), and before the final result
+is handed over. A place is also given up when its owner is plainly gone, so one lost handler cannot stall the app:
+a waiting place nobody polls for `ABANDONED_S` (a waiting handler polls every second), a turn not taken up within it,
+or a running handler left parked at a `yield` that long (Gradio resumes a generator as soon as its output is sent; a
+generator that is never resumed nor closed, e.g. when the server was closed under it, used to hold the slot for ever
+and hang every later run in the process). A handler that is computing is never evicted. One `RunQueue` per process
+(`QUEUE`); on ZeroGPU the runs it admits still go through `spaces.GPU`, so this is the Space's own queue in front of
+ZeroGPU's.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import statistics
 import threading
 import time
@@ -33,6 +40,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 POLL_S = 1.0  # a waiting user's status is refreshed this often
+ABANDONED_S = 30.0  # a place whose owner shows no sign of life this long (see the module's doc) is given up
+LOG = logging.getLogger("vdemo.queue")
 RECENT_RUNS = 5  # the throughput model is the median of this many latest runs per backend
 
 
@@ -131,6 +140,17 @@ class Job:
     steps_done: int = 0
     last_step_at: float | None = None
     step_times: list[float] = field(default_factory=list)
+    seen_at: float = 0.0  # the owner's last poll while waiting
+    claimed: bool = False  # the owner saw its turn come
+    parked_at: float | None = None  # the running owner is suspended at a yield since then
+
+    def abandoned(self, now: float) -> bool:
+        """Its owner is plainly gone: not polling while waiting, not taking its turn, or never resumed at a yield."""
+        if self.admitted_at is None:
+            return now - self.seen_at > ABANDONED_S
+        if not self.claimed:
+            return now - self.admitted_at > ABANDONED_S
+        return self.parked_at is not None and now - self.parked_at > ABANDONED_S
 
     def predicted_s(self) -> float:
         return THROUGHPUT.predict(self.work, self.fallback_s)
@@ -158,7 +178,7 @@ class RunQueue:
         self._numbers = itertools.count(1)
 
     def join(self, work: Work, fallback_s: float = 0.0) -> Job:
-        job = Job(work, fallback_s, next(self._numbers))
+        job = Job(work, fallback_s, next(self._numbers), seen_at=self.clock())
         with self._cond:
             self._jobs.append(job)
             self._admit()
@@ -198,8 +218,18 @@ class RunQueue:
         user pressed Stop while waiting); then return."""
         while True:
             with self._cond:
+                now = self.clock()
+                job.seen_at = now
                 if job.admitted_at is not None:
+                    job.claimed = True
                     return
+                if job not in self._jobs:  # given up while its owner was away, but the owner is back: end of the line
+                    self._jobs.append(job)
+                    self._admit()
+                    continue
+                self._evict_abandoned(now)
+                if job.admitted_at is not None:
+                    continue
             if stopped is not None and stopped():
                 return
             yield self.position(job)
@@ -207,11 +237,27 @@ class RunQueue:
                 if job.admitted_at is None:
                     self._cond.wait(poll_s)
 
+    def _evict_abandoned(self, now: float) -> None:  # holds the lock
+        gone = [j for j in self._jobs if j.abandoned(now)]
+        for j in gone:
+            self._jobs.remove(j)
+            LOG.warning("gave up the place of run #%d (%s): its handler is gone (%s)", j.number, j.work.backend,
+                        "stopped polling" if j.admitted_at is None else
+                        "never took its turn" if not j.claimed else "never resumed after a yield")
+        if gone:
+            self._admit()
+
+    def park(self, job: Job, parked: bool) -> None:
+        """The running owner yields a value (parked) or is resumed."""
+        with self._cond:
+            job.parked_at = self.clock() if parked else None
+
     def step(self, job: Job, steps_done: int, total: int | None = None) -> None:
         """The running job completed scheduler step `steps_done` (of `total`, as its loop counts them): its step time
         feeds its own remaining time."""
         now = self.clock()
         with self._cond:
+            job.claimed = True  # a job that steps is plainly owned
             if total:
                 job.planned_steps = total
             if steps_done <= job.steps_done:
@@ -253,18 +299,59 @@ def waiting_text(ahead: int, wait_s: float, job: Job) -> str:
     return f"**waiting**: {ordinal(ahead + 1)} in line, about {about} s ({runs} ahead; {basis})"
 
 
-def queued(work: Work, fallback_s: float, queue: RunQueue | None = None,
-           stopped: Callable[[], bool] | None = None) -> Iterator:
-    """For a handler: yields (status text, None) while waiting, then (None, job) once admitted — or (None, None) when
-    `stopped()` turned true while it waited (it has left the queue). The caller must `queue.leave(job)` when done."""
-    queue = queue or QUEUE
-    job = queue.join(work, fallback_s)
-    admitted = False
-    try:
-        for ahead, wait_s in queue.wait(job, stopped=stopped):
-            yield waiting_text(ahead, wait_s, job), None
-        admitted = job.admitted_at is not None
-    finally:
-        if not admitted:  # stopped, cancelled (the generator closed) or failed while waiting
-            queue.leave(job)
-    yield None, job if admitted else None
+class Place:
+    """A handler's place in the queue, held for a `with` block:
+
+        with Place(work, fallback_s, stopped=lambda: control.stopped) as place:
+            for text in place.waiting():
+                yield text, ...                  # "waiting: 2nd in line, about 12 s …"
+            if not place.admitted:               # Stop pressed while in line
+                ...
+            for event in run:
+                place.step(i, total)
+                yield from place.hand((...))     # a preview; parked at the yield
+            place.done(measure=True)             # free the slot before handing over the result
+            yield final
+
+    The place is given up when the block ends, however it ends."""
+
+    def __init__(self, work: Work, fallback_s: float, queue: RunQueue | None = None,
+                 stopped: Callable[[], bool] | None = None) -> None:
+        self.queue = queue if queue is not None else QUEUE  # an empty RunQueue is falsy
+        self.work, self.fallback_s, self.stopped = work, fallback_s, stopped
+        self.job: Job | None = None
+        self.steps = 0
+
+    def __enter__(self) -> Place:
+        self.job = self.queue.join(self.work, self.fallback_s)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done()
+
+    def waiting(self) -> Iterator[str]:
+        """The waiting user's status, about every POLL_S, until the turn comes or `stopped()` turns true."""
+        for ahead, wait_s in self.queue.wait(self.job, stopped=self.stopped):
+            yield waiting_text(ahead, wait_s, self.job)
+
+    @property
+    def admitted(self) -> bool:
+        return self.job is not None and self.job.claimed and self.job in self.queue._jobs
+
+    def step(self, total: int | None = None) -> None:
+        """One more scheduler step done (of `total`, as the running loop counts them)."""
+        self.steps += 1
+        self.queue.step(self.job, self.steps, total)
+
+    def hand(self, value):
+        """Yield `value` to the client, parked meanwhile (see the module's doc): `yield from place.hand(...)`."""
+        self.queue.park(self.job, True)
+        try:
+            yield value
+        finally:
+            self.queue.park(self.job, False)
+
+    def done(self, measure: bool = False) -> None:
+        """Give up the place (again: a no-op); with `measure`, its step times feed THROUGHPUT (`RunQueue.leave`)."""
+        if self.job is not None:
+            self.queue.leave(self.job, measure)

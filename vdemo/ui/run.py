@@ -27,7 +27,7 @@ from vdemo.pipeline import ChunkDone, Done, GenerationRequest
 from vdemo.ui import sources
 from vdemo.ui.gpu import generate_on_gpu, live_settings
 from vdemo.ui.messages import USER_ERRORS, safe_line, user_error
-from vdemo.ui.queue import QUEUE, Work, queued
+from vdemo.ui.queue import Place, Work
 from vdemo.ui.session import ACTIVE_RUNS, session_key
 from vdemo.ui.settings import Settings, info_or_error
 from vdemo.ui.space import check_served
@@ -217,45 +217,49 @@ def generate(tab: str, build: Builder, settings: Settings, request: gr.Request |
     session = session_key(request)
     seed_out = settings.seed  # a plain value, never gr.skip(): an update would give the session an unchecked copy
     started = time.perf_counter()
-    first_s, last_preview, history, event = None, None, [], None
+    first_s, last_preview, history, event, last_total = None, None, [], None, settings.num_steps
     ACTIVE_RUNS.add(session, run)  # Stop works while it waits, too
-    job, measure, steps_seen, last_total = None, False, 0, settings.num_steps
+    place = Place(Work.of(settings.backend, pipe.backend, request_obj), request_seconds(pipe.backend, request_obj),
+                  stopped=lambda: run.control.stopped)
     try:
-        for waiting, job in queued(Work.of(settings.backend, pipe.backend, request_obj),
-                                   request_seconds(pipe.backend, request_obj), stopped=lambda: run.control.stopped):
-            if waiting:
+        with place:
+            for waiting in place.waiting():
                 yield waiting, gr.skip(), None, None, None, seed_out
-        if run.control.stopped:
-            yield "**stopped** before it started (it was waiting in line)", gr.skip(), None, None, None, seed_out
-            return
-        started = time.perf_counter()
-        yield (f"starting ({settings.backend}, {settings.num_frames} frames, {settings.num_steps} steps)…", gr.skip(),
-               None, None, None, seed_out)
-        for event in generate_on_gpu(settings.backend, run.request, run.control):
-            if isinstance(event, Done):
-                break
-            if getattr(event, "step_done", False) and not isinstance(event, ChunkDone):  # a chunk repeats its step
-                steps_seen, last_total = steps_seen + 1, event.total
-                QUEUE.step(job, steps_seen, event.total)
-            if isinstance(event, ChunkDone):  # a causal backend finished a chunk: the clip so far, final
-                last_preview = preview_image(event.frames)
-                text = (f"**chunk {event.chunk + 1}/{event.chunks} done** · {len(event.frames)}/"
-                        f"{settings.num_frames} frames final · {event.elapsed_s:.2f} s")
-                yield text, last_preview, gr.skip(), gr.skip(), gr.skip(), seed_out
-                continue
-            first_s = first_s if first_s is not None else time.perf_counter() - started
-            if getattr(event, "step_done", True):  # a 2-call sampler (Heun) previews each call, counts one step
-                history.append({"step": event.step, "mode": event.mode, "sampler": event.sampler})
-            current = {"step": event.step, "mode": event.mode, "sampler": event.sampler}
-            text = progress_text(event.step, event.total, event.elapsed_s, history or [current], first_s)
-            last_preview = preview_image(event.preview)
-            yield text, last_preview, gr.skip(), gr.skip(), gr.skip(), seed_out
-        if not isinstance(event, Done):
-            raise user_error("the run ended without a result")
-        history = event.manifest.get("steps") or history  # the loop's own record (it ran in the GPU worker)
-        manifest = {**event.manifest, "ui": {"tab": tab, "random_seed": settings.random_seed, **ui_info,
-                                             "first_preview_in_handler_s": round(first_s or 0.0, 4)}}
-        mp4, files, manifest = export_run(event.frames, manifest, settings.fps, tab)
+            if not place.admitted:
+                yield "**stopped** before it started (it was waiting in line)", gr.skip(), None, None, None, seed_out
+                return
+            started = time.perf_counter()
+            yield from place.hand((f"starting ({settings.backend}, {settings.num_frames} frames, "
+                                   f"{settings.num_steps} steps)…", gr.skip(), None, None, None, seed_out))
+            for event in generate_on_gpu(settings.backend, run.request, run.control):
+                if isinstance(event, Done):
+                    break
+                if getattr(event, "step_done", False) and not isinstance(event, ChunkDone):  # a chunk repeats its step
+                    last_total = event.total
+                    place.step(event.total)
+                if isinstance(event, ChunkDone):  # a causal backend finished a chunk: the clip so far, final
+                    last_preview = preview_image(event.frames)
+                    text = (f"**chunk {event.chunk + 1}/{event.chunks} done** · {len(event.frames)}/"
+                            f"{settings.num_frames} frames final · {event.elapsed_s:.2f} s")
+                    yield from place.hand((text, last_preview, gr.skip(), gr.skip(), gr.skip(), seed_out))
+                    continue
+                first_s = first_s if first_s is not None else time.perf_counter() - started
+                if getattr(event, "step_done", True):  # a 2-call sampler (Heun) previews each call, counts one step
+                    history.append({"step": event.step, "mode": event.mode, "sampler": event.sampler})
+                current = {"step": event.step, "mode": event.mode, "sampler": event.sampler}
+                text = progress_text(event.step, event.total, event.elapsed_s, history or [current], first_s)
+                last_preview = preview_image(event.preview)
+                yield from place.hand((text, last_preview, gr.skip(), gr.skip(), gr.skip(), seed_out))
+            if not isinstance(event, Done):
+                raise user_error("the run ended without a result")
+            history = event.manifest.get("steps") or history  # the loop's own record (it ran in the GPU worker)
+            manifest = {**event.manifest, "ui": {"tab": tab, "random_seed": settings.random_seed, **ui_info,
+                                                 "first_preview_in_handler_s": round(first_s or 0.0, 4)}}
+            mp4, files, manifest = export_run(event.frames, manifest, settings.fps, tab)
+            # measured only when it ran to the end in the mode and sampler it was costed at (a live switch changes
+            # the work per step; a stopped run's tail is not a run's); the slot is free before the result goes out
+            place.done(measure=(not event.stopped and run.control.mode == request_obj.attention_mode
+                                and run.control.sampler == request_obj.sampler))
         steps_done = manifest.get("timings", {}).get("steps_done", len(history))
         total = max(last_total, steps_done)
         head = (f"**stopped** at step {steps_done}/{total} — kept the last preview" if event.stopped
@@ -270,13 +274,8 @@ def generate(tab: str, build: Builder, settings: Settings, request: gr.Request |
         if manifest.get("motion_plan"):
             text += f"  \nmotion planned from the prompt: {', '.join(manifest['motion_plan']['directions'])}"
         # The last preview again (same pixels: a stopped run keeps it on screen), so API callers get every output.
-        # measured only when it ran to the end in the mode and sampler it was costed at (a live switch changes the
-        # work per step; a stopped run's tail is not a run's)
-        measure = (not event.stopped and run.control.mode == request_obj.attention_mode
-                   and run.control.sampler == request_obj.sampler)
         yield text, last_preview, mp4, files, manifest, settings.seed
     finally:
         run.stop()  # a cancelled / abandoned event must not leave its run denoising (reaches a ZeroGPU worker too)
         ACTIVE_RUNS.remove(session, run)
-        if job is not None:
-            QUEUE.leave(job, measure)
+        place.done()

@@ -102,9 +102,8 @@ def warm_up(backend: str = "tiny", steps: int = WARM_UP_STEPS) -> None:
     """
     from vdemo.backends import backend_info, get_pipeline
     from vdemo.pipeline import GenerationRequest
-    from vdemo.ui.queue import QUEUE, Work
+    from vdemo.ui.queue import Place, Work
 
-    job = None
     try:
         info = backend_info(backend)
         height, width = info.default_size
@@ -112,17 +111,13 @@ def warm_up(backend: str = "tiny", steps: int = WARM_UP_STEPS) -> None:
                                     num_steps=steps, sampler=info.default_sampler,
                                     attention_mode=info.default_attention_mode)
         pipe = get_pipeline(backend)
-        job = QUEUE.join(Work.of(backend, pipe.backend, request))
-        for _ in QUEUE.wait(job):
-            pass
-        done = 0
-        for event in pipe.generate(request):
-            if getattr(event, "step_done", False):
-                done += 1
-                QUEUE.step(job, done)
-        QUEUE.leave(job, measure=True)
+        with Place(Work.of(backend, pipe.backend, request), 0.0) as place:
+            for _ in place.waiting():
+                pass
+            for event in pipe.generate(request):
+                if getattr(event, "step_done", False):
+                    place.step()
+            place.done(measure=True)
     except Exception as err:  # noqa: BLE001 - warm-up is an optimisation; the error shows again at Generate
-        if job is not None:
-            QUEUE.leave(job)
         message = getattr(err, "message", None) or str(err)
         LOG.warning("could not warm up backend %r: %s", backend, message.splitlines()[0] if message else repr(err))

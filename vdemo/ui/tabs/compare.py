@@ -44,7 +44,7 @@ from vdemo.samplers import SAMPLERS
 from vdemo.ui.canvas import to_data_url
 from vdemo.ui.gpu import live_settings
 from vdemo.ui.messages import USER_ERRORS, guarded, user_error
-from vdemo.ui.queue import QUEUE, Work, queued
+from vdemo.ui.queue import Place, Work
 from vdemo.ui.run import RUNS_DIR, Builder, _clean_old_runs, preview_image
 from vdemo.ui.session import ACTIVE_RUNS, session_key, stop_run
 from vdemo.ui.settings import Settings, info_or_error
@@ -271,44 +271,47 @@ def compare_stream(tab: str, build: Builder, modes, samplers, settings: Settings
     handle, session = CompareHandle(control), session_key(request)
     grids: list[np.ndarray | None] = [None] * len(labels)
     notes = ["waiting"] * len(labels)
-    last_yield, result, job, steps_seen = 0.0, None, None, 0
+    last_yield, result = 0.0, None
     plan = [replace(req, attention_mode=v.mode, sampler=v.sampler) for v in variants + ([ref] if added else [])]
     ACTIVE_RUNS.add(session, handle)
+    place = Place(Work.of_many(settings.backend, backend, plan), total_seconds(backend, req, variants),
+                  stopped=lambda: control.stopped)
     try:
-        for waiting, job in queued(Work.of_many(settings.backend, backend, plan), total_seconds(backend, req, variants),
-                                   stopped=lambda: control.stopped):
-            if waiting:
+        with place:  # several runs in several modes: their step times are not one run's measurement
+            for waiting in place.waiting():
                 yield {"status": waiting}
-        if control.stopped:
-            yield {"status": "**stopped** before it started (it was waiting in line)"}
-            return
-        yield {"status": f"comparing {len(labels)} runs: {', '.join(labels)}…", "previews": "", "player": ""}
-        for event in compare_on_gpu(settings.backend, req, variants, control):
-            if isinstance(event, RunProgress) and event.progress.step_done:
-                steps_seen += 1
-                QUEUE.step(job, steps_seen)
-            if isinstance(event, RunProgress):
-                i, pr = event.index, event.progress
-                first = grids[i] is None
-                grids[i], notes[i] = preview_image(pr.preview), f"step {pr.step}/{pr.total}"
-                if first or time.perf_counter() - last_yield >= PREVIEW_EVERY_S:
-                    last_yield = time.perf_counter()
-                    yield {"status": f"run {i + 1}/{event.count}: **{labels[i]}** · step {pr.step}/{pr.total}",
-                           "previews": previews_html(grids, labels, notes)}
-            elif isinstance(event, RunFinished):
-                r = event.record
-                notes[event.index] = f"{'stopped' if r.stopped else 'done'}: {r.wall_s:.2f} s"
-                yield {"previews": previews_html(grids, labels, notes)}
-            elif isinstance(event, CompareResult):
-                result = event
-        if result is None:
-            raise user_error("the comparison ended without a result")
-        yield finish(result, settings, grids, labels, notes)
+            if not place.admitted:
+                yield {"status": "**stopped** before it started (it was waiting in line)"}
+                return
+            yield from place.hand({"status": f"comparing {len(labels)} runs: {', '.join(labels)}…", "previews": "",
+                                   "player": ""})
+            for event in compare_on_gpu(settings.backend, req, variants, control):
+                if isinstance(event, RunProgress) and event.progress.step_done:
+                    place.step()
+                if isinstance(event, RunProgress):
+                    i, pr = event.index, event.progress
+                    first = grids[i] is None
+                    grids[i], notes[i] = preview_image(pr.preview), f"step {pr.step}/{pr.total}"
+                    if first or time.perf_counter() - last_yield >= PREVIEW_EVERY_S:
+                        last_yield = time.perf_counter()
+                        yield from place.hand({
+                            "status": f"run {i + 1}/{event.count}: **{labels[i]}** · step {pr.step}/{pr.total}",
+                            "previews": previews_html(grids, labels, notes)})
+                elif isinstance(event, RunFinished):
+                    r = event.record
+                    notes[event.index] = f"{'stopped' if r.stopped else 'done'}: {r.wall_s:.2f} s"
+                    yield from place.hand({"previews": previews_html(grids, labels, notes)})
+                elif isinstance(event, CompareResult):
+                    result = event
+            if result is None:
+                raise user_error("the comparison ended without a result")
+            final = finish(result, settings, grids, labels, notes)
+            place.done()  # the slot is free before the result goes out
+        yield final
     finally:
         control.stop()
         ACTIVE_RUNS.remove(session, handle)
-        if job is not None:
-            QUEUE.leave(job)  # several runs in several modes: not one run's measurement
+        place.done()
 
 
 def finish(result: CompareResult, settings: Settings, grids, labels, notes) -> dict:

@@ -37,7 +37,7 @@ from vdemo.pipeline import Done, GenerationRequest, RequestError, RunControl
 from vdemo.ui import sources
 from vdemo.ui.gpu import ZERO_GPU, live_settings
 from vdemo.ui.messages import USER_ERRORS, guarded, user_error
-from vdemo.ui.queue import QUEUE, Work, queued
+from vdemo.ui.queue import Place, Work
 from vdemo.ui.run import export_run
 from vdemo.ui.session import ACTIVE_RUNS, session_key
 from vdemo.ui.settings import Settings, info_or_error
@@ -280,45 +280,42 @@ def stream_long(build, settings: Settings, request: gr.Request | None):
     session, started, preview = session_key(request), time.perf_counter(), None
     seed_out = settings.seed  # a plain value: an update (gr.skip) would give the session an unchecked seed box
     ACTIVE_RUNS.add(session, run)
-    queue_job, finished, steps_seen = None, False, 0
+    place = Place(Work.of(settings.backend, pipe.backend, job.request, runs=len(job.windows)),
+                  request_seconds(pipe.backend, job.request) * len(job.windows), stopped=lambda: control.stopped)
     try:
-        for waiting, queue_job in queued(Work.of(settings.backend, pipe.backend, job.request, runs=len(job.windows)),
-                                         request_seconds(pipe.backend, job.request) * len(job.windows),
-                                         stopped=lambda: control.stopped):
-            if waiting:
+        with place:
+            for waiting in place.waiting():
                 yield waiting, gr.skip(), None, None, None, seed_out
-        if control.stopped:
-            yield "**stopped** before it started (it was waiting in line)", gr.skip(), None, None, None, seed_out
-            return
-        yield (f"starting: {job.kind}, {job.strategy}, {job.length} frames in {len(job.windows)} segments…",
-               gr.skip(), None, None, None, seed_out)
-        done = None
-        for event in long_on_gpu(settings.backend, job, control):
-            if isinstance(event, Done):
-                done = event
-                break
-            if getattr(event, "step_done", False) and not isinstance(event, SegmentDone):
-                steps_seen += 1
-                QUEUE.step(queue_job, steps_seen)
-            if isinstance(event, SegmentDone):
-                preview = clip_preview(event.clip, event.made)
-                text = (f"**segment {event.segment + 1}/{event.segments} done** in {event.seconds:.2f} s · "
-                        f"{int(event.made.sum())}/{job.length} frames made")
-            else:
-                preview = sources.frame_grid(event.preview, columns=8)
-                text = segment_text(event)
-            yield text, preview, gr.skip(), gr.skip(), gr.skip(), seed_out
-        if done is None:
-            raise user_error("the run ended without a result")
-        mp4, files, manifest = _export(done, settings, job)
-        finished = not done.stopped
+            if not place.admitted:
+                yield "**stopped** before it started (it was waiting in line)", gr.skip(), None, None, None, seed_out
+                return
+            yield from place.hand((f"starting: {job.kind}, {job.strategy}, {job.length} frames in "
+                                   f"{len(job.windows)} segments…", gr.skip(), None, None, None, seed_out))
+            done = None
+            for event in long_on_gpu(settings.backend, job, control):
+                if isinstance(event, Done):
+                    done = event
+                    break
+                if getattr(event, "step_done", False) and not isinstance(event, SegmentDone):
+                    place.step()
+                if isinstance(event, SegmentDone):
+                    preview = clip_preview(event.clip, event.made)
+                    text = (f"**segment {event.segment + 1}/{event.segments} done** in {event.seconds:.2f} s · "
+                            f"{int(event.made.sum())}/{job.length} frames made")
+                else:
+                    preview = sources.frame_grid(event.preview, columns=8)
+                    text = segment_text(event)
+                yield from place.hand((text, preview, gr.skip(), gr.skip(), gr.skip(), seed_out))
+            if done is None:
+                raise user_error("the run ended without a result")
+            mp4, files, manifest = _export(done, settings, job)
+            place.done(measure=not done.stopped)  # the slot is free before the result goes out
         yield _final_text(done, manifest, job, time.perf_counter() - started), preview, mp4, files, manifest, \
             settings.seed
     finally:
         control.stop()
         ACTIVE_RUNS.remove(session, run)
-        if queue_job is not None:
-            QUEUE.leave(queue_job, finished)
+        place.done()
 
 
 def _export(done: Done, settings: Settings, job: LongJob):
