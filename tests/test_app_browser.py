@@ -388,5 +388,7 @@ def test_a_second_user_sees_their_place_and_wait(browser, app_url):
     pages[1].wait_for_function("() => document.querySelector('#vd-status').innerText.startsWith('step')",
                                timeout=RUN_TIMEOUT_MS)
     pages[1].click("#vd-stop")
+    pages[1].wait_for_function("() => document.querySelector('#vd-status').innerText.includes('stopped')",
+                               timeout=RUN_TIMEOUT_MS)  # closing the page first left this run going (old CI hang)
     for p in pages:
         p.context.close()
