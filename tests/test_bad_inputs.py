@@ -359,3 +359,20 @@ def test_detector_weights_in_the_hub_cache_need_no_network(no_weights, monkeypat
     assert d._weights_source(d.OPENPOSE_ENV, d.OPENPOSE_FILES, "OpenPose") == str(snapshot)
     with pytest.raises(d.DetectorUnavailable):  # MiDaS's file is not cached: still one line, at once
         d._weights_source(d.MIDAS_ENV, (d.MIDAS_FILES["dpt_hybrid"],), "MiDaS")
+
+
+STRICT_AFTER_UPDATE = ["steps abc", "steps None", "guidance high", "steps over the range"]
+
+
+@pytest.mark.parametrize("case", STRICT_AFTER_UPDATE)
+def test_the_checks_hold_after_an_event_updated_the_settings(app_url, case):
+    """A backend change updates the steps, guidance and frames sliders, and Gradio then serves that session fresh
+    copies of them, built from their class: the strict checks must live on the class, so they hold on the copies."""
+    from gradio_client import Client
+
+    session = Client(app_url, verbose=False)  # a session of its own
+    session.predict("tiny", "full", "DDIM", api_name="/on_backend_change")
+    call = dict((c[0], c[1]) for c in CASES)[case]
+    expected = dict((c[0], c[2]) for c in CASES)[case]
+    assert expected in error_of(session, *call)
+    healthy(session)

@@ -215,7 +215,7 @@ def generate(tab: str, build: Builder, settings: Settings, request: gr.Request |
         run = pipe.start(request_obj, live_settings(request_obj.attention_mode, request_obj.sampler))
         check_fits(pipe.backend, request_obj)  # before any GPU time is asked for
     session = session_key(request)
-    seed_out = settings.seed  # a plain value, never gr.skip(): an update would give the session an unchecked copy
+    seed_out = settings.seed  # written back as a plain value (the API returns the seed used)
     started = time.perf_counter()
     first_s, last_preview, history, event, last_total = None, None, [], None, settings.num_steps
     ACTIVE_RUNS.add(session, run)  # Stop works while it waits, too

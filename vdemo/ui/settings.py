@@ -8,6 +8,7 @@ defaults come from the backend's contract (`vdemo.backends.backend_info`); the a
 
 from __future__ import annotations
 
+import abc
 import secrets
 from dataclasses import dataclass, replace
 
@@ -64,6 +65,37 @@ class Settings:
                    whole("frames", frames), whole("fps", fps), whole("seed", seed), random_seed)
 
 
+def _check_payload(component: gr.components.Component, setting: str, payload) -> None:
+    if isinstance(component, gr.Checkbox):
+        if not isinstance(payload, bool):
+            raise user_error(f"{setting} must be true or false, got {payload!r}")
+    elif isinstance(payload, bool) or not isinstance(payload, (int, float)):
+        raise user_error(f"{setting} must be a number, got {payload!r}")
+    elif isinstance(component, gr.Number) and component.precision == 0 and not float(payload).is_integer():
+        raise user_error(f"{setting} must be a whole number, got {payload!r}")
+
+
+_STRICT_CLASSES: dict[tuple[type, str], type] = {}
+
+
+def _strict_class(base: type, setting: str) -> type:
+    """A subclass of `base` whose preprocess checks the raw value first; the page still renders it as `base`."""
+    if (base, setting) not in _STRICT_CLASSES:
+        def preprocess(self, payload):
+            _check_payload(self, setting, payload)
+            return base.preprocess(self, payload)
+
+        name = base.__name__.lower()
+        attrs = {"__module__": __name__, "__qualname__": f"Strict{base.__name__}", "__doc__": base.__doc__,
+                 "_vdemo_strict": setting, "preprocess": preprocess,
+                 "get_block_name": lambda self: name, "get_block_class": lambda self: name,
+                 "get_component_class_id": classmethod(lambda cls: base.get_component_class_id())}
+        # ABCMeta's __new__, not Gradio's ComponentMeta's: the events are inherited, and ComponentMeta would look for
+        # this class's source to write a .pyi stub beside this module
+        _STRICT_CLASSES[base, setting] = abc.ABCMeta.__new__(type(base), f"Strict{base.__name__}", (base,), attrs)
+    return _STRICT_CLASSES[base, setting]
+
+
 def strict_input(component: gr.components.Component, setting: str) -> gr.components.Component:
     """Make the component refuse a raw value of the wrong type with a one-line gr.Error naming the setting, before its
     own preprocess can coerce it or fail with a TypeError (Gradio's generic "upstream app" message):
@@ -71,26 +103,13 @@ def strict_input(component: gr.components.Component, setting: str) -> gr.compone
     preprocess would silently round seed 1.5 to 2), a Checkbox a boolean (it would take "yes" or "maybe" as true).
     Other components are returned unchanged; wrapping twice is harmless.
 
-    The check lives on the instance. Gradio serves a session a fresh copy of a component (`block.__class__(
-    **constructor_args)`, unchecked) once an event has *updated* it (gr.update / gr.skip), so the seed box an event
-    writes is written as a plain value (`vdemo.ui.run`), never as an update."""
+    The check lives on the component's class (a `Strict<Base>` subclass, rendered as the base): once an event has
+    *updated* a component (gr.update, gr.skip), Gradio serves that session a fresh copy built from
+    `block.__class__(**constructor_args)`, and a check on the instance alone was lost there (a backend change updates
+    the steps, guidance and frames sliders)."""
     if getattr(component, "_vdemo_strict", None) or not isinstance(component, (gr.Slider, gr.Number, gr.Checkbox)):
         return component
-    preprocess = component.preprocess
-    whole = isinstance(component, gr.Number) and component.precision == 0
-
-    def checked(payload):
-        if isinstance(component, gr.Checkbox):
-            if not isinstance(payload, bool):
-                raise user_error(f"{setting} must be true or false, got {payload!r}")
-        elif isinstance(payload, bool) or not isinstance(payload, (int, float)):
-            raise user_error(f"{setting} must be a number, got {payload!r}")
-        elif whole and not float(payload).is_integer():
-            raise user_error(f"{setting} must be a whole number, got {payload!r}")
-        return preprocess(payload)
-
-    component.preprocess = checked
-    component._vdemo_strict = setting
+    component.__class__ = _strict_class(type(component), setting)
     return component
 
 

@@ -374,7 +374,7 @@ def compare(prompt: str, modes: list[str], samplers: list[str], backend: str, at
     from vdemo.ui.tabs.text import request_builder
 
     settings = Settings.from_inputs(backend, attention_mode, sampler, steps, guidance, frames, fps, seed, random_seed)
-    seed_out = settings.seed  # a plain value: an update (gr.skip) would give the session an unchecked seed box
+    seed_out = settings.seed  # written back as a plain value (the API returns the seed used)
     for state in compare_stream("text", request_builder(prompt, True), modes, samplers, settings, request):
         if "result" not in state:
             yield state.get("status", gr.skip()), gr.skip(), gr.skip(), gr.skip(), gr.skip(), seed_out

@@ -278,7 +278,7 @@ def stream_long(build, settings: Settings, request: gr.Request | None):
     control = live_settings(job.request.attention_mode, job.request.sampler)
     run = LongRun(pipe.backend, control)
     session, started, preview = session_key(request), time.perf_counter(), None
-    seed_out = settings.seed  # a plain value: an update (gr.skip) would give the session an unchecked seed box
+    seed_out = settings.seed  # written back as a plain value (the API returns the seed used)
     ACTIVE_RUNS.add(session, run)
     place = Place(Work.of(settings.backend, pipe.backend, job.request, runs=len(job.windows)),
                   request_seconds(pipe.backend, job.request) * len(job.windows), stopped=lambda: control.stopped)
