@@ -382,3 +382,27 @@ def test_a_run_whose_client_vanished_mid_run_does_not_stall_the_next_user(tiny_m
     assert len(queue_module.QUEUE) == 0
     lost.close()  # the lost handler's own exit later: nothing left to free
     assert len(queue_module.QUEUE) == 0
+
+
+def test_a_run_resumed_after_losing_its_place_ends_with_a_clear_line_instead_of_running_beside_another():
+    from vdemo.errors import UserError
+
+    clock = Clock()
+    queue = RunQueue(clock=clock)
+
+    def handler():
+        with Place(WORK, 5.0, queue) as place:
+            yield from place.waiting()
+            place.step(10)
+            yield from place.hand("preview 1")
+            yield "never"
+
+    stalled = handler()
+    assert next(stalled) == "preview 1"
+    clock.now += ABANDONED_S + 1
+    with Place(WORK, 5.0, queue) as other:
+        assert next(other.waiting(), None) is None and other.admitted  # the stalled run's place was given up
+        with pytest.raises(UserError, match="lost its place in the queue"):
+            next(stalled)
+        assert other.job in queue._jobs and len(queue) == 1
+    assert len(queue) == 0

@@ -39,6 +39,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from vdemo.errors import UserError
+
 POLL_S = 1.0  # a waiting user's status is refreshed this often
 ABANDONED_S = 30.0  # a place whose owner shows no sign of life this long (see the module's doc) is given up
 LOG = logging.getLogger("vdemo.queue")
@@ -220,13 +222,14 @@ class RunQueue:
             with self._cond:
                 now = self.clock()
                 job.seen_at = now
-                if job.admitted_at is not None:
-                    job.claimed = True
-                    return
                 if job not in self._jobs:  # given up while its owner was away, but the owner is back: end of the line
+                    job.admitted_at, job.claimed = None, False
                     self._jobs.append(job)
                     self._admit()
                     continue
+                if job.admitted_at is not None:
+                    job.claimed = True
+                    return
                 self._evict_abandoned(now)
                 if job.admitted_at is not None:
                     continue
@@ -241,6 +244,7 @@ class RunQueue:
         gone = [j for j in self._jobs if j.abandoned(now)]
         for j in gone:
             self._jobs.remove(j)
+            j.admitted_at = None  # an evicted job is not running, whatever its owner does next
             LOG.warning("gave up the place of run #%d (%s): its handler is gone (%s)", j.number, j.work.backend,
                         "stopped polling" if j.admitted_at is None else
                         "never took its turn" if not j.claimed else "never resumed after a yield")
@@ -321,6 +325,7 @@ class Place:
         self.work, self.fallback_s, self.stopped = work, fallback_s, stopped
         self.job: Job | None = None
         self.steps = 0
+        self.finished = False
 
     def __enter__(self) -> Place:
         self.job = self.queue.join(self.work, self.fallback_s)
@@ -350,8 +355,14 @@ class Place:
             yield value
         finally:
             self.queue.park(self.job, False)
+        if self.job not in self.queue._jobs and not self.finished:
+            # resumed after its place was given up (the server stalled for over ABANDONED_S): another run may hold
+            # the slot now, so this one ends with a clear line rather than run beside it
+            raise UserError("this run lost its place in the queue (the server did not resume it for "
+                            f"{ABANDONED_S:.0f} s); please generate again")
 
     def done(self, measure: bool = False) -> None:
         """Give up the place (again: a no-op); with `measure`, its step times feed THROUGHPUT (`RunQueue.leave`)."""
         if self.job is not None:
+            self.finished = True
             self.queue.leave(self.job, measure)

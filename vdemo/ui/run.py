@@ -226,6 +226,7 @@ def generate(tab: str, build: Builder, settings: Settings, request: gr.Request |
             for waiting in place.waiting():
                 yield waiting, gr.skip(), None, None, None, seed_out
             if not place.admitted:
+                place.done()  # out of line before the message goes
                 yield "**stopped** before it started (it was waiting in line)", gr.skip(), None, None, None, seed_out
                 return
             started = time.perf_counter()

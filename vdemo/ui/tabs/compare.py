@@ -281,6 +281,7 @@ def compare_stream(tab: str, build: Builder, modes, samplers, settings: Settings
             for waiting in place.waiting():
                 yield {"status": waiting}
             if not place.admitted:
+                place.done()  # out of line before the message goes
                 yield {"status": "**stopped** before it started (it was waiting in line)"}
                 return
             yield from place.hand({"status": f"comparing {len(labels)} runs: {', '.join(labels)}…", "previews": "",

@@ -287,6 +287,7 @@ def stream_long(build, settings: Settings, request: gr.Request | None):
             for waiting in place.waiting():
                 yield waiting, gr.skip(), None, None, None, seed_out
             if not place.admitted:
+                place.done()  # out of line before the message goes
                 yield "**stopped** before it started (it was waiting in line)", gr.skip(), None, None, None, seed_out
                 return
             yield from place.hand((f"starting: {job.kind}, {job.strategy}, {job.length} frames in "
