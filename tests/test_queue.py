@@ -307,22 +307,24 @@ def test_a_waiting_place_nobody_polls_is_given_up():
     assert len(queue) == 0
 
 
+def running_handler(queue: RunQueue, clock: Clock, slow_step_s: float):
+    """A handler as vdemo.ui.run's: waits its turn, steps, yields "preview 1", computes `slow_step_s`, steps again,
+    yields "preview 2"."""
+    with Place(WORK, 5.0, queue) as place:
+        yield from place.waiting()
+        place.step(10)
+        yield from place.hand("preview 1")
+        clock.now += slow_step_s
+        place.step(10)
+        yield from place.hand("preview 2")
+
+
 def test_a_run_parked_at_a_yield_and_never_resumed_loses_its_place_but_a_computing_one_never_does():
     """Gradio resumes a generator as soon as its output is sent. A running handler left at a `yield` (its server
     closed under it) is given up after ABANDONED_S; one that computes for longer (a slow step) keeps its place."""
     clock = Clock()
     queue = RunQueue(clock=clock)
-
-    def handler():
-        with Place(WORK, 5.0, queue) as place:
-            yield from place.waiting()
-            place.step(10)
-            yield from place.hand("preview 1")
-            clock.now += 10 * ABANDONED_S  # a very slow step: computing, not parked
-            place.step(10)
-            yield from place.hand("preview 2")
-
-    slow = handler()
+    slow = running_handler(queue, clock, slow_step_s=10 * ABANDONED_S)  # a very slow step: computing, not parked
     assert next(slow) == "preview 1"
     with Place(WORK, 5.0, queue) as place:
         waiting = place.waiting()
@@ -389,15 +391,7 @@ def test_a_run_resumed_after_losing_its_place_ends_with_a_clear_line_instead_of_
 
     clock = Clock()
     queue = RunQueue(clock=clock)
-
-    def handler():
-        with Place(WORK, 5.0, queue) as place:
-            yield from place.waiting()
-            place.step(10)
-            yield from place.hand("preview 1")
-            yield "never"
-
-    stalled = handler()
+    stalled = running_handler(queue, clock, slow_step_s=0.0)
     assert next(stalled) == "preview 1"
     clock.now += ABANDONED_S + 1
     with Place(WORK, 5.0, queue) as other:
