@@ -175,11 +175,7 @@ def wait_for_empty_run_queue(timeout_s: float = 30.0) -> list:
     deadline = time.monotonic() + timeout_s
     while len(queue) and time.monotonic() < deadline:
         time.sleep(0.1)
-    with queue._cond:
-        leaked = list(queue._jobs)
-        queue._jobs.clear()  # so one leak fails one test, not every later one
-        queue._cond.notify_all()
-    return leaked
+    return queue.clear()  # so one leak fails one test, not every later one
 
 
 @pytest.fixture(autouse=True)

@@ -273,7 +273,7 @@ def test_with_nothing_loaded_the_page_still_builds_and_offers_the_built_in_model
 
 
 # ------------------------------------------------------------------------------------- abandoned places
-def test_a_turn_nobody_takes_up_is_given_up_and_the_next_user_runs():
+def test_a_turn_nobody_takes_up_is_given_up_and_the_next_user_runs(caplog):
     """A waiting handler whose generator was dropped without being closed (its turn comes, nobody takes it) cannot
     stall the queue: the next waiting user's poll gives the place up after ABANDONED_S."""
     clock = Clock()
@@ -290,6 +290,7 @@ def test_a_turn_nobody_takes_up_is_given_up_and_the_next_user_runs():
         clock.now += 2
         assert next(waiting, None) is None and place.admitted and lost not in queue._jobs
     assert len(queue) == 0
+    assert "its handler is gone (never took its turn)" in caplog.text  # the log names why
 
 
 def test_a_waiting_place_nobody_polls_is_given_up():

@@ -243,11 +243,11 @@ class RunQueue:
     def _evict_abandoned(self, now: float) -> None:  # holds the lock
         gone = [j for j in self._jobs if j.abandoned(now)]
         for j in gone:
-            self._jobs.remove(j)
-            j.admitted_at = None  # an evicted job is not running, whatever its owner does next
             LOG.warning("gave up the place of run #%d (%s): its handler is gone (%s)", j.number, j.work.backend,
                         "stopped polling" if j.admitted_at is None else
                         "never took its turn" if not j.claimed else "never resumed after a yield")
+            self._jobs.remove(j)
+            j.admitted_at = None  # an evicted job is not running, whatever its owner does next
         if gone:
             self._admit()
 
@@ -284,6 +284,18 @@ class RunQueue:
             total = now - job.admitted_at
             step = sum(job.step_times) / len(job.step_times)
             THROUGHPUT.record(job.work, step, total - step * job.steps_done, now - (job.last_step_at or now))
+
+    def holds(self, job: Job) -> bool:
+        """Whether `job` still has its place (it has not left nor been given up)."""
+        with self._cond:
+            return job in self._jobs
+
+    def clear(self) -> list[Job]:
+        """Drop every place and return them (for tests: a leaked place must not stall later ones)."""
+        with self._cond:
+            jobs, self._jobs = self._jobs, []
+            self._cond.notify_all()
+        return jobs
 
     def __len__(self) -> int:
         with self._cond:
@@ -341,7 +353,7 @@ class Place:
 
     @property
     def admitted(self) -> bool:
-        return self.job is not None and self.job.claimed and self.job in self.queue._jobs
+        return self.job is not None and self.job.claimed and self.queue.holds(self.job)
 
     def step(self, total: int | None = None) -> None:
         """One more scheduler step done (of `total`, as the running loop counts them)."""
@@ -355,7 +367,7 @@ class Place:
             yield value
         finally:
             self.queue.park(self.job, False)
-        if self.job not in self.queue._jobs and not self.finished:
+        if not self.finished and not self.queue.holds(self.job):
             # resumed after its place was given up (the server stalled for over ABANDONED_S): another run may hold
             # the slot now, so this one ends with a clear line rather than run beside it
             raise UserError("this run lost its place in the queue (the server did not resume it for "
