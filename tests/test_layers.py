@@ -15,8 +15,8 @@ Layers, low to high (a module may import its own layer and any lower one, never 
     6  services    vdemo.compare, vdemo.long                               (jobs of many runs on the shared pipeline,
                                                                            for the UI and their own CLIs)
     7  ui          vdemo.ui
-    8  tools       vdemo.train, vdemo.train_planner, vdemo.eval, vdemo.long_eval, vdemo.bench, vdemo.bench_app,
-                vdemo.bakeoff, vdemo.__main__
+    8  tools       vdemo.train, vdemo.train_v2, vdemo.train_planner, vdemo.eval, vdemo.long_eval, vdemo.bench,
+                vdemo.bench_app, vdemo.bakeoff, vdemo.__main__
                                                                            (may import anything)
 
 attention and samplers sit below models (not beside the pipeline) because the models build on them at import time
@@ -49,7 +49,8 @@ LAYERS: dict[str, int] = {
     "backends": 5,
     "compare": 6, "long": 6,
     "ui": 7,
-    "train": 8, "train_planner": 8, "eval": 8, "long_eval": 8, "bench": 8, "bench_app": 8, "bakeoff": 8, "__main__": 8,
+    "train": 8, "train_v2": 8, "train_planner": 8, "eval": 8, "long_eval": 8, "bench": 8, "bench_app": 8,
+    "bakeoff": 8, "__main__": 8,
 }  # fmt: skip
 LAYER_NAMES = ("base", "data", "primitives", "models", "pipeline", "backends", "services", "ui", "tools")
 WORLD = "vdemo.world"

@@ -183,11 +183,16 @@ def test_wrong_types_are_one_line_user_errors(args, message):
 
 
 # ---------------------------------------------------------------------------------------- what a Space serves
-def test_served_backends_setting(monkeypatch, tiny_model_dir):
+def test_served_backends_setting(monkeypatch, tiny_model_dir, tmp_path):
     monkeypatch.delenv("VDEMO_SPACE_BACKENDS", raising=False)
     for name in ("ANIMATEDIFF", "ZEROSHOT", "SVD", "SVD_XT"):
         monkeypatch.delenv(f"VDEMO_{name}_DIR", raising=False)
+    monkeypatch.setenv("VDEMO_TINY_V2_DIR", str(tmp_path / "no-v2-here"))
     assert served_backends() == ["tiny"], "by default: what has weights here (no hub cache, no local folders)"
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "config.json").write_text("{}")
+    monkeypatch.setenv("VDEMO_TINY_V2_DIR", str(tmp_path / "v2"))
+    assert served_backends() == ["tiny", "tiny-v2"]
     monkeypatch.setenv("VDEMO_SPACE_BACKENDS", "svd, tiny")
     assert served_backends() == ["tiny", "svd"]
     monkeypatch.setenv("VDEMO_SPACE_BACKENDS", "all")
@@ -222,16 +227,16 @@ def test_unavailable_backends_are_listed_greyed_with_their_reason(monkeypatch, t
     from vdemo.ui.settings import unavailable_text
 
     monkeypatch.delenv("VDEMO_SPACE_BACKENDS", raising=False)
-    monkeypatch.setattr(space, "SERVED", {"tiny": "ok", "svd": "HubError: <b>broken</b> download"})
+    monkeypatch.setattr(space, "SERVED", {"tiny": "ok", "tiny-v2": "ok", "svd": "HubError: <b>broken</b> download"})
     text = unavailable_text()
     first, second = text.split("  \n")
     assert first == "Unavailable here: **svd**: HubError: &lt;b&gt;broken&lt;/b&gt; download"
-    missing = [n for n in backend_names() if n not in ("tiny", "svd")]
+    missing = [n for n in backend_names() if n not in ("tiny", "tiny-v2", "svd")]
     assert second.startswith("Unavailable here, no weights on this machine: **" + "**, **".join(missing) + "**")
     demo = build_demo(warm_up_model=False)
     note = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "vd-backends-unavailable")
     dropdown = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "vd-backend")
-    assert note.value == text and [c[1] for c in dropdown.choices] == ["tiny"]
+    assert note.value == text and [c[1] for c in dropdown.choices] == ["tiny", "tiny-v2"]
     monkeypatch.setattr(space, "SERVED", {})  # serve_backends() not called: everything offered, nothing listed
     assert unavailable_text() == ""
 

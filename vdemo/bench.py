@@ -241,21 +241,30 @@ def time_clip(pipe, request) -> dict:
 
 
 def bench_pipeline(pipe, *, repeats: int = 5, modes: Sequence[str] = ATTENTION_MODES,
-                   samplers: Sequence[str] = (), num_frames: int = 16, num_steps: int = 20,
+                   samplers: Sequence[str] = (), num_frames: int = 16, num_steps: int | None = None,
                    log: Callable[[str], None] | None = None) -> list[dict]:
-    """End-to-end clips at the default settings: the default row, then one per attention mode and per sampler."""
-    from vdemo.config import DEFAULTS
+    """End-to-end clips at the backend's defaults (frame size, steps unless given, guidance, mode, sampler): the
+    default row, then one per attention mode and per sampler."""
     from vdemo.pipeline import GenerationRequest
 
+    backend = pipe.backend
+    num_steps = num_steps or backend.default_steps
+    height, width = backend.default_size
     prompt = "a red circle moves right on a black background"
-    cases = [("default", DEFAULTS.attention_mode, DEFAULTS.sampler, repeats)]
-    cases += [("mode", m, DEFAULTS.sampler, max(1, repeats // 2)) for m in modes]
-    cases += [("sampler", DEFAULTS.attention_mode, s, 1) for s in samplers]
-    time_clip(pipe, GenerationRequest(prompt=prompt, num_frames=num_frames, num_steps=2))  # warm-up
+    mode0, sampler0 = backend.default_attention_mode, backend.default_sampler
+    cases = [("default", mode0, sampler0, repeats)]
+    cases += [("mode", m, sampler0, max(1, repeats // 2)) for m in modes]
+    cases += [("sampler", mode0, s, 1) for s in samplers]
+
+    def request(**kw) -> GenerationRequest:
+        return GenerationRequest(prompt=prompt, num_frames=num_frames, height=height, width=width,
+                                 guidance=backend.default_guidance, **kw)
+
+    time_clip(pipe, request(num_steps=2))  # warm-up
     rows = []
     for kind, mode, sampler, n in cases:
-        runs = [time_clip(pipe, GenerationRequest(prompt=prompt, num_frames=num_frames, num_steps=num_steps,
-                                                  attention_mode=mode, sampler=sampler, seed=i)) for i in range(n)]
+        runs = [time_clip(pipe, request(num_steps=num_steps, attention_mode=mode, sampler=sampler, seed=i))
+                for i in range(n)]
         row = {"case": kind, "mode": mode, "sampler": sampler, "frames": num_frames, "steps": num_steps,
                "repeats": n, "clip_s": statistics.median(r["clip_s"] for r in runs),
                "first_preview_s": statistics.median(r["first_preview_s"] for r in runs),
@@ -277,10 +286,11 @@ def format_pipeline_table(rows: list[dict]) -> str:
 def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=5, help="clips for the default row (median reported)")
     p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=None, help="default: the backend's (tiny: 20, tiny-v2: 10)")
     p.add_argument("--modes", nargs="*", default=list(ATTENTION_MODES), choices=ATTENTION_MODES)
     p.add_argument("--samplers", nargs="*", default=None, help="samplers to time (default: all the backend has)")
-    p.add_argument("--model-dir", default=None, help="built-in model folder (default: assets/tiny)")
+    p.add_argument("--backend", default="tiny", choices=("tiny", "tiny-v2"), help="which built-in model")
+    p.add_argument("--model-dir", default=None, help="built-in model folder (default: assets/tiny, assets/tiny_v2)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list instead of a table")
 
@@ -292,11 +302,12 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = VideoPipeline(load_backend("tiny", args.model_dir))
+    pipe = VideoPipeline(load_backend(args.backend, args.model_dir))
     samplers = pipe.backend.samplers if args.samplers is None else args.samplers
     log = None if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
     if log:
-        log(f"pipeline: tiny backend, {torch.get_num_threads()} CPU threads")
+        log(f"pipeline: {args.backend} backend ({pipe.backend.describe()['compute']}), {torch.get_num_threads()} "
+            f"CPU threads")
         warn_if_busy(log)
     rows = bench_pipeline(pipe, repeats=args.repeats, modes=args.modes, samplers=samplers, num_frames=args.frames,
                           num_steps=args.steps, log=log)

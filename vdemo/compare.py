@@ -478,7 +478,7 @@ def stream_compare(backend, request: GenerationRequest, variants: Sequence[Varia
                 runs.append(event.record)
             yield event
     ref = next((r for r in runs if r.variant == ref_variant), None)
-    add_quality(runs, ref, request, world_metrics=backend.name == "tiny")
+    add_quality(runs, ref, request, world_metrics=backend.name in ("tiny", "tiny-v2"))  # the built-in world models
     tokens = top_tokens(backend, request)
     masks = mode_masks([v.mode for v in plan], model_frames=request.num_frames, model_tokens=tokens)
     yield CompareResult(request, backend.name, runs, ref_variant, added, memory_kind, masks,

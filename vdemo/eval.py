@@ -40,6 +40,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from vdemo import world
+from vdemo.backends import BUILTIN
 from vdemo.config import ATTENTION_MODES, DEFAULTS
 from vdemo.pipeline import Done, GenerationRequest, VideoPipeline
 from vdemo.strokes import resample_stroke, strokes_from_paths
@@ -229,11 +230,24 @@ def eval_depth(pipe, s: EvalSettings, mode: str) -> dict:
 
 
 def _x0_prediction(backend, scheduler, x_in: torch.Tensor, t: int, cond, mode: str) -> torch.Tensor:
-    """The backend's clean-clip estimate (no guidance) for x_in at integer timestep t."""
+    """The backend's clean-clip estimate (no guidance) for x_in at integer timestep t, as pixels (1, F, 3, H, W) in
+    [-1, 1] (a latent backend's estimate goes through its decoder)."""
     from vdemo.samplers import split_prediction
 
     out = backend.predict(x_in, torch.tensor(float(t)), cond, 1.0, mode).float()
-    return out if backend.output_type == "sample" else split_prediction(scheduler, out, x_in, t)[0]
+    x0 = out if backend.output_type == "sample" else split_prediction(scheduler, out, x_in, t)[0]
+    return _sample_to_pixels(backend, x0)
+
+
+def _pixels_to_sample(backend, pixels: torch.Tensor) -> torch.Tensor:
+    """(1, F, 3, H, W) in [-1, 1] -> what the backend denoises (itself for a pixel model, latents for tiny-v2)."""
+    encode = getattr(backend, "encode_frames", None)
+    return pixels if encode is None else encode(pixels)
+
+
+def _sample_to_pixels(backend, sample: torch.Tensor) -> torch.Tensor:
+    decode = getattr(backend, "decode_frames", None)
+    return sample if decode is None else decode(sample)
 
 
 def _ddpm(backend) -> DDPMScheduler:
@@ -259,8 +273,11 @@ def eval_coupling(pipe, s: EvalSettings, mode: str) -> dict:
         bg = np.array(world.BACKGROUNDS[clip.meta["background"]], np.int16)
         fg = torch.from_numpy(np.abs(clip.frames.astype(np.int16) - bg).max(-1) > 24)[None, :, None]  # (1, F, 1, H, W)
         weight = 1.0 + 4.0 * fg.float()
+        sample0 = _pixels_to_sample(backend, x0)
+        noise = noise if sample0.shape == x0.shape else torch.randn(
+            sample0.shape, generator=torch.Generator().manual_seed(HELDOUT_SEED0 + i))
         for t in COUPLING_T:
-            x_in = scheduler.add_noise(x0, noise, torch.tensor([t]))
+            x_in = scheduler.add_noise(sample0, noise, torch.tensor([t]))
             x0_hat = _x0_prediction(backend, scheduler, x_in, t, cond, mode)
             errors[t].append(float((weight * (x0_hat - x0) ** 2).sum() / (3 * weight.sum())))
     return {f"x0_mse_t{t}": float(np.mean(v)) for t, v in errors.items()}
@@ -288,6 +305,8 @@ def eval_layout(pipe, s: EvalSettings, mode: str) -> dict:
         centres = []
         for i in range(s.cases):
             shape = (1, s.num_frames, 3, s.size, s.size)
+            if hasattr(backend, "encode_frames"):  # a latent backend starts from noise in its latent space
+                shape = backend.latent_shape(GenerationRequest(num_frames=s.num_frames, height=s.size, width=s.size))
             x_in = torch.randn(shape, generator=torch.Generator().manual_seed(HELDOUT_SEED0 + i))
             w = (_x0_prediction(backend, scheduler, x_in, 999, cond, mode)[0] - bg).abs().mean(1)  # (F, H, W)
             w = w / w.sum((1, 2), keepdim=True).clamp(min=1e-8)
@@ -489,7 +508,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=list(ATTENTION_MODES), choices=ATTENTION_MODES)
     parser.add_argument("--metrics", nargs="+", default=list(METRICS), choices=[*METRICS, "long"],
                         help="'long': long videos, both strategies side by side at 32/64/128 frames (vdemo.long_eval)")
-    parser.add_argument("--steps", type=int, default=EvalSettings.num_steps)
+    parser.add_argument("--backend", default="tiny", choices=BUILTIN,
+                        help="which built-in model: v1 (tiny) or v2 (tiny-v2); size, steps and guidance default to "
+                             "the backend's own defaults")
+    parser.add_argument("--steps", type=int, default=None, help="default: the backend's (tiny: 20, tiny-v2: 10)")
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--no-plan", dest="plan_motion", action="store_false",
                         help="text metric: the video model alone, without the layout planner")
@@ -517,27 +539,30 @@ def main(argv: list[str] | None = None) -> int:
 
         extra = [*(["--out", args.out] if args.out else []),
                  *(["--model-dir", args.model_dir] if args.model_dir else [])]
-        return long_main(["--cases", str(args.cases), "--steps", str(args.steps), *extra,
+        return long_main(["--cases", str(args.cases), *(["--steps", str(args.steps)] if args.steps else []), *extra,
                           *([] if args.plan_motion else ["--no-plan"])])
-    from vdemo.backends import load_backend
+    from vdemo.backends import load_backend, tiny_dir
 
-    pipe = VideoPipeline(load_backend("tiny", args.model_dir))
+    backend = load_backend(args.backend, args.model_dir)
+    pipe = VideoPipeline(backend)
+    settings = EvalSettings(cases=args.cases, num_steps=args.steps or backend.default_steps,
+                            size=backend.default_size[0], guidance=backend.default_guidance,
+                            sampler=backend.default_sampler, plan_motion=args.plan_motion)
     if args.grid:
         from PIL import Image
 
-        grid = sample_grid(pipe, EvalSettings(num_steps=args.steps))
-        Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.Resampling.NEAREST).save(args.grid)
+        grid = sample_grid(pipe, settings)
+        scale = max(1, 128 // settings.size)
+        Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST).save(
+            args.grid)
         print(f"wrote {args.grid}")
         return 0
-    settings = EvalSettings(cases=args.cases, num_steps=args.steps, plan_motion=args.plan_motion)
     rows = evaluate(pipe, settings, args.modes, args.metrics)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
     if args.curve:
-        from vdemo.backends.tiny import ASSETS
-
-        append_learning_curve(Path(args.curve), rows, Path(args.model_dir or ASSETS))
+        append_learning_curve(Path(args.curve), rows, tiny_dir(args.model_dir, args.backend))
     return 0
 
 

@@ -365,6 +365,17 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--arch", choices=("v1", "v2"), default="v1")
+    arch, argv = pre.parse_known_args(argv)
+    if arch.arch == "v2":  # the v2 model's long run (vdemo.train_v2) has its own flags
+        from vdemo.train_v2 import main as main_v2
+
+        main_v2(argv)
+        return
     try:
         cfg = TrainConfig.from_args(argv)
     except ValueError as err:

@@ -27,7 +27,11 @@ from vdemo.cost import GpuCost
 from vdemo.errors import UserError
 from vdemo.pipeline import Backend, VideoPipeline
 
-BUILTIN = ("tiny",)
+BUILTIN = ("tiny", "tiny-v2")  # the project's own CPU models (vdemo.backends.tiny, vdemo.backends.tiny_v2)
+BUILTIN_NOTES = {
+    "tiny": "built-in v1: pixel-space video U-Net, 64 px",
+    "tiny-v2": "built-in v2: latent video diffusion (Video LDM), 128 px; still training (README: issue 13)",
+}
 SPACE_BACKENDS_ENV = "VDEMO_SPACE_BACKENDS"
 
 _CACHE: dict[tuple[str, str | None], Backend] = {}
@@ -62,6 +66,10 @@ def backend_class(name: str) -> type[Backend]:
         from vdemo.backends.tiny import TinyBackend
 
         return TinyBackend
+    if name == "tiny-v2":
+        from vdemo.backends.tiny_v2 import TinyV2Backend
+
+        return TinyV2Backend
     import importlib
 
     from vdemo.backends.hub.registry import get_spec
@@ -94,8 +102,8 @@ def backend_info(name: str) -> BackendInfo:
     if name not in backend_names():
         raise UserError(f"unknown backend {name!r}; choose one of: {', '.join(backend_names())}")
     source: Any = loaded_backend(name) or backend_class(name)
-    label, notes, frames = name, "", None
-    if name != "tiny":
+    label, notes, frames = name, BUILTIN_NOTES.get(name, ""), None
+    if name not in BUILTIN:
         from vdemo.backends.hub.registry import get_spec
 
         spec = get_spec(name)
@@ -119,8 +127,13 @@ def backend_names() -> list[str]:
     return [*BUILTIN, *hub_backend_names()]
 
 
-def tiny_dir(local_dir: str | os.PathLike | None = None) -> Path:
-    """The built-in model's folder: the argument, else $VDEMO_TINY_DIR, else the shipped assets/tiny."""
+def tiny_dir(local_dir: str | os.PathLike | None = None, name: str = "tiny") -> Path:
+    """A built-in model's folder: the argument, else $VDEMO_TINY_DIR ($VDEMO_TINY_V2_DIR for tiny-v2), else the
+    shipped assets/tiny (assets/tiny_v2)."""
+    if name == "tiny-v2":
+        from vdemo.backends.tiny_v2 import ASSETS as V2_ASSETS
+
+        return Path(local_dir or os.environ.get("VDEMO_TINY_V2_DIR") or V2_ASSETS)
     from vdemo.backends.tiny import ASSETS
 
     return Path(local_dir or os.environ.get("VDEMO_TINY_DIR") or ASSETS)
@@ -136,10 +149,8 @@ def get_pipeline(name: str) -> VideoPipeline:
 
 
 def _load(name: str, local_dir: str | None) -> Backend:
-    if name == "tiny":
-        from vdemo.backends.tiny import TinyBackend
-
-        return TinyBackend.from_pretrained(tiny_dir(local_dir))
+    if name in BUILTIN:
+        return backend_class(name).from_pretrained(tiny_dir(local_dir, name))
     from vdemo.backends.hub import HUB_BACKENDS, load_hub_backend
 
     if name in HUB_BACKENDS:
@@ -174,8 +185,8 @@ load_backend.cache_clear = _cache_clear  # the lru_cache-style name tests and sc
 def weights_present(name: str) -> bool:
     """Whether the backend's weights are on this machine: the built-in model's folder, a hub entry's local folder
     ($VDEMO_<NAME>_DIR), or every role's pinned revision in the hub cache. Never touches the network."""
-    if name == "tiny":
-        return (tiny_dir() / "config.json").is_file()
+    if name in BUILTIN:
+        return (tiny_dir(name=name) / "config.json").is_file()
     from vdemo.backends.hub.registry import HUB_BACKENDS
 
     spec = HUB_BACKENDS.get(name)

@@ -115,11 +115,13 @@ class TinyBackend(DenoisingBackend):
 
     def __init__(self, model: TinyVideoUNet, tokenizer, source: str, planner: Planner | None = None):
         self.model = model.eval().requires_grad_(False)
+        self._setup(tokenizer, source, planner, model.config.prediction_type)
+
+    def _setup(self, tokenizer, source: str, planner: Planner | None, prediction: str) -> None:
         self.tokenizer = tokenizer
         self.source = source
         self.planner = planner
         # "trailing" spacing starts sampling at t = 999 (pure noise), as the model was trained (Lin et al. 2024).
-        prediction = model.config.prediction_type
         self.output_type = "sample" if prediction == "sample" else None  # x0 -> v for the scheduler, per step
         self.scheduler_config = dict(default_scheduler_config(
             "v_prediction" if prediction == "sample" else prediction, timestep_spacing="trailing"))

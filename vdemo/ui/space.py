@@ -65,8 +65,8 @@ def unavailable_backends() -> dict[str, str]:
 
 
 def _missing_weights(name: str) -> str:
-    if name == "tiny":
-        return "no built-in model (assets/tiny) found"
+    if name in ("tiny", "tiny-v2"):
+        return f"no built-in model (assets/{name.replace('-', '_')}) found"
     from vdemo.backends.hub.registry import get_spec
 
     spec = get_spec(name)

@@ -27,15 +27,16 @@ TINY = {
 }
 
 
-def build(name: str, *, tiny: bool = False, size: int | None = None, vocab_size: int = 128) -> Candidate:
-    """A fresh candidate by letter; `tiny` for tests; `size` overrides the output size (cascade: base = size / 2)."""
+def build(name: str, *, tiny: bool = False, size: int | None = None, vocab_size: int = 128, **overrides) -> Candidate:
+    """A fresh candidate by letter; `tiny` for tests; `size` overrides the output size (cascade: base = size / 2);
+    other keywords override fields of the candidate's config (e.g. A's `reference`)."""
     if name not in CANDIDATES:
         raise ValueError(f"unknown candidate {name!r}; choose from {', '.join(CANDIDATES)}")
     cls, cfg_cls = CANDIDATES[name]
     cfg = cfg_cls(vocab_size=vocab_size, **(TINY[name] if tiny else {}))
     if size is not None:
         cfg = replace(cfg, size=size, **({"base_size": size // 2} if name == "B" else {}))
-    return cls(cfg)
+    return cls(replace(cfg, **overrides) if overrides else cfg)
 
 
 __all__ = ["CANDIDATES", "Candidate", "build"]

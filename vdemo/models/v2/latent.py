@@ -42,6 +42,10 @@ class LatentConfig:
     ae_share: float = 0.2  # share of the CPU budget spent training the autoencoder first
     crop: int = 64
     vocab_size: int = 128
+    # SVD-style image conditioning: the first known frame's latents are also given to EVERY frame (channel-concatenated),
+    # so a frame can copy the first frame's background and object locally instead of only through attention. Added to
+    # the long run at its resume (zero-initialised input channels, so the model's function was unchanged at the switch).
+    reference: bool = False
 
 
 class Autoencoder(torch.nn.Module):
@@ -72,6 +76,33 @@ class Autoencoder(torch.nn.Module):
         return self.decoder(z)
 
 
+def reference_latents(known_z: torch.Tensor, controls: torch.Tensor) -> torch.Tensor:
+    """The first known frame's latents repeated over that frame and every later one; zeros before it and for a clip
+    without known frames (so no frame is told about a later frame: the causal modes stay causal).
+
+    known_z (B, F, C, h, w) from `known_latents`; controls (B, F, 9, S, S) whose channel 3 is the known-frame mask."""
+    known = controls[:, :, 3].flatten(2).amax(-1) > 0  # (B, F)
+    B, Fr = known.shape
+    first = torch.where(known.any(1), known.float().argmax(1), torch.full((B,), Fr))  # (B,); F = none known
+    ref = known_z[torch.arange(B), first.clamp(max=Fr - 1)]  # (B, C, h, w)
+    after = (torch.arange(Fr)[None] >= first[:, None]).to(ref.dtype)  # (B, F)
+    return ref[:, None] * after[:, :, None, None, None]
+
+
+def widen_input(state: dict, model: torch.nn.Module, prefix: str = "unet.conv_in.weight") -> bool:
+    """Load-time surgery: pad a saved conv_in weight with zero input channels to the model's width (a model saved
+    before `reference` was switched on). Returns whether it padded; the padded model computes what the old one did."""
+    want = model.state_dict()[prefix].shape
+    have = state[prefix].shape
+    if have == want:
+        return False
+    if have[0] != want[0] or have[1] > want[1] or have[2:] != want[2:]:
+        raise ValueError(f"{prefix}: cannot widen {tuple(have)} to {tuple(want)}")
+    pad = torch.zeros(have[0], want[1] - have[1], *have[2:], dtype=state[prefix].dtype)
+    state[prefix] = torch.cat([state[prefix], pad], 1)
+    return True
+
+
 class LatentVideoDiffusion(Candidate):
     name = "A"
     paper = "Video LDM (Blattmann et al. 2023)"
@@ -82,7 +113,7 @@ class LatentVideoDiffusion(Candidate):
         self.ae = Autoencoder(cfg.ae_channels, cfg.latent_channels)
         r = cfg.patch
         ctrl_r = cfg.patch * cfg.factor
-        in_ch = cfg.latent_channels * r * r + NUM_CONTROLS * ctrl_r * ctrl_r + cfg.latent_channels * r * r
+        in_ch = cfg.latent_channels * r * r * (3 if cfg.reference else 2) + NUM_CONTROLS * ctrl_r * ctrl_r
         self.unet = VideoUNet(UNetConfig(in_ch, cfg.latent_channels * r * r, cfg.channels, cfg.attention,
                                          vocab_size=cfg.vocab_size), self.ctx)
         self.register_buffer("latent_scale", torch.ones(()))  # 1 / std of the latents, set when the AE is frozen
@@ -115,16 +146,25 @@ class LatentVideoDiffusion(Candidate):
         self.ae_frozen.fill_(True)
 
     # -------------------------------------------------------------------------------------- denoiser
+    @torch.no_grad()
+    def known_latents(self, controls: torch.Tensor) -> torch.Tensor:
+        """The known frames' own latents where the known mask is set, else 0: (B, F, C, S/f, S/f)."""
+        mask = controls[:, :, 3:4]  # (B, F, 1, S, S)
+        return self.encode(controls[:, :, :3]) * F.max_pool2d(mask.flatten(0, 1), self.cfg.factor).unflatten(
+            0, mask.shape[:2])
+
     def denoise(self, zt: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, controls: torch.Tensor,
-                flags: torch.Tensor) -> torch.Tensor:
-        """z_t (B, F, C, S/f, S/f) -> predicted clean latents, same shape; controls at pixel size S."""
+                flags: torch.Tensor, known_z: torch.Tensor | None = None) -> torch.Tensor:
+        """z_t (B, F, C, S/f, S/f) -> predicted clean latents, same shape; controls at pixel size S (`known_z`:
+        `known_latents(controls)`, computed here when not given)."""
         cfg = self.cfg
-        with torch.no_grad():  # the known frames' own latents, where the mask is set
-            mask = controls[:, :, 3:4]  # (B, F, 1, S, S)
-            known_z = self.encode(controls[:, :, :3]) * F.max_pool2d(mask.flatten(0, 1), cfg.factor).unflatten(
-                0, mask.shape[:2])  # (B, F, C, S/f, S/f)
-        x = torch.cat([unshuffle(zt, cfg.patch), unshuffle(controls, cfg.patch * cfg.factor),
-                       unshuffle(known_z.to(zt.dtype), cfg.patch)], 2)  # (B, F, in, S/(f·p), S/(f·p))
+        if known_z is None:
+            known_z = self.known_latents(controls)
+        parts = [unshuffle(zt, cfg.patch), unshuffle(controls, cfg.patch * cfg.factor),
+                 unshuffle(known_z.to(zt.dtype), cfg.patch)]
+        if cfg.reference:
+            parts.append(unshuffle(reference_latents(known_z, controls).to(zt.dtype), cfg.patch))
+        x = torch.cat(parts, 2)  # (B, F, in, S/(f·p), S/(f·p))
         return shuffle(self.unet(x, t, ids, flags), cfg.patch)
 
     def training_loss(self, batch: dict, generator: torch.Generator, progress: float) -> torch.Tensor:

@@ -1,0 +1,307 @@
+"""The v2 built-in model (`tiny-v2`, latent video diffusion): its long run writes what the backend loads, resumes,
+and the backend runs the shared pipeline on latents: every mode and sampler, previews, causality, guidance, limits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vdemo.backends import backend_info, backend_names, load_backend, weights_present
+from vdemo.backends.tiny_v2 import TinyV2Backend
+from vdemo.config import ATTENTION_MODES
+from vdemo.errors import ModelNotFound
+from vdemo.pipeline import Done, GenerationRequest, Progress, RequestError, VideoPipeline
+from vdemo.train_v2 import main as train_v2_main
+
+FAST = ["--tiny", "--cases", "3", "--steps", "2", "--size", "64", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A minute-scale v2 model trained for a few CPU-seconds, with one eval, in the layout the app loads."""
+    root = tmp_path_factory.mktemp("v2")
+    out, state = root / "out", root / "state.pt"
+    train_v2_main([*FAST, "--minutes", "0.15", "--eval-every", "0.05", "--ckpt-every", "0.05", "--out", str(out),
+                   "--state", str(state)])
+    return out, state
+
+
+def test_the_long_run_writes_the_model_folder_its_curve_and_a_full_state(trained):
+    out, state = trained
+    config = json.loads((out / "config.json").read_text())
+    assert config["_class_name"] == "LatentVideoDiffusion" and config["candidate"] == "A"
+    assert config["trained_steps"] > 0 and config["trained_cpu_minutes"] >= 0.15
+    weights = load_file(str(out / "diffusion_pytorch_model.safetensors"))
+    assert all(v.dtype == torch.float16 for k, v in weights.items() if v.is_floating_point())
+    saved = torch.load(state, map_location="cpu", weights_only=False)
+    assert {"model", "opt", "ema", "rng", "generator", "st"} <= set(saved)
+    rows = saved["st"]["rows"]
+    assert rows and all(r["weights"] == "ema" for r in rows)
+    assert {"shape_from_text", "shape_kept", "edge_sharpness"} <= set(rows[0])
+    lines = (out / "learning_curve.csv").read_text().splitlines()
+    assert len(lines) == len(rows) + 1
+    assert (out / "learning_curve.png").stat().st_size > 1000 and (out / "samples_eval.png").exists()
+
+
+def test_the_exported_weights_are_the_ema_and_the_model_keeps_its_raw_weights(tmp_path):
+    from diffusers.training_utils import EMAModel
+
+    from vdemo.train import make_tokenizer
+    from vdemo.train_v2 import export
+
+    model = TinyV2Backend.random().model
+    raw = {k: v.clone() for k, v in model.state_dict().items()}
+    ema = EMAModel(model.parameters())
+    ema.shadow_params = [torch.full_like(p, 0.25) for p in ema.shadow_params]
+    export(tmp_path, model, ema, make_tokenizer(), {"cpu_s": 60.0, "step": 7})
+    exported = load_file(str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    names = {k for k, _ in model.named_parameters()}
+    assert all(torch.all(exported[k] == 0.25) for k in names)
+    assert torch.equal(exported["latent_scale"].float(), raw["latent_scale"])  # buffers as they are
+    assert all(torch.equal(v, raw[k]) for k, v in model.state_dict().items())  # restored after the export
+    assert json.loads((tmp_path / "config.json").read_text())["trained_steps"] == 7
+
+
+def test_a_run_resumes_from_its_full_state_and_from_the_compact_one(tmp_path, trained):
+    out, state = trained
+    work = tmp_path / "state.pt"
+    work.write_bytes(state.read_bytes())
+    before = torch.load(work, map_location="cpu", weights_only=False)["st"]
+    train_v2_main([*FAST, "--minutes", "0.02", "--eval-every", "100", "--out", str(tmp_path / "o"), "--state",
+                   str(work)])
+    after = torch.load(work, map_location="cpu", weights_only=False)["st"]
+    assert after["step"] > before["step"] and after["cpu_s"] > before["cpu_s"]
+    assert after["rows"][:len(before["rows"])] == before["rows"]
+
+    compact = tmp_path / "compact.pt"
+    train_v2_main(["--save-compact", "--state", str(work), "--compact", str(compact)])
+    small = torch.load(compact, map_location="cpu", weights_only=False)
+    assert "opt" not in small
+    assert all(v.dtype == torch.bfloat16 for v in small["model"].values() if v.is_floating_point())
+    assert "shadow_params" not in small["ema"] and small["ema"]["optimization_step"] > 0
+    exported = load_file(str(tmp_path / "o" / "diffusion_pytorch_model.safetensors"))
+    out2 = tmp_path / "o2"
+    out2.mkdir()
+    (out2 / "diffusion_pytorch_model.safetensors").write_bytes(
+        (tmp_path / "o" / "diffusion_pytorch_model.safetensors").read_bytes())
+    train_v2_main([*FAST, "--minutes", "0", "--out", str(out2), "--state", str(tmp_path / "fresh.pt"), "--compact",
+                   str(compact)])  # no step: what the resume rebuilt is what gets saved
+    resumed = torch.load(tmp_path / "fresh.pt", map_location="cpu", weights_only=False)
+    assert resumed["st"]["step"] == after["step"]
+    names = [k for k, _ in TinyV2Backend.random().model.named_parameters()]
+    shadow = dict(zip(names, resumed["ema"]["shadow_params"]))  # the EMA is the exported one, the counters kept
+    assert all(torch.equal(shadow[k], exported[k].float()) for k in names)
+    assert resumed["ema"]["optimization_step"] == small["ema"]["optimization_step"]
+    train_v2_main([*FAST, "--minutes", "0.01", "--eval-every", "100", "--out", str(out2), "--state",
+                   str(tmp_path / "fresh.pt")])
+    assert torch.load(tmp_path / "fresh.pt", map_location="cpu", weights_only=False)["st"]["step"] > after["step"]
+
+
+def test_the_train_cli_forwards_arch_v2(capsys):
+    with pytest.raises(SystemExit):
+        from vdemo.train import main
+
+        main(["--arch", "v2", "--help"])
+    assert "--save-compact" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------- the backend
+@pytest.fixture(scope="module")
+def backend(trained):
+    return TinyV2Backend.from_pretrained(trained[0])
+
+
+def _request(**kw) -> GenerationRequest:
+    base = dict(prompt="a red circle moves left", num_frames=5, height=64, width=64, num_steps=3, guidance=2.0)
+    return GenerationRequest(**{**base, **kw})
+
+
+@pytest.mark.parametrize("mode", ATTENTION_MODES)
+def test_generates_frames_with_a_preview_per_step_in_every_mode(backend, mode):
+    events = list(VideoPipeline(backend).generate(_request(attention_mode=mode)))
+    progress = [e for e in events if isinstance(e, Progress)]
+    done = events[-1]
+    assert isinstance(done, Done)
+    assert done.frames.shape == (5, 64, 64, 3) and done.frames.dtype == np.uint8
+    assert len(progress) == 3
+    assert all(p.preview.shape == (5, 64, 64, 3) for p in progress)
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "Euler", "DPM++ 2M", "UniPC"])
+def test_every_sampler_steps_the_latents(backend, sampler):
+    done = list(VideoPipeline(backend).generate(_request(sampler=sampler)))[-1]
+    assert isinstance(done, Done) and done.frames.shape == (5, 64, 64, 3)
+    assert done.frames.std() > 0  # not a constant image
+
+
+def test_the_latent_is_a_quarter_of_the_frame_and_the_decoder_maps_it_back(backend):
+    req = _request(height=128, width=128)
+    shape = backend.latent_shape(req)
+    assert shape == (1, 5, 4, 32, 32)
+    frames = backend.decode(torch.zeros(shape))
+    assert frames.shape == (5, 128, 128, 3)
+
+
+def _randomised() -> TinyV2Backend:
+    b = TinyV2Backend.random(seed=3)
+    b.bf16 = False
+    return b
+
+
+def test_causal_modes_never_let_a_frame_see_later_ones_and_full_does():
+    b = _randomised()
+    req = _request(num_frames=4)
+    cond = b.prepare(req)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b.latent_shape(req), generator=g)
+    changed = x.clone()
+    changed[:, -1] += 1.0
+    t = torch.tensor([700])
+    for mode in ("causal", "sparse_causal"):
+        a, c = b.predict(x, t, cond, 2.0, mode), b.predict(changed, t, cond, 2.0, mode)
+        assert torch.allclose(a[:, :-1], c[:, :-1], atol=1e-5), mode
+    a, c = b.predict(x, t, cond, 2.0, "full"), b.predict(changed, t, cond, 2.0, "full")
+    assert not torch.allclose(a[:, :-1], c[:, :-1], atol=1e-4)
+
+
+def test_guidance_one_is_the_conditional_prediction_and_guidance_extrapolates_from_nothing():
+    b = _randomised()
+    req = _request()
+    cond = b.prepare(req)
+    x, t = torch.randn(b.latent_shape(req), generator=torch.Generator().manual_seed(1)), torch.tensor([500])
+    conditional = b.predict(x, t, cond, 1.0, "full")
+    guided = b.predict(x, t, cond, 3.0, "full")
+    uncond = b.model.denoise(x, t, cond["ids"][1:], cond["controls"][1:], cond["flags"][1:])
+    assert torch.allclose(guided, uncond + 3.0 * (conditional - uncond), atol=1e-4)
+    assert cond["ids"][1, 0] == 2 and (cond["ids"][1, 1:] == 0).all()  # the empty caption it was trained with
+    assert not cond["controls"][1].any() and not cond["flags"][1].any()
+
+
+def test_a_first_frame_enters_as_its_own_latents_and_changes_the_prediction():
+    b = _randomised()
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[16:48, 16:48] = (220, 40, 40)
+    with_image = b.prepare(_request(image=image))
+    plain = b.prepare(_request())
+    assert with_image["known_z"][0, 0].abs().sum() > 0 and not with_image["known_z"][0, 1:].any()
+    assert not plain["known_z"].any()
+    assert torch.equal(with_image["known_z"], b.model.known_latents(with_image["controls"]))
+    x, t = torch.randn(b.latent_shape(_request()), generator=torch.Generator().manual_seed(2)), torch.tensor([900])
+    assert not torch.allclose(b.predict(x, t, with_image, 2.0, "full"), b.predict(x, t, plain, 2.0, "full"))
+
+
+def test_every_modality_is_accepted(backend):
+    F = 5
+    pose = np.zeros((F, 64, 64, 3), np.uint8)
+    depth = np.full((F, 64, 64), 128, np.uint8)
+    from vdemo.strokes import Stroke
+
+    stroke = Stroke(points=((0.2, 0.5), (0.8, 0.5)), radius=0.08)
+    for kw in ({"pose": pose}, {"depth": depth}, {"strokes": (stroke,)}, {"image": np.zeros((64, 64, 3), np.uint8)}):
+        done = list(VideoPipeline(backend).generate(_request(num_steps=2, **kw)))[-1]
+        assert isinstance(done, Done), kw
+
+
+def test_sizes_must_be_square_multiples_of_32_within_its_range(backend):
+    pipe = VideoPipeline(backend)
+    for kw, message in (({"height": 96, "width": 128}, "square"), ({"height": 80, "width": 80}, "multiple of 32"),
+                        ({"height": 320, "width": 320}, "64–256")):
+        with pytest.raises(RequestError, match=message):
+            list(pipe.generate(_request(**kw)))
+
+
+def test_registry_entry_and_loading_by_name(monkeypatch, trained, tmp_path):
+    assert "tiny-v2" in backend_names()
+    info = backend_info("tiny-v2")
+    assert info.default_size == (128, 128) and info.limits.side_multiple == 32
+    assert info.attention_modes == ATTENTION_MODES and "latent" in info.notes
+    monkeypatch.setenv("VDEMO_TINY_V2_DIR", str(trained[0]))
+    assert weights_present("tiny-v2")
+    load_backend.cache_clear()
+    try:
+        assert isinstance(load_backend("tiny-v2"), TinyV2Backend)
+    finally:
+        load_backend.cache_clear()
+    monkeypatch.setenv("VDEMO_TINY_V2_DIR", str(tmp_path / "nothing"))
+    assert not weights_present("tiny-v2")
+    with pytest.raises(ModelNotFound, match="python -m vdemo.train --arch v2"):
+        TinyV2Backend.from_pretrained(tmp_path / "nothing")
+
+
+def test_a_v1_folder_is_refused_with_a_clear_reason(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "TinyVideoUNet"}))
+    with pytest.raises(ModelNotFound, match="does not hold a v2 model"):
+        TinyV2Backend.from_pretrained(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- reference latents
+def test_reference_latents_are_the_first_known_frame_from_there_on():
+    from vdemo.models.v2.latent import reference_latents
+
+    B, Fr = 3, 4
+    known_z = torch.randn(B, Fr, 4, 2, 2)
+    controls = torch.zeros(B, Fr, 9, 8, 8)
+    controls[0, 0, 3] = 1  # image-to-video: frame 0
+    controls[1, 2, 3] = 1  # a keyframe at 2 and one at 3
+    controls[1, 3, 3] = 1
+    ref = reference_latents(known_z, controls)  # clip 2: nothing known
+    assert ref.shape == known_z.shape
+    assert all(torch.equal(ref[0, f], known_z[0, 0]) for f in range(Fr))
+    assert not ref[1, :2].any() and torch.equal(ref[1, 2], known_z[1, 2]) and torch.equal(ref[1, 3], known_z[1, 2])
+    assert not ref[2].any()
+
+
+def test_widening_the_input_for_the_reference_keeps_the_model_function():
+    from vdemo.models.v2 import build
+    from vdemo.models.v2.latent import widen_input
+
+    torch.manual_seed(0)
+    old = build("A", tiny=True)
+    with torch.no_grad():
+        old.unet.conv_out.weight.normal_(std=0.05)
+    new = build("A", tiny=True, reference=True)
+    state = old.state_dict()
+    assert widen_input(state, new) and not widen_input(state, new)
+    new.load_state_dict(state)
+    z = torch.randn(1, 3, 4, 8, 8)
+    controls = torch.zeros(1, 3, 9, 32, 32)
+    controls[:, 0, :3] = torch.rand(1, 3, 32, 32) * 2 - 1
+    controls[:, 0, 3] = 1
+    args = (z, torch.tensor([500]), torch.tensor([[2, 5, 7] + [0] * 21]), controls, torch.tensor([[1.0, 1, 0, 0, 0]]))
+    with torch.no_grad():
+        assert torch.allclose(old.denoise(*args), new.denoise(*args), atol=1e-6)
+    with pytest.raises(ValueError, match="cannot widen"):
+        widen_input({"unet.conv_in.weight": torch.zeros(1, 1, 3, 3)}, new)
+
+
+def test_with_the_reference_a_keyframe_still_never_reaches_earlier_frames_in_causal_mode():
+    from vdemo.models.v2 import build
+
+    torch.manual_seed(1)
+    b = TinyV2Backend(build("A", tiny=True, reference=True), TinyV2Backend.random().tokenizer, source="test")
+    b.bf16 = False
+    with torch.no_grad():
+        b.model.unet.conv_out.weight.normal_(std=0.05)
+        b.model.unet.conv_in.weight.normal_(std=0.05)
+    x = torch.randn(b.latent_shape(_request(num_frames=4)), generator=torch.Generator().manual_seed(0))
+    outs = []
+    for colour in ((220, 40, 40), (40, 40, 220)):
+        key = np.zeros((64, 64, 3), np.uint8)
+        key[20:44, 20:44] = colour
+        cond = b.prepare(_request(num_frames=4, keyframes=((2, key),)))
+        outs.append({m: b.predict(x, torch.tensor([600]), cond, 2.0, m) for m in ("causal", "full")})
+    assert torch.allclose(outs[0]["causal"][:, :2], outs[1]["causal"][:, :2], atol=1e-5)
+    assert not torch.allclose(outs[0]["causal"][:, 2:], outs[1]["causal"][:, 2:], atol=1e-4)
+    assert not torch.allclose(outs[0]["full"][:, :2], outs[1]["full"][:, :2], atol=1e-4)

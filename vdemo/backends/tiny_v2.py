@@ -1,0 +1,152 @@
+"""The built-in `tiny-v2` backend: the v2 model (latent video diffusion, Video LDM), the design issue 13's bake-off
+chose, on CPU, loaded from `assets/tiny_v2/` (what `python -m vdemo.train --arch v2` writes).
+
+A small f=4 autoencoder trained on the world maps 128×128 frames to 32×32×4 latents; the video U-Net denoises those
+latents (the sample the shared pipeline's schedulers step is the latent clip), and every preview decodes the step's
+x0 estimate with the same small decoder. Controls stay at pixel resolution (space-to-depth, lossless) and known frames
+also enter as their own latents. Everything else is the `tiny` backend's: the same world, tokenizer, modalities,
+checks, warnings and layout planner (its strokes are in normalised coordinates, so they fit any frame size).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from vdemo.backends.tiny import ASSETS as TINY_ASSETS
+from vdemo.backends.tiny import TinyBackend
+from vdemo.config import LIMITS, Limits
+from vdemo.cost import GpuCost
+from vdemo.errors import ModelNotFound
+from vdemo.media import fit_clip, fit_image, to_uint8
+from vdemo.models.controls import control_tensors
+from vdemo.models.planner import PLANNER_DIR, Planner
+from vdemo.models.tokenizer import encode_prompts, load_tokenizer
+from vdemo.models.v2.core import MAX_TOKENS, unconditional
+from vdemo.models.v2.latent import LatentConfig, LatentVideoDiffusion
+from vdemo.pipeline import GenerationRequest, RequestError
+from vdemo.strokes import stroke_heatmaps
+
+ASSETS = Path(__file__).resolve().parent.parent.parent / "assets" / "tiny_v2"
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+# The latent grid halves twice below the autoencoder's f=4 and the 2×2 token patch: sides are multiples of 32.
+V2_LIMITS = Limits(**{**LIMITS.__dict__, "min_side_px": 64, "max_side_px": 256, "side_multiple": 32})
+
+
+def load_v2_model(folder: Path) -> LatentVideoDiffusion:
+    """The model in a folder `python -m vdemo.train --arch v2` wrote: config.json + fp16 safetensors."""
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("_class_name") != LatentVideoDiffusion.__name__:
+        raise ModelNotFound(f"{folder} does not hold a v2 model (config.json names {config.get('_class_name')!r})")
+    known = {f.name for f in fields(LatentConfig)}
+    cfg = LatentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in known})
+    model = LatentVideoDiffusion(cfg)
+    model.load_state_dict(load_file(str(folder / WEIGHTS)))  # fp16 on disk, copied into float32 parameters
+    return model
+
+
+class TinyV2Backend(TinyBackend):
+    """The v2 built-in CPU model behind the shared pipeline: the `tiny` backend's contract on latents."""
+
+    name = "tiny-v2"
+    limits = V2_LIMITS
+    default_size = (128, 128)
+    default_steps = 10  # the bake-off's eval setting; a 16-frame clip in ≈ 5 CPU-s (python -m vdemo.bench)
+    default_guidance = 2.0
+    # The top attention grid is 16×16 at 128 px (f=4 latents in 2×2 tokens: 8 px a token). A 16-frame clip of 10 DDIM
+    # steps with guidance took 5.3 CPU-s at 1 thread in float32 (bake-off final check): 0.033 s per frame and call.
+    gpu_cost = GpuCost(startup_s=1.0, s_per_frame_call=0.033, attention_share=0.3, reference_px=128 * 128,
+                       latent_factor=8, source="measured on a 2-core CPU; a GPU is faster")
+
+    def __init__(self, model: LatentVideoDiffusion, tokenizer, source: str, planner: Planner | None = None):
+        self.model = model.eval().requires_grad_(False)
+        self._setup(tokenizer, source, planner, prediction="sample")
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path = ASSETS) -> TinyV2Backend:
+        folder = Path(folder)
+        if not (folder / "config.json").exists():
+            raise ModelNotFound(f"no tiny-v2 model in {folder}: train one with `python -m vdemo.train --arch v2` "
+                                f"or point VDEMO_TINY_V2_DIR at a folder with config.json")
+        model = load_v2_model(folder)
+        tokenizer = load_tokenizer(folder / "tokenizer")
+        planner_dir = next((d / PLANNER_DIR for d in (folder, TINY_ASSETS) if (d / PLANNER_DIR / "config.json")
+                            .exists()), None)
+        planner = Planner.from_pretrained(planner_dir, tokenizer) if planner_dir else None
+        return cls(model, tokenizer, source=str(folder), planner=planner)
+
+    @classmethod
+    def random(cls, seed: int = 0, vocab: list[str] | None = None) -> TinyV2Backend:
+        """Random weights at a minute scale (tests): the whole latent path without training."""
+        from vdemo import world
+        from vdemo.models.tokenizer import build_tokenizer
+        from vdemo.models.v2 import build
+
+        torch.manual_seed(seed)
+        tokenizer = build_tokenizer(vocab or world.VOCAB, MAX_TOKENS)
+        model = build("A", tiny=True, vocab_size=max(128, len(tokenizer)))
+        for p in model.unet.conv_out.parameters():  # zero-init output would make every sample identical
+            torch.nn.init.normal_(p, std=0.05)
+        return cls(model, tokenizer, source=f"random:{seed}")
+
+    def describe(self) -> dict:
+        return {**super().describe(), "latent": f"f={self.model.cfg.factor}, {self.model.cfg.latent_channels} "
+                                                f"channels"}
+
+    def latent_shape(self, request: GenerationRequest) -> tuple[int, ...]:
+        f = self.model.cfg.factor
+        return (1, request.num_frames, self.model.cfg.latent_channels, request.height // f, request.width // f)
+
+    def prepare(self, request: GenerationRequest) -> dict:
+        F, H, W = request.num_frames, request.height, request.width
+        if H != W:
+            raise RequestError(f"the tiny-v2 model makes square videos: height and width must match, got {H}×{W}")
+        known = {}
+        if request.image is not None:
+            known[0] = fit_image(request.image, H, W)
+        for index, frame in request.keyframes:
+            known[int(index)] = fit_image(frame, H, W)
+        pose = fit_clip(request.pose, F, H, W) if request.pose is not None else None
+        depth = fit_clip(request.depth, F, H, W) if request.depth is not None else None
+        strokes = stroke_heatmaps(list(request.strokes), F, H) if request.strokes else None
+        controls, flags = control_tensors(F, H, known=known or None, pose=pose, depth=depth, stroke_maps=strokes,
+                                          has_text=bool(request.prompt.strip()))
+        ids = encode_prompts(self.tokenizer, [request.prompt.strip()], MAX_TOKENS)  # (1, L)
+        controls_t, flags_t = torch.from_numpy(controls)[None], torch.from_numpy(flags)[None]  # (1, F, 9, H, W), (1, 5)
+        off = unconditional(ids, controls_t, flags_t)  # what classifier-free guidance trained as "nothing"
+        both = [torch.cat(pair) for pair in zip((ids, controls_t, flags_t), off)]  # conditional, unconditional
+        with torch.no_grad():
+            known_z = self.model.known_latents(both[1])  # (2, F, C, H/f, W/f): once per run, not per step
+        return {"ids": both[0], "controls": both[1], "flags": both[2], "known_z": known_z}
+
+    @torch.no_grad()
+    def predict(self, x_in: torch.Tensor, t: torch.Tensor, cond: dict, guidance: float, mode: str) -> torch.Tensor:
+        self.model.set_attention_mode(mode)
+        t = torch.as_tensor(t, dtype=torch.float32).reshape(1)
+        n = 1 if guidance == 1.0 else 2  # conditional only, or conditional + unconditional in one batch
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.model.denoise(x_in.expand(n, -1, -1, -1, -1), t.expand(n), cond["ids"][:n],
+                                     cond["controls"][:n], cond["flags"][:n], known_z=cond["known_z"][:n]).float()
+        return out if n == 1 else out[1:] + guidance * (out[:1] - out[1:])
+
+    @torch.no_grad()
+    def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, F, 3, H, W) in [-1, 1] -> the latent clip this backend denoises (`vdemo.eval` noises it)."""
+        return self.model.encode(pixels.float())
+
+    @torch.no_grad()
+    def decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
+        """The latent clip -> (B, F, 3, H, W) in [-1, 1]."""
+        return self.model.decode(latents.float())
+
+    @torch.no_grad()
+    def decode(self, x0: torch.Tensor) -> np.ndarray:
+        """Latent clip (1, F, C, h, w) -> (F, H, W, 3) uint8 with the model's own decoder (previews too)."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            frames = self.model.decode(x0.to(torch.float32)).float()
+        return to_uint8(frames[0], channels_first=True)

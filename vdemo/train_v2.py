@@ -1,0 +1,303 @@
+"""The long run of the v2 built-in model: the bake-off's winner (candidate A, latent video diffusion, Video LDM).
+
+    python -m vdemo.train --arch v2 --init runs/bakeoff3/A/state.pt --minutes 600 --threads 1   # first start
+    nohup python -m vdemo.train --arch v2 --minutes 600 > runs/tiny_v2.log 2>&1 &                 # resumes
+    python -m vdemo.train --arch v2 --save-compact    # the small resumable state to commit (once or twice a session)
+
+It continues where the bake-off stopped (same model, optimiser, data generator and CPU-time count), with what a long
+run needs and a bake-off does not: every world kind (person and depth scenes too, so pose and depth conditioning are
+learned), 16-frame clips beside 8-frame ones, an EMA of the weights (diffusers' EMAModel) that is what gets evaluated
+and shipped, and a checkpoint every few CPU-minutes (and on SIGTERM), so a run that dies with its session loses little.
+Time is *process CPU time* as in the bake-off (`vdemo.bakeoff`), so the curve continues its x-axis.
+
+Writes, overwriting in place:
+  - `<out>/` (default `assets/tiny_v2/`): EMA weights (fp16 safetensors) + config.json + tokenizer: what the
+    `tiny-v2` backend loads; `<out>/learning_curve.csv` and `.png`: the bake-off's held-out eval (shape from text,
+    shape kept, edge sharpness; 30 cases, full mode) every `--eval-every` CPU-minutes, with the issue's goals drawn in;
+  - `<state>` (default `runs/tiny_v2/state.pt`): the full state, AdamW moments included (not committed);
+  - `--save-compact`: `<compact>` (default `<out>/train_state.pt`): bf16 weights, data/noise generators and the run
+    record, no AdamW moments (a resume re-warms the learning rate), small enough to commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import signal
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+
+from vdemo import world
+from vdemo.bakeoff import BakeoffConfig, MODE_WEIGHTS, eval_cases, evaluate, sample_grid, save_png, train_step
+from vdemo.config import ATTENTION_MODES
+from vdemo.models.tokenizer import encode_prompts
+from vdemo.models.v2 import build
+from vdemo.models.v2.core import MAX_TOKENS
+from vdemo.models.v2.latent import widen_input
+from vdemo.train import TrainConfig, example_from_clip, make_tokenizer
+
+CANDIDATE = "A"
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+GOALS = {"shape_from_text": 0.9, "shape_kept": 0.9}  # issue 13's v2 goals for the rows this eval measures
+
+
+@dataclass(frozen=True)
+class V2Config:
+    out: str = "assets/tiny_v2"
+    state: str = "runs/tiny_v2/state.pt"
+    compact: str = ""  # "" = <out>/train_state.pt
+    init: str = ""  # a bake-off state of candidate A to start from when no state exists yet
+    minutes: float = 60.0  # CPU-minutes to train in this invocation
+    threads: int = 1
+    batch_size: int = 4  # clips per step at 8 frames; halved at 16 frames
+    share_16: float = 0.3  # share of steps on 16-frame clips
+    size: int = 128
+    lr: float = 4e-4
+    warmup_steps: int = 50
+    ema_decay: float = 0.999
+    reference: bool = True  # SVD-style first-frame latents for every frame (vdemo.models.v2.latent.reference_latents)
+    ae_minutes: float = 24.0  # a fresh model trains its autoencoder first for this long (the bake-off's 20 %)
+    eval_every: float = 30.0  # CPU-minutes
+    ckpt_every: float = 5.0  # CPU-minutes
+    cases: int = 30
+    steps: int = 10
+    guidance: float = 2.0
+    bf16: bool = True
+    seed: int = 0
+    tiny: bool = False  # minute-scale model for tests
+    save_compact: bool = False  # only write the compact resumable state from <state>, then exit
+
+    @property
+    def compact_path(self) -> Path:
+        return Path(self.compact) if self.compact else Path(self.out) / "train_state.pt"
+
+    def eval_config(self) -> BakeoffConfig:
+        return BakeoffConfig(size=self.size, cases=self.cases, steps=self.steps, guidance=self.guidance,
+                             bf16=self.bf16, tiny=self.tiny)
+
+
+def parse_args(argv: list[str] | None) -> V2Config:
+    parser = argparse.ArgumentParser(prog="python -m vdemo.train --arch v2", description=__doc__.split("\n\n")[0])
+    for f in fields(V2Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default)
+    return V2Config(**vars(parser.parse_args(argv)))
+
+
+def make_batch(rng: np.random.Generator, batch_size: int, frames: int, size: int, tokenizer,
+               train_cfg: TrainConfig) -> dict:
+    """Fresh clips of every world kind with v1's modality dropout (the bake-off's batch, all kinds)."""
+    examples = [example_from_clip(world.sample_clip(rng, frames, size), rng, train_cfg) for _ in range(batch_size)]
+    x = np.stack([e["frames"] for e in examples]).astype(np.float32) / 127.5 - 1.0  # (B, F, S, S, 3)
+    return {
+        "x0": torch.from_numpy(x).permute(0, 1, 4, 2, 3).contiguous(),  # (B, F, 3, S, S)
+        "ids": encode_prompts(tokenizer, [e["caption"] for e in examples], MAX_TOKENS),
+        "controls": torch.from_numpy(np.stack([e["controls"] for e in examples])),  # (B, F, 9, S, S)
+        "flags": torch.from_numpy(np.stack([e["flags"] for e in examples])),  # (B, 5)
+        "fg": torch.from_numpy(np.stack([e["fg"] for e in examples]))[:, :, None],  # (B, F, 1, S, S)
+    }
+
+
+def model_config(model) -> dict:
+    return {"_class_name": type(model).__name__, "candidate": CANDIDATE, **asdict(model.cfg)}
+
+
+def export(out: Path, model, ema: EMAModel, tokenizer, st: dict) -> None:
+    """The EMA weights (fp16) + config + tokenizer: the folder the `tiny-v2` backend loads."""
+    out.mkdir(parents=True, exist_ok=True)
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    weights = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    ema.restore(model.parameters())
+    save_file(weights, str(out / (WEIGHTS + ".tmp")))
+    (out / (WEIGHTS + ".tmp")).replace(out / WEIGHTS)
+    config = {**model_config(model), "trained_cpu_minutes": round(st["cpu_s"] / 60, 1), "trained_steps": st["step"]}
+    (out / "config.json.tmp").write_text(json.dumps(config, indent=2))
+    (out / "config.json.tmp").replace(out / "config.json")  # an app loading the folder meanwhile never reads half
+    if not (out / "tokenizer").is_dir():  # the world's vocabulary: fixed, written once
+        tokenizer.save_pretrained(str(out / "tokenizer"))
+
+
+def save_state(path: Path, model, opt, ema: EMAModel, rng, generator, st: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(),
+                "rng": rng.bit_generator.state, "generator": generator.get_state(), "st": st}, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+
+
+def save_compact(state_path: Path, dest: Path) -> int:
+    """bf16 raw weights, the EMA's counters (its weights are the exported fp16 safetensors beside it), the generators
+    and the run record; no AdamW moments. Returns its size in bytes."""
+    saved = torch.load(state_path, map_location="cpu", weights_only=False)
+    half = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in saved["model"].items()}
+    ema = {k: v for k, v in saved["ema"].items() if k not in ("shadow_params", "collected_params")}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": half, "ema": ema, "rng": saved["rng"], "generator": saved["generator"], "st": saved["st"]},
+               dest)
+    return dest.stat().st_size
+
+
+def write_curve(out: Path, st: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = st["rows"]
+    if rows:
+        with (out / "learning_curve.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[-1]))
+            writer.writeheader()
+            writer.writerows([{k: r.get(k, "") for k in rows[-1]} for r in rows])
+    metrics = ("shape_from_text", "shape_kept", "edge_sharpness", "loss")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), dpi=80)
+    for ax, metric in zip(axes, metrics):
+        for weights, style in (("raw", "o:"), ("ema", "o-")):
+            pts = [(r["cpu_minutes"], r[metric]) for r in rows if r.get("weights", "raw") == weights]
+            if pts:
+                ax.plot(*zip(*pts), style, label="bake-off (raw weights)" if weights == "raw" else "long run (EMA)")
+        if metric in GOALS:
+            ax.axhline(GOALS[metric], color="g", ls="--", lw=1, label="goal")
+        if metric in ("shape_from_text", "shape_kept"):
+            ax.axhline(1 / 3, color="grey", ls=":", lw=1, label="chance")
+        ax.set_title(metric.replace("_", " "))
+        ax.set_xlabel("training CPU-minutes")
+        if metric != "loss":
+            ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "learning_curve.png")
+    plt.close(fig)
+
+
+def train_v2(cfg: V2Config) -> dict:
+    torch.set_num_threads(cfg.threads)
+    out, state_path = Path(cfg.out), Path(cfg.state)
+    tokenizer = make_tokenizer()
+    torch.manual_seed(cfg.seed)
+    model = build(CANDIDATE, tiny=cfg.tiny, size=cfg.size, vocab_size=max(128, len(tokenizer)),
+                  reference=cfg.reference)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    rng = np.random.default_rng(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    st = {"cpu_s": 0.0, "step": 0, "rows": [], "losses": []}
+    ema_state, warm_start, source = None, 0, None
+    for path in (state_path, cfg.compact_path, Path(cfg.init) if cfg.init else None):
+        if path is not None and path.exists():
+            source = path
+            break
+    if source is not None:
+        saved = torch.load(source, map_location="cpu", weights_only=False)
+        widened = widen_input(saved["model"], model)
+        model.load_state_dict(saved["model"])
+        rng.bit_generator.state = saved["rng"]
+        generator.set_state(saved["generator"])
+        st = {**st, **{k: saved["st"][k] for k in ("cpu_s", "step", "rows", "losses") if k in saved["st"]}}
+        st["losses"] = st["losses"][-200:]
+        if "opt" in saved and not widened:
+            opt.load_state_dict(saved["opt"])
+        else:
+            warm_start = st["step"]
+        ema_state = saved.get("ema")
+        if ema_state is not None and "shadow_params" not in ema_state:  # a compact state: the exported EMA weights
+            exported = load_file(str(out / WEIGHTS)) if (out / WEIGHTS).exists() else {}
+            ema_state = {**ema_state, "shadow_params": [exported.get(k, p.detach()).float()
+                                                        for k, p in model.named_parameters()]}
+        if ema_state is not None and widened:
+            names = [k for k, _ in model.named_parameters()]
+            shadow = dict(zip(names, ema_state["shadow_params"]))
+            widen_input(shadow, model)
+            ema_state = {**ema_state, "shadow_params": [shadow[k] for k in names]}
+        print(f"[v2] from {source}: step {st['step']}, {st['cpu_s'] / 60:.1f} CPU-min"
+              f"{' (input widened for the reference latents: zero-initialised)' if widened else ''}"
+              f"{'' if 'opt' in saved and not widened else ' (AdamW moments restart, learning rate re-warmed)'}",
+              flush=True)
+    trainable = [p for p in model.parameters()]
+    ema = EMAModel(trainable, decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
+    if ema_state is not None:
+        ema.load_state_dict({**ema_state, "shadow_params": [p.float() for p in ema_state["shadow_params"]]})
+    last_eval = max([r["cpu_minutes"] * 60 for r in st["rows"] if r.get("weights") == "ema"] or [st["cpu_s"]])
+    train_cfg = TrainConfig(size=cfg.size, p_known=0.5, p_strokes=0.2)
+    eval_cfg = cfg.eval_config()
+    cases = eval_cases(cfg.cases, eval_cfg.frames, cfg.size)
+    mode_p = np.asarray(MODE_WEIGHTS) / sum(MODE_WEIGHTS)
+    stop = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    signal.signal(signal.SIGINT, lambda *_: stop.update(flag=True))
+    end = st["cpu_s"] + cfg.minutes * 60
+    last_ckpt = st["cpu_s"]
+    print(f"[v2] {model.paper}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; "
+          f"{cfg.threads} thread(s); training to {end / 60:.1f} CPU-min", flush=True)
+    model.train()
+    while not stop["flag"] and st["cpu_s"] < end:
+        t0 = time.process_time()
+        frames = 16 if rng.random() < cfg.share_16 else 8
+        model.set_attention_mode(ATTENTION_MODES[int(rng.choice(len(ATTENTION_MODES), p=mode_p))])
+        batch = make_batch(rng, cfg.batch_size if frames == 8 else max(1, cfg.batch_size // 2), frames, cfg.size,
+                           tokenizer, train_cfg)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (st["step"] + 1 - warm_start) / cfg.warmup_steps)
+        progress = model.cfg.ae_share * min(1.0, st["cpu_s"] / (cfg.ae_minutes * 60))
+        st["losses"] = st["losses"][-199:] + [train_step(model, opt, batch, generator, progress, cfg.bf16)]
+        ema.step(model.parameters())
+        st["step"] += 1
+        st["cpu_s"] += time.process_time() - t0
+        if st["step"] % 25 == 0:
+            print(f"[v2] step {st['step']} loss {np.mean(st['losses'][-25:]):.4f} {st['cpu_s'] / 60:.2f} CPU-min",
+                  flush=True)
+        if st["cpu_s"] - last_eval >= cfg.eval_every * 60:
+            last_eval = st["cpu_s"]
+            evaluate_ema(model, ema, cases, tokenizer, eval_cfg, st, out)
+        if st["cpu_s"] - last_ckpt >= cfg.ckpt_every * 60:
+            last_ckpt = st["cpu_s"]
+            save_state(state_path, model, opt, ema, rng, generator, st)
+            export(out, model, ema, tokenizer, st)
+    save_state(state_path, model, opt, ema, rng, generator, st)
+    export(out, model, ema, tokenizer, st)
+    print(f"[v2] saved step {st['step']} ({st['cpu_s'] / 60:.1f} CPU-min) to {state_path} and {out}", flush=True)
+    return st
+
+
+def evaluate_ema(model, ema: EMAModel, cases, tokenizer, eval_cfg: BakeoffConfig, st: dict, out: Path) -> dict:
+    """The bake-off's eval on the EMA weights; appends a row to st["rows"] and rewrites the curve and sample grid."""
+    t0 = time.process_time()
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    model.eval()
+    metrics, text, kept = evaluate(model, cases, tokenizer, eval_cfg)
+    model.train()
+    ema.restore(model.parameters())
+    row = {"candidate": CANDIDATE, "cpu_minutes": round(st["cpu_s"] / 60, 3), "step": st["step"],
+           "loss": round(float(np.mean(st["losses"][-50:])), 5), **{k: round(v, 4) for k, v in metrics.items()},
+           "cpu_s_per_step": round(st["cpu_s"] / max(st["step"], 1), 3),
+           "eval_cpu_s": round(time.process_time() - t0, 1), "weights": "ema"}
+    st["rows"].append(row)
+    print(f"[v2] eval {json.dumps(row)}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_curve(out, st)
+    save_png(out / "samples_eval.png", sample_grid(text, kept, cases))
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(argv)
+    if cfg.save_compact:
+        size = save_compact(Path(cfg.state), cfg.compact_path)
+        print(f"[v2] compact resumable state: {cfg.compact_path} ({size / 2**20:.1f} MiB)")
+        return
+    train_v2(cfg)
+
+
+if __name__ == "__main__":
+    main()
