@@ -58,16 +58,25 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         from vdemo.models.planner import PLANNER_DIR
 
         shutil.copytree(small_planner(tmp_path_factory), folder / PLANNER_DIR)
-    previous = os.environ.get("VDEMO_TINY_DIR")
-    os.environ["VDEMO_TINY_DIR"] = str(folder)
+    # v2 (tiny-v2) beside it, the same way: the shipped assets/tiny_v2, else random weights in its layout
+    v2 = TRAINED_TINY.parent / "tiny_v2"
+    if not (v2 / "config.json").exists() or os.environ.get("VDEMO_TEST_RANDOM_MODEL") == "1":
+        from vdemo.backends.tiny_v2 import TinyV2Backend, save_v2_model
+
+        v2 = tmp_path_factory.mktemp("tiny-v2-random")
+        random_v2 = TinyV2Backend.random()
+        save_v2_model(v2, random_v2.model, random_v2.tokenizer)
+    previous = {k: os.environ.get(k) for k in ("VDEMO_TINY_DIR", "VDEMO_TINY_V2_DIR")}
+    os.environ["VDEMO_TINY_DIR"], os.environ["VDEMO_TINY_V2_DIR"] = str(folder), str(v2)
     from vdemo.backends import load_backend
 
     load_backend.cache_clear()
     yield folder
-    if previous is None:
-        os.environ.pop("VDEMO_TINY_DIR", None)
-    else:
-        os.environ["VDEMO_TINY_DIR"] = previous
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     load_backend.cache_clear()
 
 

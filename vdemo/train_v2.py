@@ -26,16 +26,17 @@ import csv
 import json
 import signal
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from vdemo import world
-from vdemo.bakeoff import BakeoffConfig, MODE_WEIGHTS, eval_cases, evaluate, sample_grid, save_png, train_step
+from vdemo.backends.tiny_v2 import WEIGHTS, save_v2_model
+from vdemo.bakeoff import MODE_WEIGHTS, BakeoffConfig, eval_cases, evaluate, sample_grid, save_png, train_step
 from vdemo.config import ATTENTION_MODES
 from vdemo.models.tokenizer import encode_prompts
 from vdemo.models.v2 import build
@@ -44,7 +45,6 @@ from vdemo.models.v2.latent import widen_input
 from vdemo.train import TrainConfig, example_from_clip, make_tokenizer
 
 CANDIDATE = "A"
-WEIGHTS = "diffusion_pytorch_model.safetensors"
 GOALS = {"shape_from_text": 0.9, "shape_kept": 0.9}  # issue 13's v2 goals for the rows this eval measures
 
 
@@ -108,24 +108,14 @@ def make_batch(rng: np.random.Generator, batch_size: int, frames: int, size: int
     }
 
 
-def model_config(model) -> dict:
-    return {"_class_name": type(model).__name__, "candidate": CANDIDATE, **asdict(model.cfg)}
-
-
 def export(out: Path, model, ema: EMAModel, tokenizer, st: dict) -> None:
     """The EMA weights (fp16) + config + tokenizer: the folder the `tiny-v2` backend loads."""
-    out.mkdir(parents=True, exist_ok=True)
     ema.store(model.parameters())
     ema.copy_to(model.parameters())
-    weights = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
-    ema.restore(model.parameters())
-    save_file(weights, str(out / (WEIGHTS + ".tmp")))
-    (out / (WEIGHTS + ".tmp")).replace(out / WEIGHTS)
-    config = {**model_config(model), "trained_cpu_minutes": round(st["cpu_s"] / 60, 1), "trained_steps": st["step"]}
-    (out / "config.json.tmp").write_text(json.dumps(config, indent=2))
-    (out / "config.json.tmp").replace(out / "config.json")  # an app loading the folder meanwhile never reads half
-    if not (out / "tokenizer").is_dir():  # the world's vocabulary: fixed, written once
-        tokenizer.save_pretrained(str(out / "tokenizer"))
+    try:
+        save_v2_model(out, model, tokenizer, trained_cpu_minutes=round(st["cpu_s"] / 60, 1), trained_steps=st["step"])
+    finally:
+        ema.restore(model.parameters())
 
 
 def save_state(path: Path, model, opt, ema: EMAModel, rng, generator, st: dict) -> None:

@@ -11,12 +11,12 @@ checks, warnings and layout planner (its strokes are in normalised coordinates, 
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from vdemo.backends.tiny import ASSETS as TINY_ASSETS
 from vdemo.backends.tiny import TinyBackend
@@ -36,6 +36,21 @@ ASSETS = Path(__file__).resolve().parent.parent.parent / "assets" / "tiny_v2"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 # The latent grid halves twice below the autoencoder's f=4 and the 2×2 token patch: sides are multiples of 32.
 V2_LIMITS = Limits(**{**LIMITS.__dict__, "min_side_px": 64, "max_side_px": 256, "side_multiple": 32})
+
+
+def save_v2_model(folder: Path, model: LatentVideoDiffusion, tokenizer, **extra) -> None:
+    """The folder `load_v2_model` / `TinyV2Backend.from_pretrained` read: fp16 safetensors, config.json (the model's
+    config plus `extra`), the tokenizer. Each file is replaced whole, so an app loading the folder meanwhile never
+    reads half a file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(folder / (WEIGHTS + ".tmp")))
+    (folder / (WEIGHTS + ".tmp")).replace(folder / WEIGHTS)
+    config = {"_class_name": type(model).__name__, "candidate": "A", **asdict(model.cfg), **extra}
+    (folder / "config.json.tmp").write_text(json.dumps(config, indent=2))
+    (folder / "config.json.tmp").replace(folder / "config.json")
+    if not (folder / "tokenizer").is_dir():  # the world's vocabulary: fixed, written once
+        tokenizer.save_pretrained(str(folder / "tokenizer"))
 
 
 def load_v2_model(folder: Path) -> LatentVideoDiffusion:

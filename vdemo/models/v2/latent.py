@@ -42,9 +42,10 @@ class LatentConfig:
     ae_share: float = 0.2  # share of the CPU budget spent training the autoencoder first
     crop: int = 64
     vocab_size: int = 128
-    # SVD-style image conditioning: the first known frame's latents are also given to EVERY frame (channel-concatenated),
-    # so a frame can copy the first frame's background and object locally instead of only through attention. Added to
-    # the long run at its resume (zero-initialised input channels, so the model's function was unchanged at the switch).
+    # SVD-style image conditioning: the first known frame's latents are also given to every later frame (concatenated
+    # as channels), so a frame can copy the first frame's background and object locally instead of only through
+    # attention. Added at the long run's resume (zero-initialised input channels: the model's function was unchanged
+    # at the switch).
     reference: bool = False
 
 
