@@ -20,12 +20,7 @@ from vdemo.train_v2 import main as train_v2_main
 FAST = ["--tiny", "--cases", "3", "--steps", "2", "--size", "64", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads only contend on a shared box
 
 
 @pytest.fixture(scope="module")

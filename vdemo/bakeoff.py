@@ -193,6 +193,11 @@ def make_batch(rng: np.random.Generator, cfg: BakeoffConfig, tokenizer, train_cf
     for _ in range(cfg.batch_size):
         kind = TRAIN_KINDS[int(rng.integers(len(TRAIN_KINDS)))]
         examples.append(example_from_clip(world.sample_clip(rng, cfg.frames, cfg.size, kind=kind), rng, train_cfg))
+    return stack_examples(examples, tokenizer)
+
+
+def stack_examples(examples: list[dict], tokenizer) -> dict:
+    """`example_from_clip` dicts -> one batch of tensors (the `Candidate` batch layout)."""
     frames = np.stack([e["frames"] for e in examples]).astype(np.float32) / 127.5 - 1.0  # (B, F, S, S, 3)
     return {
         "x0": torch.from_numpy(frames).permute(0, 1, 4, 2, 3).contiguous(),  # (B, F, 3, S, S)

@@ -36,11 +36,18 @@ from safetensors.torch import load_file
 
 from vdemo import world
 from vdemo.backends.tiny_v2 import WEIGHTS, save_v2_model
-from vdemo.bakeoff import MODE_WEIGHTS, BakeoffConfig, eval_cases, evaluate, sample_grid, save_png, train_step
+from vdemo.bakeoff import (
+    MODE_WEIGHTS,
+    BakeoffConfig,
+    eval_cases,
+    evaluate,
+    sample_grid,
+    save_png,
+    stack_examples,
+    train_step,
+)
 from vdemo.config import ATTENTION_MODES
-from vdemo.models.tokenizer import encode_prompts
 from vdemo.models.v2 import build
-from vdemo.models.v2.core import MAX_TOKENS
 from vdemo.models.v2.latent import widen_input
 from vdemo.train import TrainConfig, example_from_clip, make_tokenizer
 
@@ -97,15 +104,8 @@ def parse_args(argv: list[str] | None) -> V2Config:
 def make_batch(rng: np.random.Generator, batch_size: int, frames: int, size: int, tokenizer,
                train_cfg: TrainConfig) -> dict:
     """Fresh clips of every world kind with v1's modality dropout (the bake-off's batch, all kinds)."""
-    examples = [example_from_clip(world.sample_clip(rng, frames, size), rng, train_cfg) for _ in range(batch_size)]
-    x = np.stack([e["frames"] for e in examples]).astype(np.float32) / 127.5 - 1.0  # (B, F, S, S, 3)
-    return {
-        "x0": torch.from_numpy(x).permute(0, 1, 4, 2, 3).contiguous(),  # (B, F, 3, S, S)
-        "ids": encode_prompts(tokenizer, [e["caption"] for e in examples], MAX_TOKENS),
-        "controls": torch.from_numpy(np.stack([e["controls"] for e in examples])),  # (B, F, 9, S, S)
-        "flags": torch.from_numpy(np.stack([e["flags"] for e in examples])),  # (B, 5)
-        "fg": torch.from_numpy(np.stack([e["fg"] for e in examples]))[:, :, None],  # (B, F, 1, S, S)
-    }
+    return stack_examples([example_from_clip(world.sample_clip(rng, frames, size), rng, train_cfg)
+                           for _ in range(batch_size)], tokenizer)
 
 
 def export(out: Path, model, ema: EMAModel, tokenizer, st: dict) -> None:

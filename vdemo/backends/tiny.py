@@ -198,10 +198,12 @@ class TinyBackend(DenoisingBackend):
     def latent_shape(self, request: GenerationRequest) -> tuple[int, ...]:
         return (1, request.num_frames, 3, request.height, request.width)
 
-    def prepare(self, request: GenerationRequest) -> dict:
+    def control_maps(self, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor]:
+        """The request's controls (1, F, 9, H, W) at pixel size (`vdemo.models.controls` layout) and presence flags
+        (1, 5): known frames, pose, depth and stroke heatmaps, each fitted to the request's frames and size."""
         F, H, W = request.num_frames, request.height, request.width
         if H != W:
-            raise RequestError(f"the tiny model makes square videos: height and width must match, got {H}×{W}")
+            raise RequestError(f"the {self.name} model makes square videos: height and width must match, got {H}×{W}")
         known = {}
         if request.image is not None:
             known[0] = fit_image(request.image, H, W)
@@ -212,11 +214,13 @@ class TinyBackend(DenoisingBackend):
         strokes = stroke_heatmaps(list(request.strokes), F, H) if request.strokes else None
         controls, flags = control_tensors(F, H, known=known or None, pose=pose, depth=depth, stroke_maps=strokes,
                                           has_text=bool(request.prompt.strip()))
+        return torch.from_numpy(controls)[None], torch.from_numpy(flags)[None]
+
+    def prepare(self, request: GenerationRequest) -> dict:
+        controls_t, flags_t = self.control_maps(request)  # (1, F, 9, H, W), (1, 5)
         ids = encode_prompts(self.tokenizer, [request.prompt.strip(), ""], self.model.config.max_tokens)
         with torch.no_grad():
             tokens, pooled = self.model.encode_text(ids)  # (2, L, D), (2, D): conditional, unconditional
-        controls_t = torch.from_numpy(controls)[None]  # (1, F, 9, H, W)
-        flags_t = torch.from_numpy(flags)[None]  # (1, 5)
         return {
             "tokens": tokens, "pooled": pooled,
             "controls": torch.cat([controls_t, torch.zeros_like(controls_t)]),  # (2, F, 9, H, W)

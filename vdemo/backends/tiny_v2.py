@@ -23,14 +23,12 @@ from vdemo.backends.tiny import TinyBackend
 from vdemo.config import LIMITS, Limits
 from vdemo.cost import GpuCost
 from vdemo.errors import ModelNotFound
-from vdemo.media import fit_clip, fit_image, to_uint8
-from vdemo.models.controls import control_tensors
+from vdemo.media import to_uint8
 from vdemo.models.planner import PLANNER_DIR, Planner
 from vdemo.models.tokenizer import encode_prompts, load_tokenizer
 from vdemo.models.v2.core import MAX_TOKENS, unconditional
 from vdemo.models.v2.latent import LatentConfig, LatentVideoDiffusion
-from vdemo.pipeline import GenerationRequest, RequestError
-from vdemo.strokes import stroke_heatmaps
+from vdemo.pipeline import GenerationRequest
 
 ASSETS = Path(__file__).resolve().parent.parent.parent / "assets" / "tiny_v2"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -118,21 +116,8 @@ class TinyV2Backend(TinyBackend):
         return (1, request.num_frames, self.model.cfg.latent_channels, request.height // f, request.width // f)
 
     def prepare(self, request: GenerationRequest) -> dict:
-        F, H, W = request.num_frames, request.height, request.width
-        if H != W:
-            raise RequestError(f"the tiny-v2 model makes square videos: height and width must match, got {H}×{W}")
-        known = {}
-        if request.image is not None:
-            known[0] = fit_image(request.image, H, W)
-        for index, frame in request.keyframes:
-            known[int(index)] = fit_image(frame, H, W)
-        pose = fit_clip(request.pose, F, H, W) if request.pose is not None else None
-        depth = fit_clip(request.depth, F, H, W) if request.depth is not None else None
-        strokes = stroke_heatmaps(list(request.strokes), F, H) if request.strokes else None
-        controls, flags = control_tensors(F, H, known=known or None, pose=pose, depth=depth, stroke_maps=strokes,
-                                          has_text=bool(request.prompt.strip()))
+        controls_t, flags_t = self.control_maps(request)  # (1, F, 9, H, W), (1, 5)
         ids = encode_prompts(self.tokenizer, [request.prompt.strip()], MAX_TOKENS)  # (1, L)
-        controls_t, flags_t = torch.from_numpy(controls)[None], torch.from_numpy(flags)[None]  # (1, F, 9, H, W), (1, 5)
         off = unconditional(ids, controls_t, flags_t)  # what classifier-free guidance trained as "nothing"
         both = [torch.cat(pair) for pair in zip((ids, controls_t, flags_t), off)]  # conditional, unconditional
         with torch.no_grad():
