@@ -300,3 +300,10 @@ def test_with_the_reference_a_keyframe_still_never_reaches_earlier_frames_in_cau
     assert torch.allclose(outs[0]["causal"][:, :2], outs[1]["causal"][:, :2], atol=1e-5)
     assert not torch.allclose(outs[0]["causal"][:, 2:], outs[1]["causal"][:, 2:], atol=1e-4)
     assert not torch.allclose(outs[0]["full"][:, :2], outs[1]["full"][:, :2], atol=1e-4)
+
+
+def test_the_long_video_eval_refuses_v2_instead_of_measuring_v1(capsys):
+    from vdemo.eval import main
+
+    assert main(["--backend", "tiny-v2", "--metrics", "long"]) == 2
+    assert "runs on the tiny backend only, not tiny-v2" in capsys.readouterr().err

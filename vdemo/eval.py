@@ -399,7 +399,9 @@ def append_learning_curve(path: Path, rows: list[dict], model_dir: Path) -> None
             reader = csv.DictReader(f)
             old_rows, old_metrics = list(reader), [k for k in reader.fieldnames or [] if k not in ("step", "hours")]
     header = ["step", "hours", *old_metrics, *sorted(set(values) - set(old_metrics))]
-    new_row = {"step": state.get("step", ""), "hours": round(state.get("elapsed_s", 0.0) / 3600, 3), **values}
+    run = state.get("st", {})  # a v2 state (vdemo.train_v2) keeps its step and CPU time in its run record
+    hours = state.get("elapsed_s", run.get("cpu_s", 0.0))
+    new_row = {"step": state.get("step", run.get("step", "")), "hours": round(hours / 3600, 3), **values}
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=header, restval="")
         writer.writeheader()
@@ -536,6 +538,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if "long" in args.metrics:
         from vdemo.long_eval import main as long_main
+
+        if args.backend != "tiny":
+            print(f"python -m vdemo.eval: error: --metrics long runs on the tiny backend only, not {args.backend}",
+                  file=sys.stderr)
+            return 2
 
         extra = [*(["--out", args.out] if args.out else []),
                  *(["--model-dir", args.model_dir] if args.model_dir else [])]
