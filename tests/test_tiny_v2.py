@@ -307,3 +307,13 @@ def test_the_long_video_eval_refuses_v2_instead_of_measuring_v1(capsys):
 
     assert main(["--backend", "tiny-v2", "--metrics", "long"]) == 2
     assert "runs on the tiny backend only, not tiny-v2" in capsys.readouterr().err
+
+
+def test_garbage_reaches_the_user_as_one_line_not_a_trace(backend):
+    """tiny-v2 inherits the built-in model's checks: a prompt of words it does not know, a wrong-shaped image."""
+    pipe = VideoPipeline(backend)
+    with pytest.raises(RequestError, match="did not understand 'cat'") as raised:
+        list(pipe.generate(_request(prompt="purple cat")))
+    assert "\n" not in str(raised.value)
+    with pytest.raises(RequestError, match="image"):
+        _request(image=np.zeros((64, 64), np.uint8))

@@ -117,7 +117,7 @@ def check_where_it_ran(space, manifest: dict) -> None:
         assert gpu["worker_pid"] == space["pid"], "off ZeroGPU the run happens in the app's own process"
 
 
-@pytest.mark.parametrize("backend", ["tiny", "animatediff", "zeroshot"])
+@pytest.mark.parametrize("backend", ["tiny", "tiny-v2", "animatediff", "zeroshot"])
 def test_text_backends_return_an_mp4(space, backend):
     result = space["client"].predict("a red circle moves right", False, *settings(backend), api_name="/text_to_video")
     manifest = manifest_of(result)

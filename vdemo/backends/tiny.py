@@ -103,6 +103,14 @@ def shows_its_world(frame: np.ndarray) -> bool:
     return float(explained.mean()) >= WORLD_MIN_EXPLAINED_SHARE
 
 
+def find_planner(tokenizer, *folders: Path) -> Planner | None:
+    """The layout planner in the first of `folders` that has one (`<folder>/planner/`), or None."""
+    for folder in folders:
+        if (folder / PLANNER_DIR / "config.json").exists():
+            return Planner.from_pretrained(folder / PLANNER_DIR, tokenizer)
+    return None
+
+
 class TinyBackend(DenoisingBackend):
     """The built-in CPU model behind the shared pipeline."""
 
@@ -137,9 +145,7 @@ class TinyBackend(DenoisingBackend):
                                     f"or point VDEMO_TINY_DIR at a folder with config.json")
         model = TinyVideoUNet.from_pretrained(str(folder), torch_dtype=torch.float32, local_files_only=True)
         tokenizer = load_tokenizer(folder / "tokenizer")
-        planner = None
-        if (folder / PLANNER_DIR / "config.json").exists():
-            planner = Planner.from_pretrained(folder / PLANNER_DIR, tokenizer)
+        planner = find_planner(tokenizer, folder)
         return cls(model, tokenizer, source=str(folder), planner=planner)
 
     @classmethod

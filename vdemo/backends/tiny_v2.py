@@ -19,12 +19,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vdemo.backends.tiny import ASSETS as TINY_ASSETS
-from vdemo.backends.tiny import TinyBackend
+from vdemo.backends.tiny import TinyBackend, find_planner
 from vdemo.config import LIMITS, Limits
 from vdemo.cost import GpuCost
 from vdemo.errors import ModelNotFound
 from vdemo.media import to_uint8
-from vdemo.models.planner import PLANNER_DIR, Planner
+from vdemo.models.planner import Planner
 from vdemo.models.tokenizer import encode_prompts, load_tokenizer
 from vdemo.models.v2.core import MAX_TOKENS, unconditional
 from vdemo.models.v2.latent import LatentConfig, LatentVideoDiffusion
@@ -88,10 +88,7 @@ class TinyV2Backend(TinyBackend):
                                 f"or point VDEMO_TINY_V2_DIR at a folder with config.json")
         model = load_v2_model(folder)
         tokenizer = load_tokenizer(folder / "tokenizer")
-        planner_dir = next((d / PLANNER_DIR for d in (folder, TINY_ASSETS) if (d / PLANNER_DIR / "config.json")
-                            .exists()), None)
-        planner = Planner.from_pretrained(planner_dir, tokenizer) if planner_dir else None
-        return cls(model, tokenizer, source=str(folder), planner=planner)
+        return cls(model, tokenizer, source=str(folder), planner=find_planner(tokenizer, folder, TINY_ASSETS))
 
     @classmethod
     def random(cls, seed: int = 0, vocab: list[str] | None = None) -> TinyV2Backend:
