@@ -75,9 +75,10 @@ def test_a_run_resumes_from_its_full_state_and_from_the_compact_one(tmp_path, tr
     work.write_bytes(state.read_bytes())
     before = torch.load(work, map_location="cpu", weights_only=False)["st"]
     train_v2_main([*FAST, "--minutes", "0.02", "--eval-every", "100", "--out", str(tmp_path / "o"), "--state",
-                   str(work)])
+                   str(work), "--p-depth-other", "0.5"])
     after = torch.load(work, map_location="cpu", weights_only=False)["st"]
     assert after["step"] > before["step"] and after["cpu_s"] > before["cpu_s"]
+    assert after["p_depth_other"] == 0.5 and after["mix_changes"] == [round(before["cpu_s"] / 60, 3)]
     assert after["rows"][:len(before["rows"])] == before["rows"]
 
     compact = tmp_path / "compact.pt"

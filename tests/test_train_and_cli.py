@@ -269,6 +269,22 @@ def test_shares_of_known_frames_and_strokes():
         train_main(["--p-known", "1.5"])
 
 
+def test_depth_maps_are_given_at_their_own_share_for_depth_scenes_and_for_the_rest():
+    from vdemo import world
+    from vdemo.train import example_from_clip
+
+    rng = np.random.default_rng(0)
+    clips = {kind: [world.sample_clip(rng, num_frames=4, size=32, kind=kind) for _ in range(40)]
+             for kind in ("objects", "depth")}
+    cfg = TrainConfig(p_depth=0.9, p_depth_other=0.1, p_drop_all=0.0)
+    ex_rng = np.random.default_rng(1)
+    share = {kind: np.mean([example_from_clip(c, ex_rng, cfg)["flags"][3] for c in cs for _ in range(5)])
+             for kind, cs in clips.items()}  # flags[3]: depth given
+    assert share["depth"] == pytest.approx(0.9, abs=0.07) and share["objects"] == pytest.approx(0.1, abs=0.07)
+    with pytest.raises(SystemExit, match="p_depth_other must be in"):
+        train_main(["--p-depth-other", "-0.1"])
+
+
 def test_cli_user_error_is_one_line_with_status_2(tmp_path, capsys):
     """A UserError (here parse_strokes' plain ValueError, converted at the CLI boundary) is `error: <one line>`."""
     strokes = tmp_path / "s.json"

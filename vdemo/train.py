@@ -65,6 +65,13 @@ class TrainConfig:
     # path clips, strokes. Both give the layout away; only clips without them teach the layout from a caption alone.
     p_known: float = 0.3
     p_strokes: float = 0.3
+    # Shares of clips given their pose / depth maps. Every world clip has a depth map, and a depth map gives away each
+    # object's silhouette and place in every frame: given to most object clips, it lets a model skip learning shapes
+    # from a caption or from frame 0 (issue 13's diagnosis). `p_depth_other` is the share for clips that are not depth
+    # scenes (v1 trained with 0.7 everywhere).
+    p_pose: float = 0.7
+    p_depth: float = 0.7
+    p_depth_other: float = 0.7
     ckpt_every_s: float = 300.0
     seed: int = 0
     threads: int = 0  # 0 = torch default
@@ -89,7 +96,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.planner_steps < 1:
             raise ValueError(f"planner_steps must be at least 1, got {self.planner_steps}")
-        for name in ("p_known", "p_strokes", "p_drop_all", "p_drop_text"):
+        for name in ("p_known", "p_strokes", "p_drop_all", "p_drop_text", "p_pose", "p_depth", "p_depth_other"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if len(self.mode_weights) != len(ATTENTION_MODES) or min(self.mode_weights) <= 0:
@@ -150,8 +157,9 @@ def example_from_clip(clip, rng: np.random.Generator, cfg: TrainConfig) -> dict:
             known = {i: clip.frames[i] for i in range(k)}
         elif u < 1.0:  # in-betweening
             known = {0: clip.frames[0], num_frames - 1: clip.frames[-1]}
-    pose = clip.pose if (clip.pose is not None and not drop_all and rng.random() < 0.7) else None
-    depth = clip.depth if (clip.depth is not None and not drop_all and rng.random() < 0.7) else None
+    pose = clip.pose if (clip.pose is not None and not drop_all and rng.random() < cfg.p_pose) else None
+    p_depth = cfg.p_depth if clip.kind == "depth" else cfg.p_depth_other
+    depth = clip.depth if (clip.depth is not None and not drop_all and rng.random() < p_depth) else None
     stroke_maps = None
     if clip.paths and clip.kind in ("objects", "path") and not drop_all and rng.random() < cfg.p_strokes:
         chosen = [p for p in clip.paths if rng.random() < 0.8] or clip.paths[:1]

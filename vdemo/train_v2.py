@@ -69,6 +69,9 @@ class V2Config:
     lr: float = 4e-4
     warmup_steps: int = 50
     ema_decay: float = 0.999
+    # Depth maps for non-depth clips: 0.7 up to 249 CPU-min (v1's mix), then 0.15 (a depth map gives every frame's
+    # silhouettes away, so at 0.7 shape from text and shape kept from frame 0 were barely trained: see the README).
+    p_depth_other: float = 0.15
     reference: bool = True  # SVD-style first-frame latents for every frame (vdemo.models.v2.latent.reference_latents)
     ae_minutes: float = 24.0  # a fresh model trains its autoencoder first for this long (the bake-off's 20 %)
     eval_every: float = 30.0  # CPU-minutes
@@ -156,6 +159,8 @@ def write_curve(out: Path, st: dict) -> None:
             pts = [(r["cpu_minutes"], r[metric]) for r in rows if r.get("weights", "raw") == weights]
             if pts:
                 ax.plot(*zip(*pts), style, label="bake-off (raw weights)" if weights == "raw" else "long run (EMA)")
+        for x in st.get("mix_changes", []):
+            ax.axvline(x, color="k", ls="-.", lw=0.8, label="training mix changed (depth maps)")
         if metric in GOALS:
             ax.axhline(GOALS[metric], color="g", ls="--", lw=1, label="goal")
         if metric in ("shape_from_text", "shape_kept"):
@@ -193,7 +198,8 @@ def train_v2(cfg: V2Config) -> dict:
         model.load_state_dict(saved["model"])
         rng.bit_generator.state = saved["rng"]
         generator.set_state(saved["generator"])
-        st = {**st, **{k: saved["st"][k] for k in ("cpu_s", "step", "rows", "losses") if k in saved["st"]}}
+        st = {**st, **{k: saved["st"][k] for k in ("cpu_s", "step", "rows", "losses", "p_depth_other", "mix_changes")
+                       if k in saved["st"]}}
         st["losses"] = st["losses"][-200:]
         if "opt" in saved and not widened:
             opt.load_state_dict(saved["opt"])
@@ -217,8 +223,13 @@ def train_v2(cfg: V2Config) -> dict:
     ema = EMAModel(trainable, decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
     if ema_state is not None:
         ema.load_state_dict({**ema_state, "shadow_params": [p.float() for p in ema_state["shadow_params"]]})
+    if st["step"] and st.get("p_depth_other", 0.7) != cfg.p_depth_other:
+        st["mix_changes"] = st.get("mix_changes", []) + [round(st["cpu_s"] / 60, 3)]
+        print(f"[v2] training mix: depth maps for non-depth clips {st.get('p_depth_other', 0.7)} -> "
+              f"{cfg.p_depth_other} from here", flush=True)
+    st["p_depth_other"] = cfg.p_depth_other
     last_eval = max([r["cpu_minutes"] * 60 for r in st["rows"] if r.get("weights") == "ema"] or [st["cpu_s"]])
-    train_cfg = TrainConfig(size=cfg.size, p_known=0.5, p_strokes=0.2)
+    train_cfg = TrainConfig(size=cfg.size, p_known=0.5, p_strokes=0.2, p_depth_other=cfg.p_depth_other)
     eval_cfg = cfg.eval_config()
     cases = eval_cases(cfg.cases, eval_cfg.frames, cfg.size)
     mode_p = np.asarray(MODE_WEIGHTS) / sum(MODE_WEIGHTS)
@@ -248,7 +259,7 @@ def train_v2(cfg: V2Config) -> dict:
                   flush=True)
         if st["cpu_s"] - last_eval >= cfg.eval_every * 60:
             last_eval = st["cpu_s"]
-            evaluate_ema(model, ema, cases, tokenizer, eval_cfg, st, out)
+            evaluate_ema(model, ema, cases, tokenizer, eval_cfg, st, out, p_depth_other=cfg.p_depth_other)
         if st["cpu_s"] - last_ckpt >= cfg.ckpt_every * 60:
             last_ckpt = st["cpu_s"]
             save_state(state_path, model, opt, ema, rng, generator, st)
@@ -259,7 +270,8 @@ def train_v2(cfg: V2Config) -> dict:
     return st
 
 
-def evaluate_ema(model, ema: EMAModel, cases, tokenizer, eval_cfg: BakeoffConfig, st: dict, out: Path) -> dict:
+def evaluate_ema(model, ema: EMAModel, cases, tokenizer, eval_cfg: BakeoffConfig, st: dict, out: Path,
+                 p_depth_other: float = 0.7) -> dict:
     """The bake-off's eval on the EMA weights; appends a row to st["rows"] and rewrites the curve and sample grid."""
     t0 = time.process_time()
     ema.store(model.parameters())
@@ -271,7 +283,7 @@ def evaluate_ema(model, ema: EMAModel, cases, tokenizer, eval_cfg: BakeoffConfig
     row = {"candidate": CANDIDATE, "cpu_minutes": round(st["cpu_s"] / 60, 3), "step": st["step"],
            "loss": round(float(np.mean(st["losses"][-50:])), 5), **{k: round(v, 4) for k, v in metrics.items()},
            "cpu_s_per_step": round(st["cpu_s"] / max(st["step"], 1), 3),
-           "eval_cpu_s": round(time.process_time() - t0, 1), "weights": "ema"}
+           "eval_cpu_s": round(time.process_time() - t0, 1), "weights": "ema", "p_depth_other": p_depth_other}
     st["rows"].append(row)
     print(f"[v2] eval {json.dumps(row)}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
