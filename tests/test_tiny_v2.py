@@ -318,3 +318,20 @@ def test_garbage_reaches_the_user_as_one_line_not_a_trace(backend):
     assert "\n" not in str(raised.value)
     with pytest.raises(RequestError, match="image"):
         _request(image=np.zeros((64, 64), np.uint8))
+
+
+def test_the_diagnosis_measures_what_frame_0_and_depth_tell_about_later_frames(trained, capsys):
+    from vdemo.backends.tiny_v2 import load_v2_model
+    from vdemo.models.tokenizer import load_tokenizer
+    from vdemo.train_v2 import conditioning_gain
+
+    out, _ = trained
+    model = load_v2_model(out)
+    torch.nn.init.normal_(model.unet.conv_out.weight, std=0.05)  # zero-initialised: make the conditions show
+    gain = conditioning_gain(model, load_tokenizer(out / "tokenizer"), cases=3, timesteps=(500, 900))
+    assert set(gain) == {"t", "nothing", "frame0", "frame0+depth"} and gain["t"] == [500, 900]
+    assert all(len(v) == 2 and all(e > 0 for e in v) for k, v in gain.items() if k != "t")
+    assert gain["frame0"] != gain["frame0+depth"] != gain["nothing"]  # each condition reaches the model
+    train_v2_main(["--diagnose", "--out", str(out), "--threads", "1"])
+    printed = capsys.readouterr().out
+    assert "frame0+depth:" in printed and "nothing:" in printed

@@ -83,6 +83,7 @@ class V2Config:
     seed: int = 0
     tiny: bool = False  # minute-scale model for tests
     save_compact: bool = False  # only write the compact resumable state from <state>, then exit
+    diagnose: bool = False  # only print `conditioning_gain` of the model in <out>, then exit
 
     @property
     def compact_path(self) -> Path:
@@ -292,8 +293,51 @@ def evaluate_ema(model, ema: EMAModel, cases, tokenizer, eval_cfg: BakeoffConfig
     return row
 
 
+@torch.no_grad()
+def conditioning_gain(model, tokenizer, cases: int = 12, timesteps: tuple[int, ...] = (400, 800, 950),
+                      seed: int = 0) -> dict[str, list]:
+    """How much frame 0 (+ its depth maps) tells the model about the later frames: the one-step x0 error in latent
+    space (MSE per frame, frames 1.. averaged) at each noise level, for the bake-off's held-out shape-kept cases given
+    nothing, frame 0 only, and frame 0 plus every frame's depth map. A model that carries frame 0 forward has
+    `frame0` well below `nothing`; one that learned shapes only from depth maps has it near `nothing`."""
+    from vdemo.models.controls import control_tensors
+    from vdemo.models.tokenizer import encode_prompts
+    from vdemo.models.v2.core import MAX_TOKENS, train_scheduler, unconditional
+
+    clips = eval_cases(cases, 8, model.cfg.size)
+    x0 = torch.from_numpy(np.stack([c.frames for c in clips])).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+    ids = encode_prompts(tokenizer, [""] * cases, MAX_TOKENS)
+    conds = {}
+    for name, depth in (("frame0", False), ("frame0+depth", True)):
+        pairs = [control_tensors(8, model.cfg.size, known={0: c.frames[0]}, depth=c.depth if depth else None)
+                 for c in clips]
+        conds[name] = (ids, torch.from_numpy(np.stack([p[0] for p in pairs])),
+                       torch.from_numpy(np.stack([p[1] for p in pairs])))
+    conds = {"nothing": unconditional(*conds["frame0"]), **conds}
+    scheduler, generator = train_scheduler(), torch.Generator().manual_seed(seed)
+    model.eval().set_attention_mode("full")
+    z0 = model.encode(x0)
+    out = {"t": list(timesteps), **{name: [] for name in conds}}
+    for t in timesteps:
+        tt = torch.full((cases,), t)
+        zt = scheduler.add_noise(z0, torch.randn(z0.shape, generator=generator), tt)
+        for name, (i, c, f) in conds.items():
+            out[name].append(float(((model.denoise(zt, tt, i, c, f) - z0)[:, 1:] ** 2).mean()))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
+    if cfg.diagnose:
+        from vdemo.backends.tiny_v2 import load_v2_model
+        from vdemo.models.tokenizer import load_tokenizer
+
+        torch.set_num_threads(cfg.threads)
+        gain = conditioning_gain(load_v2_model(Path(cfg.out)), load_tokenizer(Path(cfg.out) / "tokenizer"))
+        print(f"[v2] one-step x0 error of frames 1.. (latent MSE), {cfg.out}, held-out shape-kept cases:")
+        for name, errors in gain.items():
+            print(f"  {name:>13}: " + "  ".join(f"{e:>7.4f}" if name != "t" else f"{e:>7}" for e in errors))
+        return
     if cfg.save_compact:
         size = save_compact(Path(cfg.state), cfg.compact_path)
         print(f"[v2] compact resumable state: {cfg.compact_path} ({size / 2**20:.1f} MiB)")
