@@ -335,3 +335,22 @@ def test_the_diagnosis_measures_what_frame_0_and_depth_tell_about_later_frames(t
     train_v2_main(["--diagnose", "--out", str(out), "--threads", "1"])
     printed = capsys.readouterr().out
     assert "frame0+depth:" in printed and "nothing:" in printed
+
+
+def test_known_latents_encode_only_the_known_frames_and_equal_encoding_them_all():
+    import torch.nn.functional as F
+
+    model = TinyV2Backend.random().model
+    controls = torch.randn(2, 5, 9, 64, 64)
+    controls[:, :, 3] = 0
+    controls[0, 0, 3] = 1
+    controls[1, 2, 3, :10] = 1  # a partly known frame
+    seen = []
+    hook = model.ae.encoder.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    got = model.known_latents(controls)
+    assert seen == [2]  # two known frames of ten
+    model.known_latents(torch.zeros_like(controls))  # text-to-video and guidance's "nothing": no encoder call
+    assert seen == [2]
+    hook.remove()
+    mask = F.max_pool2d(controls[:, :, 3:4].flatten(0, 1), 4).unflatten(0, (2, 5))
+    assert torch.allclose(got, model.encode(controls[:, :, :3]) * mask, atol=1e-6)

@@ -151,8 +151,14 @@ class LatentVideoDiffusion(Candidate):
     def known_latents(self, controls: torch.Tensor) -> torch.Tensor:
         """The known frames' own latents where the known mask is set, else 0: (B, F, C, S/f, S/f)."""
         mask = controls[:, :, 3:4]  # (B, F, 1, S, S)
-        return self.encode(controls[:, :, :3]) * F.max_pool2d(mask.flatten(0, 1), self.cfg.factor).unflatten(
-            0, mask.shape[:2])
+        small = F.max_pool2d(mask.flatten(0, 1), self.cfg.factor)  # (BF, 1, s, s)
+        B, Fr, _, S, _ = controls.shape
+        s, C = S // self.cfg.factor, self.cfg.latent_channels
+        z = torch.zeros(B * Fr, C, s, s, dtype=controls.dtype, device=controls.device)
+        known = small.flatten(1).amax(1) > 0  # (BF,): only known frames go through the encoder (a text-to-video
+        if known.any():                       # run and guidance's "nothing" half encode none)
+            z[known] = self.ae.encode(controls[:, :, :3].flatten(0, 1)[known]).to(z.dtype) * self.latent_scale
+        return (z * small).unflatten(0, (B, Fr))
 
     def denoise(self, zt: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, controls: torch.Tensor,
                 flags: torch.Tensor, known_z: torch.Tensor | None = None) -> torch.Tensor:
