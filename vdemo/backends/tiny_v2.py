@@ -78,6 +78,7 @@ class TinyV2Backend(TinyBackend):
 
     def __init__(self, model: LatentVideoDiffusion, tokenizer, source: str, planner: Planner | None = None):
         self.model = model.eval().requires_grad_(False)
+        self.model.ae.decoder.to(memory_format=torch.channels_last)  # with `decode`'s channels-last input
         self._setup(tokenizer, source, planner, prediction="sample")
 
     @classmethod

@@ -127,7 +127,9 @@ class LatentVideoDiffusion(Candidate):
         return self.ae.encode(frames.flatten(0, 1)).unflatten(0, frames.shape[:2]) * self.latent_scale
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.ae.decode((z / self.latent_scale).flatten(0, 1)).unflatten(0, z.shape[:2]).clamp(-1, 1)
+        # Channels-last: the decoder's full-resolution convolutions run ~1.7x faster on a CPU (float32, 2 threads).
+        flat = (z / self.latent_scale).flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        return self.ae.decode(flat).unflatten(0, z.shape[:2]).clamp(-1, 1)
 
     def ae_loss(self, frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """L1 + MSE reconstruction of one random crop per frame."""
