@@ -335,6 +335,8 @@ def test_the_diagnosis_measures_what_frame_0_and_depth_tell_about_later_frames(t
     train_v2_main(["--diagnose", "--out", str(out), "--threads", "1"])
     printed = capsys.readouterr().out
     assert "frame0+depth:" in printed and "nothing:" in printed
+    with pytest.raises(SystemExit, match="no v2 model in"):
+        train_v2_main(["--diagnose", "--out", str(out / "missing")])
 
 
 def test_known_latents_encode_only_the_known_frames_and_equal_encoding_them_all():

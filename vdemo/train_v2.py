@@ -260,7 +260,7 @@ def train_v2(cfg: V2Config) -> dict:
                   flush=True)
         if st["cpu_s"] - last_eval >= cfg.eval_every * 60:
             last_eval = st["cpu_s"]
-            evaluate_ema(model, ema, cases, tokenizer, eval_cfg, st, out, p_depth_other=cfg.p_depth_other)
+            evaluate_ema(model, ema, cases, tokenizer, eval_cfg, st, out)
         if st["cpu_s"] - last_ckpt >= cfg.ckpt_every * 60:
             last_ckpt = st["cpu_s"]
             save_state(state_path, model, opt, ema, rng, generator, st)
@@ -271,8 +271,7 @@ def train_v2(cfg: V2Config) -> dict:
     return st
 
 
-def evaluate_ema(model, ema: EMAModel, cases, tokenizer, eval_cfg: BakeoffConfig, st: dict, out: Path,
-                 p_depth_other: float = 0.7) -> dict:
+def evaluate_ema(model, ema: EMAModel, cases, tokenizer, eval_cfg: BakeoffConfig, st: dict, out: Path) -> dict:
     """The bake-off's eval on the EMA weights; appends a row to st["rows"] and rewrites the curve and sample grid."""
     t0 = time.process_time()
     ema.store(model.parameters())
@@ -284,7 +283,8 @@ def evaluate_ema(model, ema: EMAModel, cases, tokenizer, eval_cfg: BakeoffConfig
     row = {"candidate": CANDIDATE, "cpu_minutes": round(st["cpu_s"] / 60, 3), "step": st["step"],
            "loss": round(float(np.mean(st["losses"][-50:])), 5), **{k: round(v, 4) for k, v in metrics.items()},
            "cpu_s_per_step": round(st["cpu_s"] / max(st["step"], 1), 3),
-           "eval_cpu_s": round(time.process_time() - t0, 1), "weights": "ema", "p_depth_other": p_depth_other}
+           "eval_cpu_s": round(time.process_time() - t0, 1), "weights": "ema",
+           "p_depth_other": st.get("p_depth_other", 0.7)}
     st["rows"].append(row)
     print(f"[v2] eval {json.dumps(row)}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -332,6 +332,9 @@ def main(argv: list[str] | None = None) -> None:
         from vdemo.backends.tiny_v2 import load_v2_model
         from vdemo.models.tokenizer import load_tokenizer
 
+        if not (Path(cfg.out) / "config.json").exists():
+            raise SystemExit(f"error: no v2 model in {cfg.out} (config.json missing); --out names the folder "
+                             f"`python -m vdemo.train --arch v2` writes")
         torch.set_num_threads(cfg.threads)
         gain = conditioning_gain(load_v2_model(Path(cfg.out)), load_tokenizer(Path(cfg.out) / "tokenizer"))
         print(f"[v2] one-step x0 error of frames 1.. (latent MSE), {cfg.out}, held-out shape-kept cases:")
