@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from vdemo.backends import backend_info, backend_names, load_backend, weights_present
 from vdemo.backends.tiny_v2 import TinyV2Backend
+from vdemo.bakeoff import eval_cases
 from vdemo.config import ATTENTION_MODES
 from vdemo.errors import ModelNotFound
 from vdemo.pipeline import Done, GenerationRequest, Progress, RequestError, VideoPipeline
@@ -332,11 +333,57 @@ def test_the_diagnosis_measures_what_frame_0_and_depth_tell_about_later_frames(t
     assert set(gain) == {"t", "nothing", "frame0", "frame0+depth"} and gain["t"] == [500, 900]
     assert all(len(v) == 2 and all(e > 0 for e in v) for k, v in gain.items() if k != "t")
     assert gain["frame0"] != gain["frame0+depth"] != gain["nothing"]  # each condition reaches the model
-    train_v2_main(["--diagnose", "--out", str(out), "--threads", "1"])
+    train_v2_main(["--diagnose", "--out", str(out), "--threads", "1", "--cases", "3", "--steps", "2"])
     printed = capsys.readouterr().out
     assert "frame0+depth:" in printed and "nothing:" in printed
+    assert "frame0+motion:" in printed and "shape kept in sampled clips: given frame0" in printed
     with pytest.raises(SystemExit, match="no v2 model in"):
         train_v2_main(["--diagnose", "--out", str(out / "missing")])
+
+
+class _PixelStub(torch.nn.Module):
+    """A stand-in v2 model in pixel space (encode = decode = identity) whose prediction is the truth (`oracle`) or
+    an empty frame: checks what the shape diagnosis measures, not a trained model."""
+
+    def __init__(self, oracle: bool):
+        super().__init__()
+        self.oracle, self.cfg, self.seen = oracle, type("Cfg", (), {"size": 64})(), {}
+
+    def set_attention_mode(self, mode):
+        pass
+
+    def encode(self, x):
+        self.x0 = x
+        return x
+
+    def decode(self, z):
+        return z
+
+    def denoise(self, zt, t, ids, controls, flags):
+        self.seen[float(flags[0].sum())] = controls[:, :, 8].amax().item()  # stroke channel per condition
+        return self.x0[:, -zt.shape[1]:] if self.oracle else torch.full_like(zt, -1.0)
+
+    def generate(self, ids, controls, flags, steps, guidance, generator):
+        self.seen[float(flags[0].sum())] = controls[:, :, 8].amax().item()
+        x0 = torch.from_numpy(np.stack([c.frames for c in eval_cases(len(ids), 8, 64)])).permute(0, 1, 4, 2, 3)
+        return x0.float() / 127.5 - 1.0 if self.oracle else torch.full((len(ids), 8, 3, 64, 64), -1.0)
+
+
+def test_the_shape_diagnosis_reads_one_step_predictions_and_sampled_clips_with_the_motion_given():
+    from vdemo.bakeoff import BakeoffConfig
+    from vdemo.train import make_tokenizer
+    from vdemo.train_v2 import kept_given_motion, shape_by_noise
+
+    tokenizer, cfg = make_tokenizer(), BakeoffConfig(size=64, steps=2, bf16=False)
+    oracle = shape_by_noise(_PixelStub(True), tokenizer, cases=3, timesteps=(500, 900))
+    assert oracle == {"t": [500, 900], "caption": [1.0, 1.0], "frame0": [1.0, 1.0], "frame0+motion": [1.0, 1.0]}
+    blind = shape_by_noise(_PixelStub(False), tokenizer, cases=3, timesteps=(500,))
+    assert blind == {"t": [500], "caption": [0.0], "frame0": [0.0], "frame0+motion": [0.0]}
+    stub = _PixelStub(True)
+    assert kept_given_motion(stub, tokenizer, cases=3, cfg=cfg) == {"frame0": 1.0, "frame0+motion": 1.0}
+    # frame 0 only: no stroke map; frame 0 + motion: text and stroke flags on and a stroke map drawn
+    assert stub.seen[1.0] == 0.0 and stub.seen[3.0] > 0.5
+    assert kept_given_motion(_PixelStub(False), tokenizer, cases=3, cfg=cfg) == {"frame0": 0.0, "frame0+motion": 0.0}
 
 
 def test_known_latents_encode_only_the_known_frames_and_equal_encoding_them_all():

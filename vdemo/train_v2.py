@@ -39,11 +39,14 @@ from vdemo.backends.tiny_v2 import WEIGHTS, save_v2_model
 from vdemo.bakeoff import (
     MODE_WEIGHTS,
     BakeoffConfig,
+    detected_shape,
     eval_cases,
     evaluate,
     sample_grid,
     save_png,
+    shape_kept,
     stack_examples,
+    to_u8,
     train_step,
 )
 from vdemo.config import ATTENTION_MODES
@@ -294,35 +297,94 @@ def evaluate_ema(model, ema: EMAModel, cases, tokenizer, eval_cfg: BakeoffConfig
 
 
 @torch.no_grad()
+def _conditions(clips: list, tokenizer, size: int, names: tuple[str, ...]) -> dict[str, tuple]:
+    """(ids, controls, flags) per named condition for the diagnosis's cases: "nothing" (all dropped), "caption",
+    "frame0", "frame0+depth" (every frame's depth map too), "frame0+motion" (caption and the true trajectories as
+    motion strokes too: everything but the later frames' appearance)."""
+    from vdemo.models.controls import control_tensors
+    from vdemo.models.tokenizer import encode_prompts
+    from vdemo.models.v2.core import MAX_TOKENS, unconditional
+    from vdemo.strokes import stroke_heatmaps, strokes_from_paths
+
+    frames = clips[0].frames.shape[0]
+    conds = {}
+    for name in names:
+        caption = name in ("caption", "frame0+motion")
+        pairs = [control_tensors(frames, size, known=None if name in ("nothing", "caption") else {0: c.frames[0]},
+                                 depth=c.depth if name == "frame0+depth" else None, has_text=caption,
+                                 stroke_maps=stroke_heatmaps(strokes_from_paths(c.paths, 0.1), frames, size)
+                                 if name == "frame0+motion" else None) for c in clips]
+        cond = (encode_prompts(tokenizer, [c.caption if caption else "" for c in clips], MAX_TOKENS),
+                torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(np.stack([p[1] for p in pairs])))
+        conds[name] = unconditional(*cond) if name == "nothing" else cond
+    return conds
+
+
+def _noised(model, clips: list, timesteps: tuple[int, ...], seed: int):
+    """The clean latents of the clips and, per timestep, (t, z_t) with fixed noise."""
+    from vdemo.models.v2.core import train_scheduler
+
+    x0 = torch.from_numpy(np.stack([c.frames for c in clips])).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+    scheduler, generator = train_scheduler(), torch.Generator().manual_seed(seed)
+    z0 = model.encode(x0)
+    noised = []
+    for t in timesteps:
+        tt = torch.full((len(clips),), t)
+        noised.append((tt, scheduler.add_noise(z0, torch.randn(z0.shape, generator=generator), tt)))
+    return z0, noised
+
+
+@torch.no_grad()
 def conditioning_gain(model, tokenizer, cases: int = 12, timesteps: tuple[int, ...] = (400, 800, 950),
                       seed: int = 0) -> dict[str, list]:
     """How much frame 0 (+ its depth maps) tells the model about the later frames: the one-step x0 error in latent
     space (MSE per frame, frames 1.. averaged) at each noise level, for the bake-off's held-out shape-kept cases given
     nothing, frame 0 only, and frame 0 plus every frame's depth map. A model that carries frame 0 forward has
     `frame0` well below `nothing`; one that learned shapes only from depth maps has it near `nothing`."""
-    from vdemo.models.controls import control_tensors
-    from vdemo.models.tokenizer import encode_prompts
-    from vdemo.models.v2.core import MAX_TOKENS, train_scheduler, unconditional
-
     clips = eval_cases(cases, 8, model.cfg.size)
-    x0 = torch.from_numpy(np.stack([c.frames for c in clips])).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
-    ids = encode_prompts(tokenizer, [""] * cases, MAX_TOKENS)
-    conds = {}
-    for name, depth in (("frame0", False), ("frame0+depth", True)):
-        pairs = [control_tensors(8, model.cfg.size, known={0: c.frames[0]}, depth=c.depth if depth else None)
-                 for c in clips]
-        conds[name] = (ids, torch.from_numpy(np.stack([p[0] for p in pairs])),
-                       torch.from_numpy(np.stack([p[1] for p in pairs])))
-    conds = {"nothing": unconditional(*conds["frame0"]), **conds}
-    scheduler, generator = train_scheduler(), torch.Generator().manual_seed(seed)
+    conds = _conditions(clips, tokenizer, model.cfg.size, ("nothing", "frame0", "frame0+depth"))
     model.eval().set_attention_mode("full")
-    z0 = model.encode(x0)
+    z0, noised = _noised(model, clips, timesteps, seed)
     out = {"t": list(timesteps), **{name: [] for name in conds}}
-    for t in timesteps:
-        tt = torch.full((cases,), t)
-        zt = scheduler.add_noise(z0, torch.randn(z0.shape, generator=generator), tt)
+    for tt, zt in noised:
         for name, (i, c, f) in conds.items():
             out[name].append(float(((model.denoise(zt, tt, i, c, f) - z0)[:, 1:] ** 2).mean()))
+    return out
+
+
+@torch.no_grad()
+def shape_by_noise(model, tokenizer, cases: int = 12, timesteps: tuple[int, ...] = (300, 500, 700, 850, 950),
+                   seed: int = 0) -> dict[str, list]:
+    """Where the shape is lost: the share of held-out cases whose *one-step* x0 prediction, decoded, shows the true
+    shape in the last frame, per noise level, given the caption, frame 0, or frame 0 + caption + the true motion
+    strokes. Sampling decides the shape at the noise levels where this falls towards chance (1/3)."""
+    clips = eval_cases(cases, 8, model.cfg.size)
+    conds = _conditions(clips, tokenizer, model.cfg.size, ("caption", "frame0", "frame0+motion"))
+    model.eval().set_attention_mode("full")
+    _, noised = _noised(model, clips, timesteps, seed)
+    truth = [c.objects[0]["shape"] for c in clips]
+    out = {"t": list(timesteps), **{name: [] for name in conds}}
+    for tt, zt in noised:
+        for name, (i, c, f) in conds.items():
+            last = to_u8(model.decode(model.denoise(zt, tt, i, c, f)[:, -1:]))
+            out[name].append(float(np.mean([detected_shape(x[0]) == s for x, s in zip(last, truth)])))
+    return out
+
+
+@torch.no_grad()
+def kept_given_motion(model, tokenizer, cases: int = 12, cfg: BakeoffConfig | None = None) -> dict[str, float]:
+    """The bake-off's `shape kept` on sampled clips (defaults: 10 steps, guidance 2, full mode), given frame 0 only
+    (the eval's task) and given frame 0 + caption + the true motion strokes: whether knowing where the object goes
+    is enough for the model to carry its shape there."""
+    cfg = cfg or BakeoffConfig(size=model.cfg.size)
+    clips = eval_cases(cases, 8, model.cfg.size)
+    conds = _conditions(clips, tokenizer, model.cfg.size, ("frame0", "frame0+motion"))
+    model.eval().set_attention_mode("full")
+    out = {}
+    for name, (i, c, f) in conds.items():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            clip = model.generate(i, c, f, cfg.steps, cfg.guidance, torch.Generator().manual_seed(1234))
+        out[name] = shape_kept(to_u8(clip), clips)
     return out
 
 
@@ -336,10 +398,16 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"error: no v2 model in {cfg.out} (config.json missing); --out names the folder "
                              f"`python -m vdemo.train --arch v2` writes")
         torch.set_num_threads(cfg.threads)
-        gain = conditioning_gain(load_v2_model(Path(cfg.out)), load_tokenizer(Path(cfg.out) / "tokenizer"))
+        model, tokenizer = load_v2_model(Path(cfg.out)), load_tokenizer(Path(cfg.out) / "tokenizer")
         print(f"[v2] one-step x0 error of frames 1.. (latent MSE), {cfg.out}, held-out shape-kept cases:")
-        for name, errors in gain.items():
+        n = min(12, cfg.cases)
+        for name, errors in conditioning_gain(model, tokenizer, cases=n).items():
             print(f"  {name:>13}: " + "  ".join(f"{e:>7.4f}" if name != "t" else f"{e:>7}" for e in errors))
+        print("[v2] last frame's shape right in the one-step x0 prediction (share of cases):")
+        for name, shares in shape_by_noise(model, tokenizer, cases=n).items():
+            print(f"  {name:>13}: " + "  ".join(f"{e:>7.2f}" if name != "t" else f"{e:>7}" for e in shares))
+        kept = kept_given_motion(model, tokenizer, cases=n, cfg=cfg.eval_config())
+        print("[v2] shape kept in sampled clips: " + ", ".join(f"given {k} {v:.2f}" for k, v in kept.items()))
         return
     if cfg.save_compact:
         size = save_compact(Path(cfg.state), cfg.compact_path)
