@@ -344,7 +344,9 @@ def test_backend_change_offers_only_supported_options(app_ready):
     updates = h.on_backend_change("tiny", "causal", "DDIM")
     assert updates[0]["value"] == "causal" and "sparse_causal" in updates[0]["choices"]
     assert updates[4]["maximum"] == LIMITS.max_frames
-    assert all(u["visible"] for u in updates[5:])
+    assert all(u["visible"] for u in updates[5:-1])
+    assert "pixel-space" in updates[-1]["value"]  # the backend's note under the dropdown
+    assert "blob" in h.on_backend_change("tiny-v2", "causal", "DDIM")[-1]["value"]
 
 
 def test_backend_change_hides_what_a_hub_backend_cannot_do():

@@ -86,7 +86,8 @@ def _wire_settings(settings: dict, out: dict, tab_panels: dict) -> None:
     settings["backend"].change(on_backend_change,
                                inputs=[settings["backend"], settings["attention_mode"], settings["sampler"]],
                                outputs=[settings["attention_mode"], settings["sampler"], settings["steps"],
-                                        settings["guidance"], settings["frames"], *[tab_panels[m] for m in MODALITIES]],
+                                        settings["guidance"], settings["frames"], *[tab_panels[m] for m in MODALITIES],
+                                        settings["notes"]],
                                api_visibility="undocumented")
     estimate_inputs = [settings[k] for k in ("backend", "attention_mode", "sampler", "steps", "frames")]
     for component in estimate_inputs:  # a ZeroGPU Space shows the GPU time a Generate would ask for

@@ -152,6 +152,7 @@ def settings_panel(info: BackendInfo) -> dict[str, gr.components.Component]:
         gr.Markdown("### Settings")
         s = {
             "backend": gr.Dropdown(offered_backends(), value=info.name, label="Backend", elem_id="vd-backend"),
+            "notes": gr.Markdown(notes_text(info), elem_id="vd-backend-notes", elem_classes=["vd-caption"]),
             "unavailable": gr.Markdown(unavailable_text(), elem_id="vd-backends-unavailable",
                                        elem_classes=["vd-caption", "vd-unavailable"]),
             "attention_mode": gr.Radio(list(info.attention_modes), value=info.default_attention_mode,
@@ -173,6 +174,11 @@ def settings_panel(info: BackendInfo) -> dict[str, gr.components.Component]:
     for name in ("steps", "guidance", "frames", "fps"):
         numbers_only(s[name], name)
     return s
+
+
+def notes_text(info: BackendInfo) -> str:
+    """Markdown under the backend dropdown: what the chosen backend is and what it cannot do yet (its registry note)."""
+    return f"*{info.notes}*" if info.notes else ""
 
 
 def unavailable_text() -> str:
@@ -198,7 +204,7 @@ def info_or_error(backend: str) -> BackendInfo:
 
 def on_backend_change(backend: str, attention_mode: str, sampler: str):
     """Backend changed: offer only its modes, samplers and tabs (the chosen mode and sampler stay when it has them,
-    else its defaults); its own default steps, guidance and frames; slider ranges from its limits."""
+    else its defaults); its own default steps, guidance and frames; slider ranges from its limits; its note."""
     info = info_or_error(backend)
     mode = attention_mode if attention_mode in info.attention_modes else info.default_attention_mode
     samp = sampler if sampler in info.samplers else info.default_sampler
@@ -208,7 +214,8 @@ def on_backend_change(backend: str, attention_mode: str, sampler: str):
             gr.update(choices=list(info.samplers), value=samp),
             gr.update(minimum=lim.min_steps, maximum=lim.max_steps, value=info.default_steps),
             gr.update(minimum=lim.min_guidance, maximum=lim.max_guidance, value=info.default_guidance),
-            gr.update(minimum=lim.min_frames, maximum=lim.max_frames, value=info.default_num_frames), *tabs)
+            gr.update(minimum=lim.min_frames, maximum=lim.max_frames, value=info.default_num_frames), *tabs,
+            gr.update(value=notes_text(info)))
 
 
 def gpu_estimate(backend: str, attention_mode: str, sampler: str, steps, frames) -> str:
