@@ -337,6 +337,7 @@ def test_the_diagnosis_measures_what_frame_0_and_depth_tell_about_later_frames(t
     printed = capsys.readouterr().out
     assert "frame0+depth:" in printed and "nothing:" in printed
     assert "frame0+motion:" in printed and "shape kept in sampled clips: given frame0" in printed
+    assert "DDIM 25 steps, guidance 2, eta 1: shape from text" in printed
     with pytest.raises(SystemExit, match="no v2 model in"):
         train_v2_main(["--diagnose", "--out", str(out / "missing")])
 
@@ -384,6 +385,18 @@ def test_the_shape_diagnosis_reads_one_step_predictions_and_sampled_clips_with_t
     # frame 0 only: no stroke map; frame 0 + motion: text and stroke flags on and a stroke map drawn
     assert stub.seen[1.0] == 0.0 and stub.seen[3.0] > 0.5
     assert kept_given_motion(_PixelStub(False), tokenizer, cases=3, cfg=cfg) == {"frame0": 0.0, "frame0+motion": 0.0}
+
+
+def test_ddim_eta_makes_v2_sampling_stochastic_and_eta_0_stays_deterministic():
+    model = TinyV2Backend.random().model.eval()
+    ids = torch.full((1, 4), 2)
+    controls, flags = torch.zeros(1, 4, 9, 64, 64), torch.zeros(1, 5)
+
+    def sample(eta, seed):
+        return model.generate(ids, controls, flags, 3, 1.0, torch.Generator().manual_seed(seed), eta=eta)
+    with torch.no_grad():
+        assert torch.equal(sample(0.0, 0), sample(0.0, 0)) and torch.equal(sample(1.0, 0), sample(1.0, 0))
+        assert not torch.allclose(sample(0.0, 0), sample(1.0, 0), atol=1e-4)
 
 
 def test_known_latents_encode_only_the_known_frames_and_equal_encoding_them_all():

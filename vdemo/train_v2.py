@@ -44,6 +44,7 @@ from vdemo.bakeoff import (
     evaluate,
     sample_grid,
     save_png,
+    shape_from_text,
     shape_kept,
     stack_examples,
     to_u8,
@@ -388,6 +389,28 @@ def kept_given_motion(model, tokenizer, cases: int = 12, cfg: BakeoffConfig | No
     return out
 
 
+SWEEP = ((10, 2.0, 0.0), (10, 1.0, 0.0), (10, 4.0, 0.0), (25, 2.0, 0.0), (25, 2.0, 1.0))  # (steps, guidance, eta)
+
+
+@torch.no_grad()
+def sampler_sweep(model, tokenizer, cases: int = 9, configs=SWEEP, bf16: bool = True) -> list[dict]:
+    """The bake-off's shape figures under other sampler settings (DDIM steps, guidance, eta = 1 for ancestral
+    sampling): whether the sampler, not the model, is what loses the shape. The first config is the default."""
+    clips = eval_cases(cases, 8, model.cfg.size)
+    conds = _conditions(clips, tokenizer, model.cfg.size, ("caption", "frame0"))
+    model.eval().set_attention_mode("full")
+    rows = []
+    for steps, guidance, eta in configs:
+        out = {}
+        for name, (i, c, f) in conds.items():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out[name] = to_u8(model.generate(i, c, f, steps, guidance, torch.Generator().manual_seed(1234), eta=eta))
+        rows.append({"steps": steps, "guidance": guidance, "eta": eta,
+                     "shape_from_text": shape_from_text(out["caption"], clips),
+                     "shape_kept": shape_kept(out["frame0"], clips)})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
     if cfg.diagnose:
@@ -408,6 +431,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {name:>13}: " + "  ".join(f"{e:>7.2f}" if name != "t" else f"{e:>7}" for e in shares))
         kept = kept_given_motion(model, tokenizer, cases=n, cfg=cfg.eval_config())
         print("[v2] shape kept in sampled clips: " + ", ".join(f"given {k} {v:.2f}" for k, v in kept.items()))
+        print("[v2] the bake-off's shape figures under other sampler settings (first: the default):")
+        for row in sampler_sweep(model, tokenizer, cases=min(9, cfg.cases), bf16=cfg.bf16):
+            print(f"  DDIM {row['steps']:>2} steps, guidance {row['guidance']:.0f}, eta {row['eta']:.0f}: "
+                  f"shape from text {row['shape_from_text']:.2f}, shape kept {row['shape_kept']:.2f}")
         return
     if cfg.save_compact:
         size = save_compact(Path(cfg.state), cfg.compact_path)

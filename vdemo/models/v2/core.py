@@ -180,8 +180,9 @@ def x0_loss(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: t
 
 @torch.no_grad()
 def ddim_sample(denoise: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor], shape: tuple[int, ...],
-                steps: int, guidance: float, generator: torch.Generator) -> torch.Tensor:
-    """DDIM with x0-prediction; denoise(x_t, t, conditioned) -> x0. Guidance contrasts all conditions with none."""
+                steps: int, guidance: float, generator: torch.Generator, eta: float = 0.0) -> torch.Tensor:
+    """DDIM with x0-prediction; denoise(x_t, t, conditioned) -> x0. Guidance contrasts all conditions with none.
+    eta: DDIM's stochasticity (0 deterministic, 1 as ancestral DDPM sampling)."""
     scheduler = DDIMScheduler.from_config(dict(default_scheduler_config(timestep_spacing="trailing")),
                                           prediction_type="sample")
     scheduler.set_timesteps(steps)
@@ -190,7 +191,7 @@ def ddim_sample(denoise: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tens
         x0 = denoise(x, t.reshape(1), True).float()
         if guidance != 1.0:
             x0 = x0 + (guidance - 1.0) * (x0 - denoise(x, t.reshape(1), False).float())
-        x = scheduler.step(x0, t, x).prev_sample
+        x = scheduler.step(x0, t, x, eta=eta, generator=generator).prev_sample
     return x
 
 

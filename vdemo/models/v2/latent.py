@@ -189,12 +189,12 @@ class LatentVideoDiffusion(Candidate):
             return self.denoise(zt, t, batch["ids"], batch["controls"], batch["flags"])
         return x0_loss(fn, z0, fg, generator, self.scheduler)
 
-    def generate(self, ids, controls, flags, steps, guidance, generator):
+    def generate(self, ids, controls, flags, steps, guidance, generator, eta: float = 0.0):
         B, Fr, _, S, _ = controls.shape
         s = S // self.cfg.factor
         off = unconditional(ids, controls, flags)
 
         def fn(zt, t, cond):
             return self.denoise(zt, t, *((ids, controls, flags) if cond else off))
-        z = ddim_sample(fn, (B, Fr, self.cfg.latent_channels, s, s), steps, guidance, generator)
+        z = ddim_sample(fn, (B, Fr, self.cfg.latent_channels, s, s), steps, guidance, generator, eta)
         return self.decode(z.to(controls.dtype))
