@@ -336,7 +336,7 @@ def test_the_diagnosis_measures_what_frame_0_and_depth_tell_about_later_frames(t
     train_v2_main(["--diagnose", "--out", str(out), "--threads", "1", "--cases", "3", "--steps", "2"])
     printed = capsys.readouterr().out
     assert "frame0+depth:" in printed and "nothing:" in printed
-    assert "frame0+motion:" in printed and "shape kept in sampled clips: given frame0" in printed
+    assert "frame0+motion:" in printed and "frame0+motion+dragged-reference: kept" in printed
     assert "DDIM 25 steps, guidance 2, eta 1: shape from text" in printed
     with pytest.raises(SystemExit, match="no v2 model in"):
         train_v2_main(["--diagnose", "--out", str(out / "missing")])
@@ -348,7 +348,7 @@ class _PixelStub(torch.nn.Module):
 
     def __init__(self, oracle: bool):
         super().__init__()
-        self.oracle, self.cfg, self.seen = oracle, type("Cfg", (), {"size": 64})(), {}
+        self.oracle, self.cfg, self.seen, self.references = oracle, type("Cfg", (), {"size": 64})(), {}, []
 
     def set_attention_mode(self, mode):
         pass
@@ -364,8 +364,9 @@ class _PixelStub(torch.nn.Module):
         self.seen[float(flags[0].sum())] = controls[:, :, 8].amax().item()  # stroke channel per condition
         return self.x0[:, -zt.shape[1]:] if self.oracle else torch.full_like(zt, -1.0)
 
-    def generate(self, ids, controls, flags, steps, guidance, generator):
+    def generate(self, ids, controls, flags, steps, guidance, generator, reference=None):
         self.seen[float(flags[0].sum())] = controls[:, :, 8].amax().item()
+        self.references.append(reference)
         x0 = torch.from_numpy(np.stack([c.frames for c in eval_cases(len(ids), 8, 64)])).permute(0, 1, 4, 2, 3)
         return x0.float() / 127.5 - 1.0 if self.oracle else torch.full((len(ids), 8, 3, 64, 64), -1.0)
 
@@ -381,10 +382,51 @@ def test_the_shape_diagnosis_reads_one_step_predictions_and_sampled_clips_with_t
     blind = shape_by_noise(_PixelStub(False), tokenizer, cases=3, timesteps=(500,))
     assert blind == {"t": [500], "caption": [0.0], "frame0": [0.0], "frame0+motion": [0.0]}
     stub = _PixelStub(True)
-    assert kept_given_motion(stub, tokenizer, cases=3, cfg=cfg) == {"frame0": 1.0, "frame0+motion": 1.0}
+    kept = kept_given_motion(stub, tokenizer, cases=3, cfg=cfg)
+    assert list(kept) == ["frame0", "frame0+dragged-reference", "frame0+motion", "frame0+motion+dragged-reference"]
+    assert all(row["shape_kept"] == 1.0 and row["centre_error_px"] < 3.0 for row in kept.values())
     # frame 0 only: no stroke map; frame 0 + motion: text and stroke flags on and a stroke map drawn
     assert stub.seen[1.0] == 0.0 and stub.seen[3.0] > 0.5
-    assert kept_given_motion(_PixelStub(False), tokenizer, cases=3, cfg=cfg) == {"frame0": 0.0, "frame0+motion": 0.0}
+    dragged = stub.references[1]  # the cut-and-drag frames (the stub's latents are pixels) reach the model
+    assert [r is None for r in stub.references] == [True, False, True, False] and dragged.shape == (3, 8, 3, 64, 64)
+    blind = kept_given_motion(_PixelStub(False), tokenizer, cases=3, cfg=cfg)
+    assert all(row == {"shape_kept": 0.0, "centre_error_px": 64 * 2 ** 0.5} for row in blind.values())
+
+
+def test_a_given_reference_replaces_the_first_frames_reference_latents_in_the_conditioned_half_only():
+    from vdemo.models.v2 import build
+    from vdemo.models.v2.latent import reference_latents
+
+    torch.manual_seed(0)
+    model = build("A", tiny=True, size=64, reference=True).eval()
+    torch.nn.init.normal_(model.unet.conv_out.weight, std=0.05)  # zero-initialised: let the inputs show
+    controls = torch.zeros(1, 4, 9, 64, 64)
+    controls[:, 0, :3], controls[:, 0, 3] = torch.rand(1, 3, 64, 64) * 2 - 1, 1.0  # frame 0 known
+    ids, flags, t = torch.full((1, 4), 2), torch.tensor([[0.0, 1, 0, 0, 0]]), torch.tensor([900])
+    zt = torch.randn(1, 4, 4, 16, 16)
+    with torch.no_grad():
+        default = model.denoise(zt, t, ids, controls, flags)
+        same = model.denoise(zt, t, ids, controls, flags,
+                             reference=reference_latents(model.known_latents(controls), controls))
+        other = model.denoise(zt, t, ids, controls, flags, reference=torch.randn(1, 4, 4, 16, 16))
+        assert torch.allclose(default, same) and not torch.allclose(default, other, atol=1e-4)
+        g = [model.generate(ids, controls, flags, 2, 1.0, torch.Generator().manual_seed(0), reference=r)
+             for r in (None, torch.randn(1, 4, 4, 16, 16))]
+        assert not torch.allclose(*g, atol=1e-4)
+
+
+def test_cut_and_drag_moves_frame_0s_object_along_its_path_over_the_background():
+    from vdemo.bakeoff import detected_shape
+    from vdemo.train_v2 import centre_error, cut_and_drag
+
+    for clip in eval_cases(3, 8, 64):
+        dragged = cut_and_drag(clip)
+        assert dragged.shape == clip.frames.shape and dragged.dtype == np.uint8
+        assert np.abs(dragged[0].astype(int) - clip.frames[0]).mean() < 2  # frame 0 is frame 0
+        assert detected_shape(dragged[-1]) == detected_shape(clip.frames[0])
+        # the object ends where the true clip's does: as close as the truth itself is to its path's end
+        assert centre_error([dragged], [clip]) < centre_error([clip.frames], [clip]) + 1.0
+        assert centre_error([np.stack([clip.frames[0]] * 8)], [clip]) > 10  # not moving would be far off
 
 
 def test_ddim_eta_makes_v2_sampling_stochastic_and_eta_0_stays_deterministic():

@@ -54,6 +54,7 @@ from vdemo.config import ATTENTION_MODES
 from vdemo.models.v2 import build
 from vdemo.models.v2.latent import widen_input
 from vdemo.train import TrainConfig, example_from_clip, make_tokenizer
+from vdemo.world.detect import detect_objects
 
 CANDIDATE = "A"
 GOALS = {"shape_from_text": 0.9, "shape_kept": 0.9}  # issue 13's v2 goals for the rows this eval measures
@@ -372,20 +373,59 @@ def shape_by_noise(model, tokenizer, cases: int = 12, timesteps: tuple[int, ...]
     return out
 
 
+def cut_and_drag(clip) -> np.ndarray:
+    """Frame 0's object cut out (pixels > 24/255 from the background) and moved along the clip's first path, over the
+    plain background: (F, S, S, 3) uint8, a "cut-and-drag" animation (Go-with-the-Flow's coarse input). For the
+    diagnosis's one-object cases; the whole foreground moves with the first object."""
+    frame0 = clip.frames[0]
+    size = frame0.shape[0]
+    bg = np.array(world.BACKGROUNDS[clip.meta["background"]], np.uint8)
+    mask = np.abs(frame0.astype(np.int16) - bg.astype(np.int16)).max(-1) > 24
+    path = np.asarray(clip.paths[0], np.float64)  # (F, 2) normalised (x, y)
+    frames = np.empty_like(clip.frames)
+    for k in range(len(clip.frames)):
+        dx, dy = np.round((path[k] - path[0]) * size).astype(int)
+        frames[k] = bg
+        moved = np.roll(mask, (dy, dx), (0, 1))
+        frames[k][moved] = np.roll(frame0, (dy, dx), (0, 1))[moved]
+    return frames
+
+
+def centre_error(generated: list[np.ndarray], clips: list) -> float:
+    """Mean distance (px) between the largest detected object's centre in the last generated frame and the true
+    path's end; a clip without a detected object counts as the frame's diagonal."""
+    errors = []
+    for g, c in zip(generated, clips):
+        size = g.shape[1]
+        found = detect_objects(g[-1], max_objects=1)
+        if not found:
+            errors.append(size * np.sqrt(2))
+            continue
+        centre = np.argwhere(found[0].mask).mean(0)[::-1]  # (x, y) px
+        errors.append(float(np.hypot(*(centre - np.asarray(c.paths[0][-1]) * size))))
+    return float(np.mean(errors))
+
+
 @torch.no_grad()
-def kept_given_motion(model, tokenizer, cases: int = 12, cfg: BakeoffConfig | None = None) -> dict[str, float]:
-    """The bake-off's `shape kept` on sampled clips (defaults: 10 steps, guidance 2, full mode), given frame 0 only
-    (the eval's task) and given frame 0 + caption + the true motion strokes: whether knowing where the object goes
-    is enough for the model to carry its shape there."""
+def kept_given_motion(model, tokenizer, cases: int = 12, cfg: BakeoffConfig | None = None) -> dict[str, dict]:
+    """Sampled clips (defaults: 10 steps, guidance 2, full mode) given frame 0 only (the eval's task), frame 0 +
+    caption + the true motion strokes, and each of those with a motion-compensated reference (`cut_and_drag`'s frames,
+    encoded, as the reference latents: no training, the shipped weights): the bake-off's `shape kept` and how far the
+    last frame's object is from where the true path ends. Whether knowing where the object goes, or seeing it already
+    there, is enough for the model to carry its shape."""
     cfg = cfg or BakeoffConfig(size=model.cfg.size)
     clips = eval_cases(cases, 8, model.cfg.size)
     conds = _conditions(clips, tokenizer, model.cfg.size, ("frame0", "frame0+motion"))
+    dragged = torch.from_numpy(np.stack([cut_and_drag(c) for c in clips])).permute(0, 1, 4, 2, 3)
+    reference = model.encode(dragged.float() / 127.5 - 1.0)
     model.eval().set_attention_mode("full")
     out = {}
     for name, (i, c, f) in conds.items():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            clip = model.generate(i, c, f, cfg.steps, cfg.guidance, torch.Generator().manual_seed(1234))
-        out[name] = shape_kept(to_u8(clip), clips)
+        for ref_name, ref in (("", None), ("+dragged-reference", reference)):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                clip = to_u8(model.generate(i, c, f, cfg.steps, cfg.guidance, torch.Generator().manual_seed(1234),
+                                            reference=ref))
+            out[name + ref_name] = {"shape_kept": shape_kept(clip, clips), "centre_error_px": centre_error(clip, clips)}
     return out
 
 
@@ -430,7 +470,9 @@ def main(argv: list[str] | None = None) -> None:
         for name, shares in shape_by_noise(model, tokenizer, cases=n).items():
             print(f"  {name:>13}: " + "  ".join(f"{e:>7.2f}" if name != "t" else f"{e:>7}" for e in shares))
         kept = kept_given_motion(model, tokenizer, cases=n, cfg=cfg.eval_config())
-        print("[v2] shape kept in sampled clips: " + ", ".join(f"given {k} {v:.2f}" for k, v in kept.items()))
+        print("[v2] sampled clips: shape kept; last frame's object centre off the true path's end:")
+        for name, row in kept.items():
+            print(f"  {name:>35}: kept {row['shape_kept']:.2f}, off by {row['centre_error_px']:.1f} px")
         print("[v2] the bake-off's shape figures under other sampler settings (first: the default):")
         for row in sampler_sweep(model, tokenizer, cases=min(9, cfg.cases), bf16=cfg.bf16):
             print(f"  DDIM {row['steps']:>2} steps, guidance {row['guidance']:.0f}, eta {row['eta']:.0f}: "

@@ -163,16 +163,19 @@ class LatentVideoDiffusion(Candidate):
         return (z * small).unflatten(0, (B, Fr))
 
     def denoise(self, zt: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, controls: torch.Tensor,
-                flags: torch.Tensor, known_z: torch.Tensor | None = None) -> torch.Tensor:
+                flags: torch.Tensor, known_z: torch.Tensor | None = None,
+                reference: torch.Tensor | None = None) -> torch.Tensor:
         """z_t (B, F, C, S/f, S/f) -> predicted clean latents, same shape; controls at pixel size S (`known_z`:
-        `known_latents(controls)`, computed here when not given)."""
+        `known_latents(controls)`, computed here when not given; `reference`: latents shaped like z_t to give as the
+        reference latents instead of `reference_latents`, for the diagnosis's motion-compensated reference)."""
         cfg = self.cfg
         if known_z is None:
             known_z = self.known_latents(controls)
         parts = [unshuffle(zt, cfg.patch), unshuffle(controls, cfg.patch * cfg.factor),
                  unshuffle(known_z.to(zt.dtype), cfg.patch)]
         if cfg.reference:
-            parts.append(unshuffle(reference_latents(known_z, controls).to(zt.dtype), cfg.patch))
+            ref = reference_latents(known_z, controls) if reference is None else reference
+            parts.append(unshuffle(ref.to(zt.dtype), cfg.patch))
         x = torch.cat(parts, 2)  # (B, F, in, S/(f·p), S/(f·p))
         return shuffle(self.unet(x, t, ids, flags), cfg.patch)
 
@@ -189,12 +192,16 @@ class LatentVideoDiffusion(Candidate):
             return self.denoise(zt, t, batch["ids"], batch["controls"], batch["flags"])
         return x0_loss(fn, z0, fg, generator, self.scheduler)
 
-    def generate(self, ids, controls, flags, steps, guidance, generator, eta: float = 0.0):
+    def generate(self, ids, controls, flags, steps, guidance, generator, eta: float = 0.0,
+                 reference: torch.Tensor | None = None):
+        """`reference` (conditioned half only): as in `denoise`."""
         B, Fr, _, S, _ = controls.shape
         s = S // self.cfg.factor
         off = unconditional(ids, controls, flags)
 
         def fn(zt, t, cond):
-            return self.denoise(zt, t, *((ids, controls, flags) if cond else off))
+            if cond:
+                return self.denoise(zt, t, ids, controls, flags, reference=reference)
+            return self.denoise(zt, t, *off)
         z = ddim_sample(fn, (B, Fr, self.cfg.latent_channels, s, s), steps, guidance, generator, eta)
         return self.decode(z.to(controls.dtype))
