@@ -298,7 +298,6 @@ def evaluate_ema(model, ema: EMAModel, cases, tokenizer, eval_cfg: BakeoffConfig
     return row
 
 
-@torch.no_grad()
 def _conditions(clips: list, tokenizer, size: int, names: tuple[str, ...]) -> dict[str, tuple]:
     """(ids, controls, flags) per named condition for the diagnosis's cases: "nothing" (all dropped), "caption",
     "frame0", "frame0+depth" (every frame's depth map too), "frame0+motion" (caption and the true trajectories as
@@ -444,7 +443,8 @@ def sampler_sweep(model, tokenizer, cases: int = 9, configs=SWEEP, bf16: bool = 
         out = {}
         for name, (i, c, f) in conds.items():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out[name] = to_u8(model.generate(i, c, f, steps, guidance, torch.Generator().manual_seed(1234), eta=eta))
+                generator = torch.Generator().manual_seed(1234)
+                out[name] = to_u8(model.generate(i, c, f, steps, guidance, generator, eta=eta))
         rows.append({"steps": steps, "guidance": guidance, "eta": eta,
                      "shape_from_text": shape_from_text(out["caption"], clips),
                      "shape_kept": shape_kept(out["frame0"], clips)})
