@@ -415,6 +415,34 @@ def test_a_given_reference_replaces_the_first_frames_reference_latents_in_the_co
         assert not torch.allclose(*g, atol=1e-4)
 
 
+def test_dragged_examples_carry_their_cut_and_drag_reference_into_the_training_loss():
+    from vdemo.models.v2 import build
+    from vdemo.train import TrainConfig, make_tokenizer
+    from vdemo.train_v2 import make_batch
+
+    tokenizer, rng = make_tokenizer(), np.random.default_rng(0)
+    batch = make_batch(rng, 4, 8, 64, tokenizer, TrainConfig(size=64), p_dragged=0.5)
+    dragged = batch["dragged"].numpy()
+    assert dragged.any() and not dragged.all() and batch["reference_frames"].shape == (4, 8, 3, 64, 64)
+    assert (batch["reference_frames"][~batch["dragged"]] == -1).all()  # black: unused there
+    for i in np.flatnonzero(dragged):  # frame 0 known, strokes drawn, the reference is frame 0's object moved
+        assert batch["controls"][i, 0, 3].amax() == 1 and batch["controls"][i, 1:, 3].amax() == 0
+        assert batch["controls"][i, :, 8].amax() > 0.5
+        assert torch.allclose(batch["reference_frames"][i, 0], batch["x0"][i, 0], atol=0.2)
+    assert "reference_frames" not in make_batch(rng, 4, 8, 64, tokenizer, TrainConfig(size=64))
+
+    torch.manual_seed(0)
+    model = build("A", tiny=True, size=64, reference=True)
+    torch.nn.init.normal_(model.unet.conv_out.weight, std=0.05)
+    model.freeze_autoencoder(batch["x0"])
+    losses = []
+    with torch.no_grad():
+        for refs in (batch["reference_frames"], torch.zeros_like(batch["reference_frames"])):
+            losses.append(float(model.training_loss({**batch, "reference_frames": refs},
+                                                    torch.Generator().manual_seed(0), 1.0)))
+    assert losses[0] != losses[1]  # the dragged reference reaches the denoiser
+
+
 def test_cut_and_drag_moves_frame_0s_object_along_its_path_over_the_background():
     from vdemo.bakeoff import detected_shape
     from vdemo.train_v2 import centre_error, cut_and_drag

@@ -78,6 +78,10 @@ class V2Config:
     # silhouettes away, so at 0.7 shape from text and shape kept from frame 0 were barely trained: see the README).
     p_depth_other: float = 0.15
     reference: bool = True  # SVD-style first-frame latents for every frame (vdemo.models.v2.latent.reference_latents)
+    # The motion-compensated reference experiment: this share of clips are one-object clips given frame 0, the true
+    # motion as strokes (and the caption half the time) and, as reference latents, frame 0's object cut out and
+    # dragged along its path (`cut_and_drag`). 0 = the shipped model's mix.
+    p_dragged: float = 0.0
     ae_minutes: float = 24.0  # a fresh model trains its autoencoder first for this long (the bake-off's 20 %)
     eval_every: float = 30.0  # CPU-minutes
     ckpt_every: float = 5.0  # CPU-minutes
@@ -111,10 +115,39 @@ def parse_args(argv: list[str] | None) -> V2Config:
 
 
 def make_batch(rng: np.random.Generator, batch_size: int, frames: int, size: int, tokenizer,
-               train_cfg: TrainConfig) -> dict:
-    """Fresh clips of every world kind with v1's modality dropout (the bake-off's batch, all kinds)."""
-    return stack_examples([example_from_clip(world.sample_clip(rng, frames, size), rng, train_cfg)
-                           for _ in range(batch_size)], tokenizer)
+               train_cfg: TrainConfig, p_dragged: float = 0.0) -> dict:
+    """Fresh clips of every world kind with v1's modality dropout (the bake-off's batch, all kinds); with
+    `p_dragged` > 0 that share are `dragged_example`s, and the batch carries "dragged" (B,) and "reference_frames"
+    (B, F, 3, S, S) in [-1, 1] (black where not dragged; unused there)."""
+    dragged = rng.random(batch_size) < p_dragged if p_dragged > 0 else np.zeros(batch_size, bool)
+    examples = [dragged_example(rng, frames, size) if d else
+                example_from_clip(world.sample_clip(rng, frames, size), rng, train_cfg) for d in dragged]
+    batch = stack_examples(examples, tokenizer)
+    if dragged.any():
+        refs = np.stack([e.get("reference", np.zeros_like(e["frames"])) for e in examples]).astype(np.float32)
+        batch["reference_frames"] = torch.from_numpy(refs / 127.5 - 1.0).permute(0, 1, 4, 2, 3).contiguous()
+        batch["dragged"] = torch.from_numpy(dragged)
+    return batch
+
+
+def dragged_example(rng: np.random.Generator, frames: int, size: int) -> dict:
+    """A one-object clip given frame 0, the true motion as strokes, the caption half the time, and its `cut_and_drag`
+    frames as "reference" (uint8): the motion-compensated reference experiment's training example."""
+    from vdemo.models.controls import control_tensors
+    from vdemo.strokes import stroke_heatmaps, strokes_from_paths
+
+    while True:
+        spec = world.sample_spec(rng, "objects")
+        if len(spec["objects"]) == 1:
+            break
+    clip = world.make_clip(spec, frames, size)
+    caption = clip.caption if rng.random() < 0.5 else ""
+    controls, flags = control_tensors(frames, size, known={0: clip.frames[0]}, has_text=bool(caption),
+                                      stroke_maps=stroke_heatmaps(strokes_from_paths(clip.paths, 0.1), frames, size))
+    bg = np.array(world.BACKGROUNDS[clip.meta["background"]], np.int16)
+    fg = (np.abs(clip.frames.astype(np.int16) - bg).max(-1) > 24).astype(np.float32)
+    return {"frames": clip.frames, "caption": caption, "controls": controls, "flags": flags, "fg": fg,
+            "reference": cut_and_drag(clip)}
 
 
 def export(out: Path, model, ema: EMAModel, tokenizer, st: dict) -> None:
@@ -234,6 +267,8 @@ def train_v2(cfg: V2Config) -> dict:
         print(f"[v2] training mix: depth maps for non-depth clips {st.get('p_depth_other', 0.7)} -> "
               f"{cfg.p_depth_other} from here", flush=True)
     st["p_depth_other"] = cfg.p_depth_other
+    if cfg.p_dragged > 0:
+        st["p_dragged"] = cfg.p_dragged
     last_eval = max([r["cpu_minutes"] * 60 for r in st["rows"] if r.get("weights") == "ema"] or [st["cpu_s"]])
     train_cfg = TrainConfig(size=cfg.size, p_known=0.5, p_strokes=0.2, p_depth_other=cfg.p_depth_other)
     eval_cfg = cfg.eval_config()
@@ -252,7 +287,7 @@ def train_v2(cfg: V2Config) -> dict:
         frames = 16 if rng.random() < cfg.share_16 else 8
         model.set_attention_mode(ATTENTION_MODES[int(rng.choice(len(ATTENTION_MODES), p=mode_p))])
         batch = make_batch(rng, cfg.batch_size if frames == 8 else max(1, cfg.batch_size // 2), frames, cfg.size,
-                           tokenizer, train_cfg)
+                           tokenizer, train_cfg, cfg.p_dragged)
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (st["step"] + 1 - warm_start) / cfg.warmup_steps)
         progress = model.cfg.ae_share * min(1.0, st["cpu_s"] / (cfg.ae_minutes * 60))

@@ -187,9 +187,15 @@ class LatentVideoDiffusion(Candidate):
         with torch.no_grad():
             z0 = self.encode(batch["x0"]).float()  # (B, F, C, s, s)
             fg = F.adaptive_max_pool2d(batch["fg"].flatten(0, 1), z0.shape[-1]).unflatten(0, z0.shape[:2])
+            reference = None
+            if "reference_frames" in batch and self.cfg.reference:  # the motion-compensated reference experiment
+                known_z = self.known_latents(batch["controls"])
+                dragged = batch["dragged"].reshape(-1, 1, 1, 1, 1)
+                reference = torch.where(dragged, self.encode(batch["reference_frames"]).to(known_z.dtype),
+                                        reference_latents(known_z, batch["controls"]))
 
         def fn(zt, t):
-            return self.denoise(zt, t, batch["ids"], batch["controls"], batch["flags"])
+            return self.denoise(zt, t, batch["ids"], batch["controls"], batch["flags"], reference=reference)
         return x0_loss(fn, z0, fg, generator, self.scheduler)
 
     def generate(self, ids, controls, flags, steps, guidance, generator, eta: float = 0.0,
