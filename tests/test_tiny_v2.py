@@ -80,6 +80,14 @@ def test_a_run_resumes_from_its_full_state_and_from_the_compact_one(tmp_path, tr
     after = torch.load(work, map_location="cpu", weights_only=False)["st"]
     assert after["step"] > before["step"] and after["cpu_s"] > before["cpu_s"]
     assert after["p_depth_other"] == 0.5 and after["mix_changes"] == [round(before["cpu_s"] / 60, 3)]
+    assert after["p_dragged"] == 0.0
+    again = tmp_path / "again.pt"
+    again.write_bytes(work.read_bytes())
+    train_v2_main([*FAST, "--minutes", "0.02", "--eval-every", "100", "--out", str(tmp_path / "o"), "--state",
+                   str(again), "--p-depth-other", "0.5", "--p-dragged", "0.5"])
+    dragged = torch.load(again, map_location="cpu", weights_only=False)["st"]
+    assert dragged["p_dragged"] == 0.5 and dragged["mix_changes"] == [*after["mix_changes"],
+                                                                       round(after["cpu_s"] / 60, 3)]
     assert after["rows"][:len(before["rows"])] == before["rows"]
 
     compact = tmp_path / "compact.pt"

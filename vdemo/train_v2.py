@@ -199,7 +199,7 @@ def write_curve(out: Path, st: dict) -> None:
             if pts:
                 ax.plot(*zip(*pts), style, label="bake-off (raw weights)" if weights == "raw" else "long run (EMA)")
         for x in st.get("mix_changes", []):
-            ax.axvline(x, color="k", ls="-.", lw=0.8, label="training mix changed (depth maps)")
+            ax.axvline(x, color="k", ls="-.", lw=0.8, label="training mix changed")
         if metric in GOALS:
             ax.axhline(GOALS[metric], color="g", ls="--", lw=1, label="goal")
         if metric in ("shape_from_text", "shape_kept"):
@@ -262,13 +262,13 @@ def train_v2(cfg: V2Config) -> dict:
     ema = EMAModel(trainable, decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
     if ema_state is not None:
         ema.load_state_dict({**ema_state, "shadow_params": [p.float() for p in ema_state["shadow_params"]]})
-    if st["step"] and st.get("p_depth_other", 0.7) != cfg.p_depth_other:
-        st["mix_changes"] = st.get("mix_changes", []) + [round(st["cpu_s"] / 60, 3)]
-        print(f"[v2] training mix: depth maps for non-depth clips {st.get('p_depth_other', 0.7)} -> "
-              f"{cfg.p_depth_other} from here", flush=True)
-    st["p_depth_other"] = cfg.p_depth_other
-    if cfg.p_dragged > 0:
-        st["p_dragged"] = cfg.p_dragged
+    for key, before, what in (("p_depth_other", 0.7, "depth maps for non-depth clips"),
+                              ("p_dragged", 0.0, "clips with a cut-and-drag reference")):
+        if st["step"] and st.get(key, before) != getattr(cfg, key):
+            now = round(st["cpu_s"] / 60, 3)
+            st["mix_changes"] = [x for x in st.get("mix_changes", []) if x != now] + [now]
+            print(f"[v2] training mix: {what} {st.get(key, before)} -> {getattr(cfg, key)} from here", flush=True)
+        st[key] = getattr(cfg, key)
     last_eval = max([r["cpu_minutes"] * 60 for r in st["rows"] if r.get("weights") == "ema"] or [st["cpu_s"]])
     train_cfg = TrainConfig(size=cfg.size, p_known=0.5, p_strokes=0.2, p_depth_other=cfg.p_depth_other)
     eval_cfg = cfg.eval_config()
@@ -324,7 +324,7 @@ def evaluate_ema(model, ema: EMAModel, cases, tokenizer, eval_cfg: BakeoffConfig
            "loss": round(float(np.mean(st["losses"][-50:])), 5), **{k: round(v, 4) for k, v in metrics.items()},
            "cpu_s_per_step": round(st["cpu_s"] / max(st["step"], 1), 3),
            "eval_cpu_s": round(time.process_time() - t0, 1), "weights": "ema",
-           "p_depth_other": st.get("p_depth_other", 0.7)}
+           "p_depth_other": st.get("p_depth_other", 0.7), "p_dragged": st.get("p_dragged", 0.0)}
     st["rows"].append(row)
     print(f"[v2] eval {json.dumps(row)}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
