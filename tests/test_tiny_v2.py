@@ -88,6 +88,10 @@ def test_a_run_resumes_from_its_full_state_and_from_the_compact_one(tmp_path, tr
     dragged = torch.load(again, map_location="cpu", weights_only=False)["st"]
     assert dragged["p_dragged"] == 0.5 and dragged["mix_changes"] == [*after["mix_changes"],
                                                                        round(after["cpu_s"] / 60, 3)]
+    train_v2_main([*FAST, "--minutes", "0.02", "--eval-every", "100", "--out", str(tmp_path / "o"), "--state",
+                   str(again), "--p-depth-other", "0.5", "--p-dragged", "0.5"])  # the same mix again: no change
+    resumed = torch.load(again, map_location="cpu", weights_only=False)["st"]
+    assert resumed["p_dragged"] == 0.5 and resumed["mix_changes"] == dragged["mix_changes"]
     assert after["rows"][:len(before["rows"])] == before["rows"]
 
     compact = tmp_path / "compact.pt"
@@ -421,6 +425,16 @@ def test_a_given_reference_replaces_the_first_frames_reference_latents_in_the_co
         g = [model.generate(ids, controls, flags, 2, 1.0, torch.Generator().manual_seed(0), reference=r)
              for r in (None, torch.randn(1, 4, 4, 16, 16))]
         assert not torch.allclose(*g, atol=1e-4)
+        calls, denoise = [], model.denoise
+
+        def spy(*args, **kwargs):
+            calls.append((bool(args[4].any()), kwargs.get("reference") is not None))  # (flags set, reference given)
+            return denoise(*args, **kwargs)
+        model.denoise = spy
+        model.generate(ids, controls, flags, 2, 2.0, torch.Generator().manual_seed(0), reference=zt.clone())
+        assert sorted(set(calls)) == [(False, False), (True, True)]  # guidance's unconditioned half gets none
+    with pytest.raises(ValueError, match="built without reference latents"):
+        build("A", tiny=True, size=64, reference=False).denoise(zt, t, ids, controls, flags, reference=zt)
 
 
 def test_dragged_examples_carry_their_cut_and_drag_reference_into_the_training_loss():

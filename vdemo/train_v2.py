@@ -237,8 +237,8 @@ def train_v2(cfg: V2Config) -> dict:
         model.load_state_dict(saved["model"])
         rng.bit_generator.state = saved["rng"]
         generator.set_state(saved["generator"])
-        st = {**st, **{k: saved["st"][k] for k in ("cpu_s", "step", "rows", "losses", "p_depth_other", "mix_changes")
-                       if k in saved["st"]}}
+        kept = ("cpu_s", "step", "rows", "losses", "p_depth_other", "p_dragged", "mix_changes")
+        st = {**st, **{k: saved["st"][k] for k in kept if k in saved["st"]}}
         st["losses"] = st["losses"][-200:]
         if "opt" in saved and not widened:
             opt.load_state_dict(saved["opt"])

@@ -169,6 +169,8 @@ class LatentVideoDiffusion(Candidate):
         `known_latents(controls)`, computed here when not given; `reference`: latents shaped like z_t to give as the
         reference latents instead of `reference_latents`, for the diagnosis's motion-compensated reference)."""
         cfg = self.cfg
+        if reference is not None and not cfg.reference:
+            raise ValueError("a reference was given to a model built without reference latents (reference=False)")
         if known_z is None:
             known_z = self.known_latents(controls)
         parts = [unshuffle(zt, cfg.patch), unshuffle(controls, cfg.patch * cfg.factor),
@@ -188,7 +190,7 @@ class LatentVideoDiffusion(Candidate):
             z0 = self.encode(batch["x0"]).float()  # (B, F, C, s, s)
             fg = F.adaptive_max_pool2d(batch["fg"].flatten(0, 1), z0.shape[-1]).unflatten(0, z0.shape[:2])
             reference = None
-            if "reference_frames" in batch and self.cfg.reference:  # the motion-compensated reference experiment
+            if "reference_frames" in batch:  # the motion-compensated reference experiment
                 known_z = self.known_latents(batch["controls"])
                 dragged = batch["dragged"].reshape(-1, 1, 1, 1, 1)
                 reference = torch.where(dragged, self.encode(batch["reference_frames"]).to(known_z.dtype),
