@@ -452,6 +452,8 @@ def test_dragged_examples_carry_their_cut_and_drag_reference_into_the_training_l
         assert batch["controls"][i, :, 8].amax() > 0.5
         assert torch.allclose(batch["reference_frames"][i, 0], batch["x0"][i, 0], atol=0.2)
     assert "reference_frames" not in make_batch(rng, 4, 8, 64, tokenizer, TrainConfig(size=64))
+    with pytest.raises(SystemExit):
+        train_v2_main(["--p-dragged", "1.5", "--minutes", "0"])
 
     torch.manual_seed(0)
     model = build("A", tiny=True, size=64, reference=True)

@@ -166,9 +166,13 @@ def example_from_clip(clip, rng: np.random.Generator, cfg: TrainConfig) -> dict:
         stroke_maps = stroke_heatmaps(strokes_from_paths(chosen, 0.1), num_frames, size)
     controls, flags = control_tensors(num_frames, size, known=known, pose=pose, depth=depth,
                                       stroke_maps=stroke_maps, has_text=bool(caption))
+    return {"frames": clip.frames, "caption": caption, "controls": controls, "flags": flags, "fg": object_mask(clip)}
+
+
+def object_mask(clip) -> np.ndarray:
+    """(F, S, S) float32: 1 where a frame differs from the clip's background by more than 24/255 (the loss weight)."""
     bg = np.array(world.BACKGROUNDS[clip.meta["background"]], np.int16)
-    fg = (np.abs(clip.frames.astype(np.int16) - bg).max(-1) > 24).astype(np.float32)  # (F, S, S)
-    return {"frames": clip.frames, "caption": caption, "controls": controls, "flags": flags, "fg": fg}
+    return (np.abs(clip.frames.astype(np.int16) - bg).max(-1) > 24).astype(np.float32)
 
 
 def make_batch(rng: np.random.Generator, batch_size: int, num_frames: int, cfg: TrainConfig, tokenizer) -> dict:

@@ -53,7 +53,7 @@ from vdemo.bakeoff import (
 from vdemo.config import ATTENTION_MODES
 from vdemo.models.v2 import build
 from vdemo.models.v2.latent import widen_input
-from vdemo.train import TrainConfig, example_from_clip, make_tokenizer
+from vdemo.train import TrainConfig, example_from_clip, make_tokenizer, object_mask
 from vdemo.world.detect import detect_objects
 
 CANDIDATE = "A"
@@ -111,7 +111,10 @@ def parse_args(argv: list[str] | None) -> V2Config:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
             parser.add_argument(flag, type=type(f.default), default=f.default)
-    return V2Config(**vars(parser.parse_args(argv)))
+    cfg = V2Config(**vars(parser.parse_args(argv)))
+    if not 0.0 <= cfg.p_dragged <= 1.0:
+        parser.error(f"--p-dragged must be in [0, 1], got {cfg.p_dragged}")
+    return cfg
 
 
 def make_batch(rng: np.random.Generator, batch_size: int, frames: int, size: int, tokenizer,
@@ -144,9 +147,7 @@ def dragged_example(rng: np.random.Generator, frames: int, size: int) -> dict:
     caption = clip.caption if rng.random() < 0.5 else ""
     controls, flags = control_tensors(frames, size, known={0: clip.frames[0]}, has_text=bool(caption),
                                       stroke_maps=stroke_heatmaps(strokes_from_paths(clip.paths, 0.1), frames, size))
-    bg = np.array(world.BACKGROUNDS[clip.meta["background"]], np.int16)
-    fg = (np.abs(clip.frames.astype(np.int16) - bg).max(-1) > 24).astype(np.float32)
-    return {"frames": clip.frames, "caption": caption, "controls": controls, "flags": flags, "fg": fg,
+    return {"frames": clip.frames, "caption": caption, "controls": controls, "flags": flags, "fg": object_mask(clip),
             "reference": cut_and_drag(clip)}
 
 
