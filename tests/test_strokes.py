@@ -11,6 +11,8 @@ from vdemo.config import DEFAULTS, LIMITS
 from vdemo.strokes import (
     MAX_STROKE_RADIUS,
     Stroke,
+    background_colour,
+    drag_frames,
     draw_strokes_overlay,
     parse_strokes,
     resample_stroke,
@@ -179,3 +181,56 @@ def test_overlay_draws_each_stroke_in_its_own_colour():
     assert len(colours) == 2
     gray = draw_strokes_overlay(np.zeros((32, 32), np.uint8), strokes, 4)
     assert gray.shape == (32, 32, 3)
+
+
+# ------------------------------------------------------------------------------------------------ cut and drag
+def _scene(size: int = 64, bg=(10, 20, 30)) -> np.ndarray:
+    """A plain background with a red 8×8 square at x, y in [16, 24) and a green 6×6 one at [40, 46)."""
+    image = np.empty((size, size, 3), np.uint8)
+    image[:] = bg
+    image[16:24, 16:24] = (220, 30, 30)
+    image[40:46, 40:46] = (30, 220, 30)
+    return image
+
+
+def test_background_colour_is_the_borders_most_common_colour():
+    image = _scene()
+    image[0, :5] = (255, 255, 255)  # a few odd border pixels do not win
+    assert background_colour(image).tolist() == [10, 20, 30]
+
+
+def test_drag_moves_the_object_under_the_stroke_along_it_and_leaves_the_rest():
+    image = _scene()
+    stroke = Stroke(((20 / 64, 20 / 64), (36 / 64, 20 / 64)), 0.05)  # the red square, 16 px right
+    frames = drag_frames(image, [stroke], 5)
+    assert frames.shape == (5, 64, 64, 3) and frames.dtype == np.uint8
+    assert np.array_equal(frames[0], image)  # frame 0 is the image
+    for k, dx in enumerate((0, 4, 8, 12, 16)):  # constant speed along the stroke
+        red = np.argwhere((frames[k] == (220, 30, 30)).all(-1))
+        assert red.min(0).tolist() == [16, 16 + dx] and len(red) == 64  # moved whole, not cropped or smeared
+        assert (frames[k][40:46, 40:46] == (30, 220, 30)).all()  # the green square stays
+    assert (frames[-1][16:24, 16:24] == (10, 20, 30)).all()  # where it was is background now
+
+
+def test_drag_finds_the_nearest_object_within_the_strokes_radius_and_nothing_further():
+    image = _scene()
+    near = Stroke(((27 / 64, 20 / 64), (27 / 64, 40 / 64)), 0.08)  # starts 3 px right of the red square
+    moved = drag_frames(image, [near], 3)
+    assert moved is not None and (moved[-1][36:44, 16:24] == (220, 30, 30)).all()  # 20 px down
+    far = Stroke(((0.05, 0.9), (0.3, 0.9)), 0.02)  # empty background, nothing within 3 px
+    assert drag_frames(image, [far], 3) is None
+
+
+def test_drag_is_none_for_anchors_and_for_regions_too_big_to_be_an_object():
+    image = _scene()
+    assert drag_frames(image, [Stroke(((20 / 64, 20 / 64),), 0.1)], 4) is None  # an anchor: nothing moves
+    noisy = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # a "photo": no plain background
+    assert drag_frames(noisy, [Stroke(((0.5, 0.5), (0.8, 0.5)), 0.1)], 4) is None
+
+
+def test_drag_off_the_edge_drops_what_leaves_the_frame_without_wrapping():
+    image = _scene()
+    stroke = Stroke(((20 / 64, 20 / 64), (66 / 64, 20 / 64)), 0.05)  # 46 px right: past the right edge by 6 px
+    last = drag_frames(image, [stroke], 2)[-1]
+    red = (last == (220, 30, 30)).all(-1)
+    assert red[:, 62:].all(axis=1).sum() == 8 and not red[:, :60].any()  # the 2 px left in the frame, nothing wrapped

@@ -4,6 +4,7 @@ and the backend runs the shared pipeline on latents: every mode and sampler, pre
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from vdemo.bakeoff import eval_cases
 from vdemo.config import ATTENTION_MODES
 from vdemo.errors import ModelNotFound
 from vdemo.pipeline import Done, GenerationRequest, Progress, RequestError, VideoPipeline
+from vdemo.strokes import Stroke
 from vdemo.train_v2 import main as train_v2_main
 
 FAST = ["--tiny", "--cases", "3", "--steps", "2", "--size", "64", "--threads", "1"]
@@ -467,12 +469,12 @@ def test_dragged_examples_carry_their_cut_and_drag_reference_into_the_training_l
     assert losses[0] != losses[1]  # the dragged reference reaches the denoiser
 
 
-def test_cut_and_drag_moves_frame_0s_object_along_its_path_over_the_background():
+def test_true_drag_moves_frame_0s_object_along_its_path_over_the_background():
     from vdemo.bakeoff import detected_shape
-    from vdemo.train_v2 import centre_error, cut_and_drag
+    from vdemo.train_v2 import centre_error, true_drag
 
     for clip in eval_cases(3, 8, 64):
-        dragged = cut_and_drag(clip)
+        dragged = true_drag(clip)
         assert dragged.shape == clip.frames.shape and dragged.dtype == np.uint8
         assert np.abs(dragged[0].astype(int) - clip.frames[0]).mean() < 2  # frame 0 is frame 0
         assert detected_shape(dragged[-1]) == detected_shape(clip.frames[0])
@@ -510,3 +512,63 @@ def test_known_latents_encode_only_the_known_frames_and_equal_encoding_them_all(
     hook.remove()
     mask = F.max_pool2d(controls[:, :, 3:4].flatten(0, 1), 4).unflatten(0, (2, 5))
     assert torch.allclose(got, model.encode(controls[:, :, :3]) * mask, atol=1e-6)
+
+
+def _square_scene() -> np.ndarray:
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[12:28, 12:28] = (220, 40, 40)
+    return image
+
+
+RIGHT = (Stroke(((20 / 64, 20 / 64), (44 / 64, 20 / 64)), 0.1),)  # the square, 24 px right
+
+
+def test_strokes_on_a_first_frame_give_the_conditioned_half_the_cut_and_drag_reference():
+    from vdemo.models.v2.latent import reference_latents
+    from vdemo.strokes import drag_frames
+
+    b = TinyV2Backend.random(seed=3, reference=True)
+    b.bf16 = False
+    req = _request(prompt="", image=_square_scene(), strokes=RIGHT)
+    cond = b.prepare(req)
+    dragged = drag_frames(_square_scene(), RIGHT, 5)
+    assert np.array_equal(cond["dragged"], dragged) and (dragged[-1][12:28, 36:52] == (220, 40, 40)).all()
+    pixels = torch.from_numpy(dragged).permute(0, 3, 1, 2)[None].float() / 127.5 - 1.0
+    assert torch.allclose(cond["reference"][:1], b.model.encode(pixels))  # the conditioned half: the dragged frames
+    assert torch.equal(cond["reference"][1:], reference_latents(cond["known_z"][1:], cond["controls"][1:]))
+    off = b.prepare(replace(req, drag_reference=False))
+    assert off["reference"] is None and off["dragged"] is None
+    x, t = torch.randn(b.latent_shape(req), generator=torch.Generator().manual_seed(4)), torch.tensor([700])
+    guided, plain = b.predict(x, t, cond, 2.0, "full"), b.predict(x, t, off, 2.0, "full")
+    assert not torch.allclose(guided, plain, atol=1e-4)
+    uncond = b.model.denoise(x, t, cond["ids"][1:], cond["controls"][1:], cond["flags"][1:])
+    conditional = b.predict(x, t, cond, 1.0, "full")
+    assert torch.allclose(guided, uncond + 2.0 * (conditional - uncond), atol=1e-4)  # the unconditioned half: its own
+
+
+def test_the_manifest_says_which_reference_ran_and_a_stroke_on_nothing_is_warned_about():
+    from vdemo.backends.tiny_v2 import NOTHING_TO_DRAG_WARNING
+
+    b = TinyV2Backend.random(seed=3, reference=True)
+    pipe = VideoPipeline(b)
+
+    def manifest(**kw):
+        return list(pipe.generate(_request(prompt="", image=_square_scene(), num_steps=2, **kw)))[-1].manifest
+
+    assert manifest(strokes=RIGHT)["reference"] == "cut-and-drag along the strokes"
+    assert manifest(strokes=RIGHT)["warnings"] == []
+    assert manifest(strokes=RIGHT, drag_reference=False)["reference"] == "first frame"
+    on_nothing = manifest(strokes=(Stroke(((0.9, 0.9), (0.6, 0.9)), 0.05),))
+    assert on_nothing["reference"] == "first frame" and on_nothing["warnings"] == [NOTHING_TO_DRAG_WARNING]
+    assert manifest(strokes=(Stroke(((20 / 64, 20 / 64),), 0.1),))["warnings"] == []  # an anchor drags nothing
+    with pytest.raises(RequestError, match="drag_reference must be true or false, got 'yes'"):
+        _request(drag_reference="yes")
+    assert "reference" not in list(VideoPipeline(_randomised()).generate(_request(num_steps=2)))[-1].manifest
+
+
+def test_a_planned_path_from_the_prompt_drags_the_first_frames_object_too(backend):
+    assert backend.planner is not None  # assets/tiny/planner ships with the repository and tiny-v2 uses it
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[24:40, 24:40] = (220, 40, 40)  # a red square in the middle
+    done = list(VideoPipeline(backend).generate(_request(prompt="a red square moves left", image=image)))[-1]
+    assert done.manifest["motion_plan"] and done.manifest["reference"] == "cut-and-drag along the strokes"

@@ -84,6 +84,9 @@ class GenerationRequest:
     # With a prompt and nothing but (at most) a first frame to give the motion: let the backend's layout planner (if
     # it has one) turn the prompt into motion strokes first.
     plan_motion: bool = True
+    # With a first frame and motion strokes (drawn or planned): let a backend that takes a motion-compensated reference
+    # (tiny-v2) cut the strokes' objects out of the first frame and drag them along the strokes as that reference.
+    drag_reference: bool = True
 
     def __post_init__(self) -> None:
         self.validate(LIMITS)
@@ -108,8 +111,9 @@ class GenerationRequest:
             parse_mode(self.attention_mode)
         except ValueError as err:
             raise RequestError(f"attention_mode: {err}") from None
-        if not isinstance(self.plan_motion, (bool, np.bool_)):
-            raise RequestError(f"plan_motion must be true or false, got {self.plan_motion!r}")
+        for name in ("plan_motion", "drag_reference"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise RequestError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.sampler not in SAMPLERS:
             raise RequestError(f"sampler: unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
         if self.image is not None:
@@ -361,6 +365,10 @@ class DenoisingBackend(Backend):
     def decode(self, x0: torch.Tensor) -> np.ndarray:
         """Clean sample -> (F, H, W, 3) uint8 frames (also used for previews)."""
 
+    def conditioning_report(self, cond: Any) -> dict:
+        """Manifest entries about how `prepare` conditioned this run, beyond the request. Default: none."""
+        return {}
+
     def run(self, request: GenerationRequest, control: RunControl) -> Iterator[Event]:
         """Denoise with `vdemo.samplers.sample_steps`: one Progress per model call, labelled with its scheduler step.
 
@@ -422,7 +430,7 @@ class DenoisingBackend(Backend):
                                   model_calls=len(control.history),
                                   motion_plan=plan.to_manifest() if plan else None,
                                   prompt_understood=self.prompt_report(request),
-                                  warnings=self.input_warnings(request))
+                                  warnings=self.input_warnings(request), **self.conditioning_report(cond))
         yield Done(frames, manifest, stopped)
 
 

@@ -7,7 +7,9 @@ first point, the last frame on the last point, the others equally spaced by arc 
 
 Derived controls: per-frame Gaussian heatmaps (as in MCDiff, Chen et al. 2023, and DragAnything, Wu et al. 2024,
 which condition on a Gaussian blob per frame at the trajectory point) and per-frame region discs (for training-free
-latent warping backends).
+latent warping backends), and a cut-and-drag animation (`drag_frames`: each stroke's object cut out of the first
+frame and moved along the stroke over the background, Go-with-the-Flow's and DragAnything's coarse motion input),
+which the `tiny-v2` backend gives its model as a motion-compensated reference.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from vdemo.config import DEFAULTS, LIMITS
 
@@ -181,6 +184,81 @@ def stroke_region_masks(strokes: Sequence[Stroke], num_frames: int, size: int) -
         dy2 = (grid[None, :] - pos[:, 1:]) ** 2
         masks[i] = dy2[:, :, None] + dx2[:, None, :] <= r_px**2
     return masks
+
+
+# ------------------------------------------------------------------------------------------------ cut and drag
+DRAG_THRESHOLD = 24  # a pixel further than this (max over RGB, of 255) from the background belongs to an object
+DRAG_MAX_AREA = 0.4  # a "component" covering more of the frame than this is not an object (a photo, a busy scene)
+
+
+def background_colour(image: np.ndarray) -> np.ndarray:
+    """(3,) uint8: the most common colour on the image's one-pixel border (the world's plain backgrounds)."""
+    border = np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]]).reshape(-1, 3)
+    colours, counts = np.unique(border, axis=0, return_counts=True)
+    return colours[int(np.argmax(counts))].astype(np.uint8)
+
+
+def _component_at(labels: np.ndarray, x: float, y: float, reach: float) -> int:
+    """The label under (x, y) px, else that of the nearest labelled pixel within `reach` px, else 0."""
+    h, w = labels.shape
+    row, col = min(max(int(y), 0), h - 1), min(max(int(x), 0), w - 1)
+    if labels[row, col]:
+        return int(labels[row, col])
+    ys, xs = np.nonzero(labels)
+    if len(ys) == 0:
+        return 0
+    d2 = (xs + 0.5 - x) ** 2 + (ys + 0.5 - y) ** 2
+    nearest = int(np.argmin(d2))
+    return int(labels[ys[nearest], xs[nearest]]) if d2[nearest] <= reach**2 else 0
+
+
+def _shifted(array: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """`array` moved by (dy, dx) px on the first two axes; what leaves the frame is dropped, nothing wraps."""
+    out = np.zeros_like(array)
+    h, w = array.shape[:2]
+    if abs(dy) >= h or abs(dx) >= w:
+        return out
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = array[max(-dy, 0):h - max(dy, 0),
+                                                                     max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def drag_frames(image: np.ndarray, strokes: Sequence[Stroke], num_frames: int, background=None,
+                threshold: int = DRAG_THRESHOLD, max_area: float = DRAG_MAX_AREA) -> np.ndarray | None:
+    """Cut and drag: (F, H, W, 3) uint8 frames in which the object under each moving stroke's first point (the
+    connected region of pixels differing from the background by more than `threshold`, or the nearest one within the
+    stroke's radius) is cut out of `image` and moved along the stroke, frame by frame, over the background colour;
+    everything else stays as in `image`. `background`: RGB, else `background_colour(image)`. None when no moving
+    stroke finds an object (anchors, strokes on empty background, or a region over `max_area` of the frame): there is
+    nothing to drag. Overlapping objects move as one region."""
+    image = np.asarray(image)
+    h, w = image.shape[:2]
+    bg = background_colour(image) if background is None else np.asarray(background, np.uint8)
+    labels, _ = ndimage.label(np.abs(image.astype(np.int16) - bg.astype(np.int16)).max(-1) > threshold)
+    scale = np.array([w, h], dtype=np.float64)
+    pieces, taken = [], set()
+    for stroke, pos in zip(strokes, stroke_positions(strokes, num_frames).astype(np.float64) * scale):
+        if stroke.is_anchor:
+            continue
+        label = _component_at(labels, *pos[0], reach=max(stroke.radius * min(h, w), 3.0))
+        if not label or label in taken:
+            continue
+        mask = labels == label
+        if mask.mean() > max_area:
+            continue
+        taken.add(label)
+        pieces.append((mask, np.round(pos - pos[0]).astype(int)))  # (F, 2) px offsets (x, y)
+    if not pieces:
+        return None
+    base = image.copy()
+    for mask, _ in pieces:
+        base[mask] = bg
+    frames = np.repeat(base[None], num_frames, axis=0)
+    for mask, offsets in pieces:
+        for k, (dx, dy) in enumerate(offsets):
+            moved = _shifted(mask, dy, dx)
+            frames[k][moved] = _shifted(image, dy, dx)[moved]
+    return frames
 
 
 # ----------------------------------------------------------------------------------------------------- overlay

@@ -53,6 +53,7 @@ from vdemo.bakeoff import (
 from vdemo.config import ATTENTION_MODES
 from vdemo.models.v2 import build
 from vdemo.models.v2.latent import widen_input
+from vdemo.strokes import drag_frames, stroke_heatmaps, strokes_from_paths
 from vdemo.train import TrainConfig, example_from_clip, make_tokenizer, object_mask
 from vdemo.world.detect import detect_objects
 
@@ -80,7 +81,7 @@ class V2Config:
     reference: bool = True  # SVD-style first-frame latents for every frame (vdemo.models.v2.latent.reference_latents)
     # The motion-compensated reference experiment: this share of clips are one-object clips given frame 0, the true
     # motion as strokes (and the caption half the time) and, as reference latents, frame 0's object cut out and
-    # dragged along its path (`cut_and_drag`). 0 = the shipped model's mix.
+    # dragged along a jittered copy of its path (`dragged_example`). 0 = the shipped model's mix.
     p_dragged: float = 0.0
     ae_minutes: float = 24.0  # a fresh model trains its autoencoder first for this long (the bake-off's 20 %)
     eval_every: float = 30.0  # CPU-minutes
@@ -133,22 +134,40 @@ def make_batch(rng: np.random.Generator, batch_size: int, frames: int, size: int
     return batch
 
 
+DRAG_JITTER = 0.006  # sd of the reference path's random walk per frame, as a fraction of the side (0.8 px at 128)
+DRAG_JITTER_MAX = 0.03  # the walk's bound (4 px at 128): a hand-drawn stroke is this far off the truth
+
+
+def jittered_paths(paths, rng: np.random.Generator) -> list[np.ndarray]:
+    """Each (F, 2) path plus a bounded random walk that starts at 0 (frame 0 stays where it is)."""
+    out = []
+    for path in paths:
+        path = np.asarray(path, np.float64)
+        walk = np.cumsum(rng.normal(0.0, DRAG_JITTER, path.shape), axis=0)
+        walk -= walk[0]
+        out.append(np.clip(path + np.clip(walk, -DRAG_JITTER_MAX, DRAG_JITTER_MAX), 0.0, 1.0))
+    return out
+
+
 def dragged_example(rng: np.random.Generator, frames: int, size: int) -> dict:
-    """A one-object clip given frame 0, the true motion as strokes, the caption half the time, and its `cut_and_drag`
-    frames as "reference" (uint8): the motion-compensated reference experiment's training example."""
+    """A one-object clip (straight or curved path) given frame 0, the true motion as strokes and the caption half the
+    time, with "reference" (uint8): `drag_frames` along a jittered copy of the path (the stroke a user draws is off by
+    a few pixels, so the model must take the shape from the reference and the place from the strokes)."""
     from vdemo.models.controls import control_tensors
-    from vdemo.strokes import stroke_heatmaps, strokes_from_paths
 
     while True:
-        spec = world.sample_spec(rng, "objects")
+        spec = world.sample_spec(rng, "objects" if rng.random() < 0.5 else "path")
         if len(spec["objects"]) == 1:
             break
     clip = world.make_clip(spec, frames, size)
     caption = clip.caption if rng.random() < 0.5 else ""
+    strokes = strokes_from_paths(clip.paths, 0.1)
     controls, flags = control_tensors(frames, size, known={0: clip.frames[0]}, has_text=bool(caption),
-                                      stroke_maps=stroke_heatmaps(strokes_from_paths(clip.paths, 0.1), frames, size))
+                                      stroke_maps=stroke_heatmaps(strokes, frames, size))
+    bg = world.BACKGROUNDS[clip.meta["background"]]
+    reference = drag_frames(clip.frames[0], strokes_from_paths(jittered_paths(clip.paths, rng), 0.1), frames, bg)
     return {"frames": clip.frames, "caption": caption, "controls": controls, "flags": flags, "fg": object_mask(clip),
-            "reference": cut_and_drag(clip)}
+            "reference": np.repeat(clip.frames[:1], frames, 0) if reference is None else reference}
 
 
 def export(out: Path, model, ema: EMAModel, tokenizer, st: dict) -> None:
@@ -341,7 +360,6 @@ def _conditions(clips: list, tokenizer, size: int, names: tuple[str, ...]) -> di
     from vdemo.models.controls import control_tensors
     from vdemo.models.tokenizer import encode_prompts
     from vdemo.models.v2.core import MAX_TOKENS, unconditional
-    from vdemo.strokes import stroke_heatmaps, strokes_from_paths
 
     frames = clips[0].frames.shape[0]
     conds = {}
@@ -408,22 +426,12 @@ def shape_by_noise(model, tokenizer, cases: int = 12, timesteps: tuple[int, ...]
     return out
 
 
-def cut_and_drag(clip) -> np.ndarray:
-    """Frame 0's object cut out (pixels > 24/255 from the background) and moved along the clip's first path, over the
-    plain background: (F, S, S, 3) uint8, a "cut-and-drag" animation (Go-with-the-Flow's coarse input). For the
-    diagnosis's one-object cases; the whole foreground moves with the first object."""
-    frame0 = clip.frames[0]
-    size = frame0.shape[0]
-    bg = np.array(world.BACKGROUNDS[clip.meta["background"]], np.uint8)
-    mask = np.abs(frame0.astype(np.int16) - bg.astype(np.int16)).max(-1) > 24
-    path = np.asarray(clip.paths[0], np.float64)  # (F, 2) normalised (x, y)
-    frames = np.empty_like(clip.frames)
-    for k in range(len(clip.frames)):
-        dx, dy = np.round((path[k] - path[0]) * size).astype(int)
-        frames[k] = bg
-        moved = np.roll(mask, (dy, dx), (0, 1))
-        frames[k][moved] = np.roll(frame0, (dy, dx), (0, 1))[moved]
-    return frames
+def true_drag(clip) -> np.ndarray:
+    """`drag_frames` of the clip's frame 0 along its true paths (frame 0 repeated when nothing can be dragged)."""
+    frames = len(clip.frames)
+    dragged = drag_frames(clip.frames[0], strokes_from_paths(clip.paths, 0.1), frames,
+                          world.BACKGROUNDS[clip.meta["background"]])
+    return np.repeat(clip.frames[:1], frames, 0) if dragged is None else dragged
 
 
 def centre_error(generated: list[np.ndarray], clips: list) -> float:
@@ -444,14 +452,14 @@ def centre_error(generated: list[np.ndarray], clips: list) -> float:
 @torch.no_grad()
 def kept_given_motion(model, tokenizer, cases: int = 12, cfg: BakeoffConfig | None = None) -> dict[str, dict]:
     """Sampled clips (defaults: 10 steps, guidance 2, full mode) given frame 0 only (the eval's task), frame 0 +
-    caption + the true motion strokes, and each of those with a motion-compensated reference (`cut_and_drag`'s frames,
+    caption + the true motion strokes, and each of those with a motion-compensated reference (`true_drag`'s frames,
     encoded, as the reference latents: no training, the shipped weights): the bake-off's `shape kept` and how far the
     last frame's object is from where the true path ends. Whether knowing where the object goes, or seeing it already
     there, is enough for the model to carry its shape."""
     cfg = cfg or BakeoffConfig(size=model.cfg.size)
     clips = eval_cases(cases, 8, model.cfg.size)
     conds = _conditions(clips, tokenizer, model.cfg.size, ("frame0", "frame0+motion"))
-    dragged = torch.from_numpy(np.stack([cut_and_drag(c) for c in clips])).permute(0, 1, 4, 2, 3)
+    dragged = torch.from_numpy(np.stack([true_drag(c) for c in clips])).permute(0, 1, 4, 2, 3)
     reference = model.encode(dragged.float() / 127.5 - 1.0)
     model.eval().set_attention_mode("full")
     out = {}

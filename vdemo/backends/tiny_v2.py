@@ -6,6 +6,12 @@ latents (the sample the shared pipeline's schedulers step is the latent clip), a
 x0 estimate with the same small decoder. Controls stay at pixel resolution (space-to-depth, lossless) and known frames
 also enter as their own latents. Everything else is the `tiny` backend's: the same world, tokenizer, modalities,
 checks, warnings and layout planner (its strokes are in normalised coordinates, so they fit any frame size).
+
+Motion-compensated reference: with a first frame and motion strokes (drawn, or planned from the prompt) and
+`request.drag_reference`, the object under each stroke's start is cut out of the first frame and dragged along the
+stroke (`vdemo.strokes.drag_frames`); those frames, encoded, replace the first frame's latents as the model's
+per-frame reference (conditioned half only). The model was trained with such references (jittered: `python -m
+vdemo.train --arch v2 --p-dragged`), so it takes the object's shape from the reference and its place from the strokes.
 """
 
 from __future__ import annotations
@@ -23,16 +29,19 @@ from vdemo.backends.tiny import TinyBackend, find_planner
 from vdemo.config import LIMITS, Limits
 from vdemo.cost import GpuCost
 from vdemo.errors import ModelNotFound
-from vdemo.media import to_uint8
+from vdemo.media import fit_image, to_uint8
 from vdemo.models.planner import Planner
 from vdemo.models.tokenizer import encode_prompts, load_tokenizer
 from vdemo.models.v2.core import MAX_TOKENS, unconditional
-from vdemo.models.v2.latent import LatentConfig, LatentVideoDiffusion
+from vdemo.models.v2.latent import LatentConfig, LatentVideoDiffusion, reference_latents
 from vdemo.pipeline import GenerationRequest
+from vdemo.strokes import drag_frames
 
 ASSETS = Path(__file__).resolve().parent.parent.parent / "assets" / "tiny_v2"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 # The latent grid halves twice below the autoencoder's f=4 and the 2×2 token patch: sides are multiples of 32.
+NOTHING_TO_DRAG_WARNING = ("no shape under the strokes' starts to cut out and drag: the model only gets the first "
+                           "frame as its reference (start each stroke on a shape)")
 V2_LIMITS = Limits(**{**LIMITS.__dict__, "min_side_px": 64, "max_side_px": 256, "side_multiple": 32})
 
 
@@ -92,15 +101,16 @@ class TinyV2Backend(TinyBackend):
         return cls(model, tokenizer, source=str(folder), planner=find_planner(tokenizer, folder, TINY_ASSETS))
 
     @classmethod
-    def random(cls, seed: int = 0, vocab: list[str] | None = None) -> TinyV2Backend:
-        """Random weights at a minute scale (tests): the whole latent path without training."""
+    def random(cls, seed: int = 0, vocab: list[str] | None = None, reference: bool = False) -> TinyV2Backend:
+        """Random weights at a minute scale (tests): the whole latent path without training; `reference`: with the
+        shipped model's reference latents (and so the cut-and-drag reference)."""
         from vdemo import world
         from vdemo.models.tokenizer import build_tokenizer
         from vdemo.models.v2 import build
 
         torch.manual_seed(seed)
         tokenizer = build_tokenizer(vocab or world.VOCAB, MAX_TOKENS)
-        model = build("A", tiny=True, vocab_size=max(128, len(tokenizer)))
+        model = build("A", tiny=True, vocab_size=max(128, len(tokenizer)), reference=reference)
         for p in model.unet.conv_out.parameters():  # zero-init output would make every sample identical
             torch.nn.init.normal_(p, std=0.05)
         return cls(model, tokenizer, source=f"random:{seed}")
@@ -113,14 +123,42 @@ class TinyV2Backend(TinyBackend):
         f = self.model.cfg.factor
         return (1, request.num_frames, self.model.cfg.latent_channels, request.height // f, request.width // f)
 
+    def dragged(self, request: GenerationRequest) -> np.ndarray | None:
+        """The cut-and-drag frames (F, H, W, 3) uint8 for this request's first frame and strokes, or None: switched
+        off, a model without reference latents, no first frame, no strokes, or nothing under the strokes to drag."""
+        if not (request.drag_reference and self.model.cfg.reference and request.image is not None and request.strokes):
+            return None
+        first = fit_image(request.image, request.height, request.width)
+        return drag_frames(first, request.strokes, request.num_frames)
+
+    def input_warnings(self, request: GenerationRequest) -> list[str]:
+        warnings = super().input_warnings(request)
+        moving = any(not s.is_anchor for s in request.strokes)
+        if (moving and request.drag_reference and self.model.cfg.reference and request.image is not None
+                and self.dragged(request) is None):
+            warnings.append(NOTHING_TO_DRAG_WARNING)
+        return warnings
+
     def prepare(self, request: GenerationRequest) -> dict:
         controls_t, flags_t = self.control_maps(request)  # (1, F, 9, H, W), (1, 5)
         ids = encode_prompts(self.tokenizer, [request.prompt.strip()], MAX_TOKENS)  # (1, L)
         off = unconditional(ids, controls_t, flags_t)  # what classifier-free guidance trained as "nothing"
         both = [torch.cat(pair) for pair in zip((ids, controls_t, flags_t), off)]  # conditional, unconditional
+        dragged = self.dragged(request)
         with torch.no_grad():
             known_z = self.model.known_latents(both[1])  # (2, F, C, H/f, W/f): once per run, not per step
-        return {"ids": both[0], "controls": both[1], "flags": both[2], "known_z": known_z}
+            reference = None
+            if dragged is not None:  # the conditioned half's reference; the unconditioned half keeps its own
+                pixels = torch.from_numpy(dragged).permute(0, 3, 1, 2)[None].float() / 127.5 - 1.0
+                reference = torch.cat([self.model.encode(pixels), reference_latents(known_z[1:], both[1][1:])])
+        return {"ids": both[0], "controls": both[1], "flags": both[2], "known_z": known_z, "reference": reference,
+                "dragged": dragged}
+
+    def conditioning_report(self, cond: dict) -> dict:
+        """Which reference the model got: the cut-and-drag frames, or the first frame's latents (the default)."""
+        if not self.model.cfg.reference:
+            return {}
+        return {"reference": "cut-and-drag along the strokes" if cond["reference"] is not None else "first frame"}
 
     @torch.no_grad()
     def predict(self, x_in: torch.Tensor, t: torch.Tensor, cond: dict, guidance: float, mode: str) -> torch.Tensor:
@@ -129,7 +167,8 @@ class TinyV2Backend(TinyBackend):
         n = 1 if guidance == 1.0 else 2  # conditional only, or conditional + unconditional in one batch
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             out = self.model.denoise(x_in.expand(n, -1, -1, -1, -1), t.expand(n), cond["ids"][:n],
-                                     cond["controls"][:n], cond["flags"][:n], known_z=cond["known_z"][:n]).float()
+                                     cond["controls"][:n], cond["flags"][:n], known_z=cond["known_z"][:n],
+                                     reference=None if cond["reference"] is None else cond["reference"][:n]).float()
         return out if n == 1 else out[1:] + guidance * (out[:1] - out[1:])
 
     @torch.no_grad()
