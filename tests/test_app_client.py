@@ -52,7 +52,7 @@ def test_api_lists_the_five_endpoints(client):
     names = set(info["named_endpoints"])
     assert {"/text_to_video", "/image_to_video", "/pose_to_video", "/depth_to_video", "/strokes_to_video"} <= names
     params = [p["parameter_name"] for p in info["named_endpoints"]["/strokes_to_video"]["parameters"]]
-    assert params[:4] == ["prompt", "strokes", "image", "scene"] and params[-1] == "random_seed"
+    assert params[:5] == ["prompt", "strokes", "image", "scene", "drag"] and params[-1] == "random_seed"
 
 
 @pytest.mark.parametrize("api_name, args", [
@@ -60,7 +60,7 @@ def test_api_lists_the_five_endpoints(client):
     ("/image_to_video", ["", "IMAGE"]),
     ("/pose_to_video", ["a red person walks right", "Preset", "walk", None, None]),
     ("/depth_to_video", ["", "Preset", "approach", "DPT-hybrid", None, None]),
-    ("/strokes_to_video", ["", '[{"points": [[0.3, 0.5], [0.7, 0.5]], "radius": 0.1}]', None, 7]),
+    ("/strokes_to_video", ["", '[{"points": [[0.3, 0.5], [0.7, 0.5]], "radius": 0.1}]', None, 7, True]),
 ])
 def test_round_trip(client, image_file, api_name, args):
     from gradio_client import handle_file
@@ -86,7 +86,7 @@ def test_bad_input_through_the_api_is_a_one_line_error(client):
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError) as err:
-        client.predict("", "[]", None, 7, *SETTINGS, api_name="/strokes_to_video")
+        client.predict("", "[]", None, 7, True, *SETTINGS, api_name="/strokes_to_video")
     assert "draw at least one stroke" in str(err.value) and "\n" not in str(err.value).strip()
     status = client.predict("a red circle", True, *SETTINGS, api_name="/text_to_video")[0]
     assert "done" in status  # the app keeps working

@@ -52,7 +52,7 @@ def text_case(prompt=PROMPT, plan="PLAN", **changes) -> tuple[str, list]:
 
 
 def strokes_case(strokes: str) -> tuple[str, list]:
-    return "/strokes_to_video", ["", strokes, None, 7, *settings()]
+    return "/strokes_to_video", ["", strokes, None, 7, True, *settings()]
 
 
 SAMPLER_CHOICES = ("['DDIM', 'DDPM', 'Euler', 'Euler a', 'Heun', 'LMS', 'PNDM', 'DEIS', 'UniPC', 'DPM++ 2M', "
@@ -94,7 +94,8 @@ CASES = [
     ("seed x", text_case(seed="x"), "seed must be a number, got 'x'"),
     ("plan_motion yes", text_case(plan="yes"), "plan_motion must be true or false, got 'yes'"),
     ("random_seed 1", text_case(random_seed=1), "random_seed must be true or false, got 1"),
-    ("scene 2.5", ("/strokes_to_video", ["", '[{"points": [[0.3, 0.5]], "radius": 0.1}]', None, 2.5, *settings()]),
+    ("scene 2.5", ("/strokes_to_video", ["", '[{"points": [[0.3, 0.5]], "radius": 0.1}]', None, 2.5, True,
+                                        *settings()]),
      "scene must be a whole number, got 2.5"),
 ]
 
@@ -157,7 +158,7 @@ def test_too_few_arguments_take_the_page_defaults(client):
 
 def test_a_single_point_stroke_is_an_anchor_and_works(client):
     strokes = '[{"points": [[0.4, 0.5]], "radius": 0.1}]'
-    status, *_, manifest, _seed = client.predict("", strokes, None, 7, *settings(), api_name="/strokes_to_video")
+    status, *_, manifest, _seed = client.predict("", strokes, None, 7, True, *settings(), api_name="/strokes_to_video")
     assert status.startswith("**done**")
     assert manifest["request"]["strokes"][0]["points"] == [[0.4, 0.5]]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -211,3 +212,27 @@ def test_layout_reads_the_drift_of_the_mean_layout_per_direction_word():
     assert {c[:3] for c in knows.calls} == {(999.0, 1.0, "full")} and len(knows.calls) == 8 * 2
     centred = eval_layout(type("Pipe", (), {"backend": _LayoutBackend(knows_words=False)})(), settings, "full")
     assert centred == {"layout_direction_acc": 0.0, "layout_drift": 0.0}
+
+
+def test_strokes_and_image_rows_say_whether_the_cut_and_drag_reference_ran(tmp_path):
+    from vdemo.backends.tiny import TinyBackend
+    from vdemo.backends.tiny_v2 import TinyV2Backend
+    from vdemo.eval import eval_image, eval_strokes, row_group
+    from vdemo.pipeline import VideoPipeline
+
+    v2 = VideoPipeline(TinyV2Backend.random(reference=True))
+    s = EvalSettings(cases=2, num_frames=4, num_steps=1)
+    on, off = eval_strokes(v2, s, "full"), eval_strokes(v2, replace(s, drag_reference=False), "full")
+    assert on["dragged_share"] == 1.0 and off["dragged_share"] == 0.0 and off["drag"] is False
+    assert 0.0 <= on["stroke_identity_kept"] <= 1.0
+    assert eval_strokes(VideoPipeline(TinyBackend.random()), s, "full")["dragged_share"] == 0.0  # v1 takes none
+    image = eval_image(v2, replace(s, cases=1), "full")  # no planner in a random backend: nothing to drag along
+    assert image["dragged_share"] == 0.0 and 0.0 <= image["with_text_identity_kept"] <= 1.0
+    rows = [{"metric": "strokes", "mode": "full", **on}, {"metric": "strokes", "mode": "full", **off}]
+    assert [row_group(r) for r in rows] == ["strokes", "strokes_no_drag"]
+    table = readme_table(rows).splitlines()
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| full", "| full, no cut-and-drag"]
+    append_learning_curve(tmp_path / "curve.csv", rows, tmp_path)
+    header = (tmp_path / "curve.csv").read_text().splitlines()[0].split(",")
+    assert {"strokes.dragged_share", "strokes_no_drag.stroke_error_diag"} <= set(header)
+    assert "strokes.drag" not in header

@@ -295,7 +295,7 @@ def test_markup_in_user_text_shows_as_text_in_the_error():
     """Gradio renders a toast's message as HTML: what the user typed must come back escaped, never as markup."""
     strokes = '[{"points": [["<img src=x onerror=alert(1)>", 0.5]]}]'
     with pytest.raises(gr.Error) as raised:
-        list(h.strokes_to_video("", strokes, None, 7, "tiny", "full", "DDIM", 2, 3.0, 4, 8, 0, False))
+        list(h.strokes_to_video("", strokes, None, 7, True, "tiny", "full", "DDIM", 2, 3.0, 4, 8, 0, False))
     assert "&lt;img src=x onerror=alert(1)&gt;" in raised.value.message and "<img" not in raised.value.message
 
 

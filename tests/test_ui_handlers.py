@@ -116,10 +116,10 @@ def test_bad_videos_are_refused(app_ready, bad_files, name, words):
 def test_strokes_without_strokes_is_refused(app_ready):
     for text in ("", "[]"):
         with pytest.raises(gr.Error) as err:
-            run_all(h.strokes_to_video("", text, None, 7, **FAST))
+            run_all(h.strokes_to_video("", text, None, 7, True, **FAST))
         assert_one_line_error(err, "draw at least one stroke")
     with pytest.raises(gr.Error) as err:
-        run_all(h.strokes_to_video("", "[{oops", None, 7, **FAST))
+        run_all(h.strokes_to_video("", "[{oops", None, 7, True, **FAST))
     assert_one_line_error(err, "not valid JSON")
     assert_app_still_works()
 
@@ -333,7 +333,7 @@ def test_strokes_pad_add_undo_clear_edit(app_ready):
 
 def test_strokes_run_uses_first_frame_and_strokes(app_ready):
     text = '[{"points": [[0.3, 0.5], [0.7, 0.5]], "radius": 0.1}]'
-    outputs = run_all(h.strokes_to_video("", text, None, 7, **{**FAST, "steps": 2}))
+    outputs = run_all(h.strokes_to_video("", text, None, 7, True, **{**FAST, "steps": 2}))
     manifest = outputs[-1][4]
     assert manifest["request"]["modalities"] == ["image", "strokes"]
     assert manifest["request"]["strokes"][0]["points"] == [[0.3, 0.5], [0.7, 0.5]]

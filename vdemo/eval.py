@@ -9,9 +9,12 @@ Cases come from world seeds the training stream never draws (`HELDOUT_SEED0 + i`
   - text: colour / shape / direction accuracy of a single moving object generated from its caption alone, through
     the layout planner as the app does (`--no-plan`: the video model alone; rows then say "planner": false);
   - image: PSNR of generated frame 0 against the given first frame; share of frames keeping colour and shape; with
-    the caption added, direction accuracy (the planner starts the path at the object it finds in the frame);
+    the caption added, direction accuracy (the planner starts the path at the object it finds in the frame) and the
+    share of frames keeping colour and shape then;
   - strokes: mean distance between the object's centre and the stroke's resampled point per frame, as a fraction of
     the frame diagonal, given first frame + stroke; the same without the stroke is the "ignores the stroke" baseline;
+    and the share of frames keeping colour and shape along the stroke. Image and strokes rows say "drag" (`--no-drag`:
+    without the cut-and-drag reference) and "dragged_share": how many runs' models really got it (tiny-v2 only);
   - pose: IoU between the generated figure and the ground-truth figure drawn from the same skeleton;
   - depth: share of frames where the nearer object is larger than the farther one and wins where they overlap;
   - temporal: frame-to-frame change of the object's mean colour (/255) and area (relative) in text runs;
@@ -63,6 +66,7 @@ class EvalSettings:
     guidance: float = DEFAULTS.guidance
     sampler: str = DEFAULTS.sampler
     plan_motion: bool = True
+    drag_reference: bool = True  # a first frame + strokes: the cut-and-drag reference, on backends that take one
 
 
 def held_out_specs(kind: str, n: int, accept) -> list[dict]:
@@ -76,12 +80,22 @@ def held_out_specs(kind: str, n: int, accept) -> list[dict]:
     return out
 
 
-def generate(pipe: VideoPipeline, s: EvalSettings, mode: str, seed: int, **inputs) -> np.ndarray:
+def generate(pipe: VideoPipeline, s: EvalSettings, mode: str, seed: int, dragged: list | None = None,
+             **inputs) -> np.ndarray:
+    """The run's frames; `dragged` (a list) gets whether the run's model got the cut-and-drag reference."""
     request = GenerationRequest(num_frames=s.num_frames, height=s.size, width=s.size, num_steps=s.num_steps,
                                 guidance=s.guidance, sampler=s.sampler, attention_mode=mode, seed=seed,
-                                plan_motion=s.plan_motion, **inputs)
+                                plan_motion=s.plan_motion, drag_reference=s.drag_reference, **inputs)
     done = [e for e in pipe.generate(request) if isinstance(e, Done)][0]
+    if dragged is not None:
+        dragged.append(done.manifest.get("reference") == "cut-and-drag along the strokes")
     return done.frames
+
+
+def kept_share(frames: np.ndarray, bg, truth: dict) -> float:
+    """The share of frames whose main object has the true colour and shape."""
+    dets = [main_object(f, bg) for f in frames]
+    return float(np.mean([d is not None and d.colour == truth["colour"] and d.shape == truth["shape"] for d in dets]))
 
 
 def main_object(frame: np.ndarray, background: tuple[int, int, int], colour: str | None = None) -> Detection | None:
@@ -147,35 +161,39 @@ def size_drift(dets: list[Detection | None]) -> float:
 
 def eval_image(pipe, s: EvalSettings, mode: str) -> dict:
     specs = held_out_specs("objects", s.cases, lambda sp: len(sp["objects"]) == 1)
-    psnrs, kept, direction = [], [], 0
+    psnrs, kept, kept_moving, direction, dragged = [], [], [], 0, []
     for i, spec in enumerate(specs):
         clip = world.make_clip(spec, s.num_frames, s.size)
         truth = clip.objects[0]
         bg = world.BACKGROUNDS[clip.meta["background"]]
         frames = generate(pipe, s, mode, seed=i, image=clip.frames[0])
         psnrs.append(psnr(frames[0], clip.frames[0]))
-        dets = [main_object(f, bg) for f in frames]
-        kept.append(np.mean([d is not None and d.colour == truth["colour"] and d.shape == truth["shape"]
-                             for d in dets]))
-        moved = generate(pipe, s, mode, seed=i, image=clip.frames[0], prompt=clip.caption)  # + "moves <dir>"
+        kept.append(kept_share(frames, bg, truth))
+        moved = generate(pipe, s, mode, seed=i, dragged=dragged, image=clip.frames[0],
+                         prompt=clip.caption)  # + "moves <dir>": the planner's path (and the cut-and-drag along it)
         direction += read_direction([main_object(f, bg, truth["colour"]) for f in moved]) == truth["motion"]
-    return {"planner": s.plan_motion, "first_frame_psnr_db": float(np.mean(psnrs)),
-            "identity_kept": float(np.mean(kept)), "with_text_direction_acc": direction / len(specs)}
+        kept_moving.append(kept_share(moved, bg, truth))
+    return {"planner": s.plan_motion, "drag": s.drag_reference, "first_frame_psnr_db": float(np.mean(psnrs)),
+            "identity_kept": float(np.mean(kept)), "with_text_direction_acc": direction / len(specs),
+            "with_text_identity_kept": float(np.mean(kept_moving)), "dragged_share": float(np.mean(dragged))}
 
 
 def eval_strokes(pipe, s: EvalSettings, mode: str) -> dict:
     specs = held_out_specs("path", s.cases, lambda sp: True)
-    with_stroke, without = [], []
+    with_stroke, without, kept, dragged = [], [], [], []
     for i, spec in enumerate(specs):
         clip = world.make_clip(spec, s.num_frames, s.size)
         truth = clip.objects[0]
         bg = world.BACKGROUNDS[clip.meta["background"]]
         strokes = strokes_from_paths(clip.paths[:1], 0.1)
         target = resample_stroke(np.array(strokes[0].points), s.num_frames)  # (F, 2)
-        for store, extra in ((with_stroke, {"strokes": tuple(strokes)}), (without, {})):
-            frames = generate(pipe, s, mode, seed=i, image=clip.frames[0], **extra)
-            store.append(track_error(frames, bg, truth["colour"], target))
-    return {"stroke_error_diag": float(np.mean(with_stroke)), "no_stroke_error_diag": float(np.mean(without))}
+        frames = generate(pipe, s, mode, seed=i, dragged=dragged, image=clip.frames[0], strokes=tuple(strokes))
+        with_stroke.append(track_error(frames, bg, truth["colour"], target))
+        kept.append(kept_share(frames, bg, truth))
+        without.append(track_error(generate(pipe, s, mode, seed=i, image=clip.frames[0]), bg, truth["colour"], target))
+    return {"drag": s.drag_reference, "stroke_error_diag": float(np.mean(with_stroke)),
+            "no_stroke_error_diag": float(np.mean(without)), "stroke_identity_kept": float(np.mean(kept)),
+            "dragged_share": float(np.mean(dragged))}
 
 
 def track_error(frames: np.ndarray, bg, colour: str, target: np.ndarray) -> float:
@@ -392,7 +410,7 @@ def append_learning_curve(path: Path, rows: list[dict], model_dir: Path) -> None
     state_path = model_dir / "train_state.pt"
     state = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.exists() else {}
     values = {f"{row_group(r)}.{k}": round(v, 4) for r in rows if r["mode"] == "full" for k, v in r.items()
-              if k not in ("metric", "mode", "seconds", "planner")}
+              if k not in NOT_VALUES}
     old_rows, old_metrics = [], []
     if path.exists():
         with path.open(newline="") as f:
@@ -463,6 +481,8 @@ README_COLUMNS = (  # (header, metric, key, format)
     ("first-frame PSNR", "image", "first_frame_psnr_db", "{:.1f} dB"),
     ("identity kept", "image", "identity_kept", "{:.2f}"),
     ("image + text: direction", "image", "with_text_direction_acc", "{:.2f}"),
+    ("image + text: identity kept", "image", "with_text_identity_kept", "{:.2f}"),
+    ("strokes: identity kept", "strokes", "stroke_identity_kept", "{:.2f}"),
     ("colour change / frame", "text", "colour_change", "{:.3f}"), ("size change / frame", "text", "size_change",
                                                                     "{:.2f}"),
     ("x0 error at t=950", "coupling", "x0_mse_t950", "{:.4f}"),
@@ -471,9 +491,14 @@ README_COLUMNS = (  # (header, metric, key, format)
 )
 
 
+NOT_VALUES = ("metric", "mode", "seconds", "planner", "drag")  # a row's labels, not its measurements
+
+
 def row_group(row: dict) -> str:
-    """A row's metric, told apart when the text metric ran without the layout planner ("text_no_plan")."""
-    return f"{row['metric']}_no_plan" if row.get("planner") is False else row["metric"]
+    """A row's metric, told apart when it ran without the layout planner ("text_no_plan") or without the cut-and-drag
+    reference ("strokes_no_drag")."""
+    return (row["metric"] + ("_no_plan" if row.get("planner") is False else "")
+            + ("_no_drag" if row.get("drag") is False else ""))
 
 
 def readme_table(rows: list[dict]) -> str:
@@ -486,7 +511,7 @@ def readme_table(rows: list[dict]) -> str:
     lines = ["| mode | " + " | ".join(h for h, *_ in README_COLUMNS) + " |",
              "|---|" + "---|" * len(README_COLUMNS)]
     for mode in modes:
-        for suffix, label in (("", ""), ("_no_plan", ", model alone")):
+        for suffix, label in (("", ""), ("_no_plan", ", model alone"), ("_no_drag", ", no cut-and-drag")):
             if suffix and not any((f"{metric}{suffix}", mode) in by for _, metric, *_ in README_COLUMNS):
                 continue
             cells = [fmt.format(by[(metric + suffix, mode)][key]) if key in by.get((metric + suffix, mode), {}) else "–"
@@ -498,7 +523,7 @@ def readme_table(rows: list[dict]) -> str:
 def format_table(rows: list[dict]) -> str:
     lines = ["| metric | mode | results |", "|---|---|---|"]
     for r in rows:
-        values = ", ".join(f"{k} {v:.3f}" for k, v in r.items() if k not in ("metric", "mode", "seconds", "planner"))
+        values = ", ".join(f"{k} {v:.3f}" for k, v in r.items() if k not in NOT_VALUES)
         lines.append(f"| {row_group(r)} | {r['mode']} | {values} |")
     return "\n".join(lines)
 
@@ -517,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--no-plan", dest="plan_motion", action="store_false",
                         help="text metric: the video model alone, without the layout planner")
+    parser.add_argument("--no-drag", dest="drag_reference", action="store_false",
+                        help="image and strokes metrics: without the cut-and-drag reference (tiny-v2)")
     parser.add_argument("--out", default=None, help="also write the rows as JSON here (e.g. assets/tiny/eval.json)")
     parser.add_argument("--grid", default=None, help="only render a sample grid PNG (truth / sample row pairs)")
     parser.add_argument("--curve", default=None, help="append the full-mode metrics and the checkpoint's step to a CSV")
@@ -554,7 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     pipe = VideoPipeline(backend)
     settings = EvalSettings(cases=args.cases, num_steps=args.steps or backend.default_steps,
                             size=backend.default_size[0], guidance=backend.default_guidance,
-                            sampler=backend.default_sampler, plan_motion=args.plan_motion)
+                            sampler=backend.default_sampler, plan_motion=args.plan_motion,
+                            drag_reference=args.drag_reference)
     if args.grid:
         from PIL import Image
 

@@ -9,7 +9,7 @@ Generation endpoints (stable `api_name`s; each also takes the shared settings, s
     image_to_video(prompt, image, *settings)
     pose_to_video(prompt, pose_source, pose_preset, pose_video, skeleton_images, *settings)
     depth_to_video(prompt, depth_source, depth_preset, depth_model, depth_video, depth_maps, *settings)
-    strokes_to_video(prompt, strokes, image, scene, *settings)
+    strokes_to_video(prompt, strokes, image, scene, drag, *settings)
 
 Each yields (status markdown, preview grid, mp4, [mp4, gif, frames.zip, manifest.json], manifest dict, seed).
 """

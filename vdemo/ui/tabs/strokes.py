@@ -50,6 +50,8 @@ def build() -> TabUI:
                                     height=64, elem_id="vd-strokes-image")
             prompt_strokes = gr.Textbox(label="Prompt (optional)", lines=1,
                                         elem_id="vd-prompt-strokes")
+            drag = gr.Checkbox(True, label="Cut and drag (tiny-v2): move each stroke's shape along it as the "
+                               "model's reference", elem_id="vd-drag")
             button = generate_button("strokes")
     strokes_json = gr.Textbox("[]", label="Strokes (JSON; x, y in [0, 1], drawing order)",
                               lines=1, max_lines=4, elem_id="vd-strokes-json",
@@ -59,7 +61,7 @@ def build() -> TabUI:
          ['[{"points": [[0.3, 0.5], [0.3, 0.5]], "radius": 0.1}]', 7],
          ['[{"points": [[0.35, 0.45], [0.75, 0.75]], "radius": 0.12}]', 3]],
         inputs=[strokes_json, scene], cache_examples=False, label="Examples")
-    return TabUI(NAME, [prompt_strokes, strokes_json, strokes_image, scene], button,
+    return TabUI(NAME, [prompt_strokes, strokes_json, strokes_image, scene, drag], button,
                  {"state": strokes_state, "base": pad_base, "pad": pad, "radius": radius, "undo": undo, "clear": clear,
                   "scene": scene, "new_scene": new_scene_button, "image": strokes_image, "json": strokes_json,
                   "examples": strokes_examples})
@@ -84,17 +86,18 @@ def wire(ui: TabUI, settings: dict, tabs: dict) -> None:
 
 
 @guarded
-def strokes_to_video(prompt: str, strokes: str, image, scene: int, backend: str, attention_mode: str, sampler: str,
-                     steps: int, guidance: float, frames: int, fps: int, seed: int, random_seed: bool,
+def strokes_to_video(prompt: str, strokes: str, image, scene: int, drag: bool, backend: str, attention_mode: str,
+                     sampler: str, steps: int, guidance: float, frames: int, fps: int, seed: int, random_seed: bool,
                      request: gr.Request = None):
     """Motion strokes → video. strokes: JSON [{"points": [[x, y], ...], "radius": r}, ...] with x, y in [0, 1]
     (origin top-left, drawing order; one point = an anchor); image: the first frame (optional file; without one, the
-    generated scene number `scene` is used); prompt: optional text."""
+    generated scene number `scene` is used); prompt: optional text; drag: give a model that takes one (tiny-v2) the
+    shapes under the strokes cut out and dragged along them as its reference."""
     settings = Settings.from_inputs(backend, attention_mode, sampler, steps, guidance, frames, fps, seed, random_seed)
-    yield from generate(NAME, request_builder(prompt, strokes, image, scene), settings, request)
+    yield from generate(NAME, request_builder(prompt, strokes, image, scene, drag), settings, request)
 
 
-def request_builder(prompt: str, strokes: str, image, scene: int) -> Builder:
+def request_builder(prompt: str, strokes: str, image, scene: int, drag: bool = True) -> Builder:
     """The tab's inputs -> a Builder of the request's fields (controls are read or extracted when it is built)."""
 
     def build(num_frames: int, height: int, width: int) -> Built:
@@ -103,7 +106,7 @@ def request_builder(prompt: str, strokes: str, image, scene: int) -> Builder:
             raise InputError("draw at least one stroke on the image first (drag = path, click = anchor)")
         first = sources.strokes_image(image, scene, height, width)
         info = {"first_frame": "upload" if sources._path(image) else f"scene {int(scene)}"}
-        return {"prompt": prompt or "", "image": first, "strokes": tuple(parsed)}, info
+        return {"prompt": prompt or "", "image": first, "strokes": tuple(parsed), "drag_reference": bool(drag)}, info
 
     return build
 
