@@ -62,11 +62,11 @@ RECORDER_JS = """
 """
 
 VIDEO_READY_JS = """
-() => {
+(before) => {
   const v = document.querySelector('#vd-video video');
-  return !!v && !!v.src && v.readyState >= 2 && v.duration > 0 && v.videoWidth > 0;
+  return !!v && !!v.src && v.src !== before && v.readyState >= 2 && v.duration > 0 && v.videoWidth > 0;
 }
-"""
+"""  # a new video (not the last run's), loaded and playable
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +110,10 @@ def open_tab(page, label: str) -> None:
 def generate_and_watch(page, tab: str) -> dict:
     """Click the tab's Generate; wait for a playable mp4; return the in-page log (previews, statuses)."""
     button = f"#vd-generate-{tab}"
+    before = page.evaluate("() => { const v = document.querySelector('#vd-video video'); return v ? v.src : ''; }")
     page.evaluate(RECORDER_JS, button)
     page.click(button)
-    page.wait_for_function(VIDEO_READY_JS, timeout=RUN_TIMEOUT_MS)
+    page.wait_for_function(VIDEO_READY_JS, arg=before, timeout=RUN_TIMEOUT_MS)
     page.wait_for_function("() => document.querySelector('#vd-status').innerText.includes('done')")
     return page.evaluate("() => window.__vd")
 
@@ -282,6 +283,42 @@ def test_strokes_tab_draw_with_the_mouse(page, tmp_path):
     assert error < 0.1, "the object must follow the stroke drawn with the mouse"
 
 
+def test_strokes_tab_on_the_v2_model_cuts_and_drags_the_shape_and_the_checkbox_turns_it_off(page, tmp_path):
+    """tiny-v2 in the Motion strokes tab: a stroke that starts on the scene's shape gives the model the cut-and-drag
+    reference (the manifest says so) and the object follows the stroke; unticking "Cut and drag" runs without it."""
+    from vdemo.strokes import resample_stroke
+    from vdemo.ui.layout import DEFAULT_SCENE
+    from vdemo.ui.sources import scene_frame
+
+    page.locator("#vd-backend input").click()
+    page.get_by_role("option", name="tiny-v2").click()
+    page.wait_for_function("() => document.querySelector('#vd-steps input[type=number]').value === '10'")
+    open_tab(page, "Motion strokes")
+    page.locator("#vd-pad canvas").wait_for()
+    _, scene = scene_frame(DEFAULT_SCENE, 128)
+    (x0, y0) = scene["centre"]
+    end = (min(x0 + 0.3, 0.9), y0)
+    page.fill("#vd-strokes-json textarea", json.dumps([{"points": [[x0, y0], list(end)], "radius": 0.1}]))
+    small_settings(page, steps=6, frames=8)
+    reference = {}
+    for drag in (True, False):
+        if not drag:
+            page.uncheck("#vd-drag input")
+        log = generate_and_watch(page, "strokes")
+        check_run(log, page, frames=8, fps=8, label=f"strokes, tiny-v2, drag {drag}")
+        manifest = json.loads(fetch(download_urls(page)[".json"]))
+        assert manifest["backend"] == "tiny-v2" and manifest["request"]["drag_reference"] is drag
+        reference[drag] = manifest["reference"]
+        if drag:
+            screenshot(page, "strokes_tiny_v2", tmp_path)
+            frames = frames_from_zip(fetch(download_urls(page)[".zip"]))
+            target = resample_stroke(np.array([[x0, y0], end]), len(frames))
+            error = stroke_following_error(frames, scene, target)
+            print(f"\n[strokes, tiny-v2] object-to-stroke distance: {error:.3f} of the frame diagonal")
+            assert error < 0.1, "the dragged object must follow the stroke"
+    assert reference == {True: "cut-and-drag along the strokes", False: "first frame"}
+
+
 def test_strokes_examples_undo_clear(page):
     open_tab(page, "Motion strokes")
     page.locator("#vd-pad canvas").wait_for()
@@ -344,7 +381,7 @@ def test_mode_switch_mid_run_is_in_the_manifest(page):
     page.wait_for_function("() => /causal · DDIM ×[2-9]/.test(document.querySelector('#vd-status').innerText)",
                            timeout=RUN_TIMEOUT_MS)
     page.click("#vd-stop")  # two causal steps are enough; the stopped run's manifest is just as complete
-    page.wait_for_function(VIDEO_READY_JS, timeout=RUN_TIMEOUT_MS)
+    page.wait_for_function(VIDEO_READY_JS, arg="", timeout=RUN_TIMEOUT_MS)
     manifest = json.loads(fetch(download_urls(page)[".json"]))
     modes = [s["mode"] for s in manifest["steps"]]
     assert manifest["attention_modes_used"] == ["causal", "full"]
@@ -360,7 +397,7 @@ def test_stop_keeps_the_last_preview(page):
     seen_at_stop = page.evaluate("() => window.__vd.previews.length")
     page.click("#vd-stop")
     page.wait_for_function("() => document.querySelector('#vd-status').innerText.includes('stopped')")
-    page.wait_for_function(VIDEO_READY_JS, timeout=RUN_TIMEOUT_MS)
+    page.wait_for_function(VIDEO_READY_JS, arg="", timeout=RUN_TIMEOUT_MS)
     from vdemo.ui.handlers import preview_image
 
     shown = np.asarray(Image.open(io.BytesIO(fetch(page.eval_on_selector("#vd-preview img", "img => img.src")))))
