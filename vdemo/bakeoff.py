@@ -75,18 +75,18 @@ class BakeoffConfig:
 
 
 # ------------------------------------------------------------------------------------------------ eval cases
+def one_object_spec(rng: np.random.Generator, kind: str = "objects", shape: str | None = None) -> dict:
+    """The first spec of `kind` drawn from `rng` with exactly one object (of `shape`, when given)."""
+    while True:
+        spec = world.sample_spec(rng, kind)
+        if len(spec["objects"]) == 1 and shape in (None, spec["objects"][0]["shape"]):
+            return spec
+
+
 def eval_cases(n: int, frames: int = 8, size: int = 128) -> list[world.Clip]:
     """n fixed held-out single-object clips, shapes in turn circle, square, triangle."""
-    cases = []
-    for i in range(n):
-        rng = np.random.default_rng(EVAL_SEED + 7919 * i)
-        want = world.SHAPES[i % len(world.SHAPES)]
-        while True:
-            spec = world.sample_spec(rng, "objects")
-            if len(spec["objects"]) == 1 and spec["objects"][0]["shape"] == want:
-                break
-        cases.append(world.make_clip(spec, frames, size))
-    return cases
+    return [world.make_clip(one_object_spec(np.random.default_rng(EVAL_SEED + 7919 * i), "objects",
+                                            world.SHAPES[i % len(world.SHAPES)]), frames, size) for i in range(n)]
 
 
 # ------------------------------------------------------------------------------------------------ metrics

@@ -42,6 +42,7 @@ from vdemo.bakeoff import (
     detected_shape,
     eval_cases,
     evaluate,
+    one_object_spec,
     sample_grid,
     save_png,
     shape_from_text,
@@ -155,11 +156,7 @@ def dragged_example(rng: np.random.Generator, frames: int, size: int) -> dict:
     a few pixels, so the model must take the shape from the reference and the place from the strokes)."""
     from vdemo.models.controls import control_tensors
 
-    while True:
-        spec = world.sample_spec(rng, "objects" if rng.random() < 0.5 else "path")
-        if len(spec["objects"]) == 1:
-            break
-    clip = world.make_clip(spec, frames, size)
+    clip = world.make_clip(one_object_spec(rng, "objects" if rng.random() < 0.5 else "path"), frames, size)
     caption = clip.caption if rng.random() < 0.5 else ""
     strokes = strokes_from_paths(clip.paths, 0.1)
     controls, flags = control_tensors(frames, size, known={0: clip.frames[0]}, has_text=bool(caption),
