@@ -234,3 +234,13 @@ def test_drag_off_the_edge_drops_what_leaves_the_frame_without_wrapping():
     last = drag_frames(image, [stroke], 2)[-1]
     red = (last == (220, 30, 30)).all(-1)
     assert red[:, 62:].all(axis=1).sum() == 8 and not red[:, :60].any()  # the 2 px left in the frame, nothing wrapped
+
+
+def test_drag_takes_the_objects_soft_rim_along_and_leaves_no_outline():
+    image = _scene()
+    image[15:25, 15:25] = (25, 35, 45)  # a 1-px anti-aliased rim, under the threshold (15 from the background)
+    image[16:24, 16:24] = (220, 30, 30)
+    last = drag_frames(image, [Stroke(((20 / 64, 20 / 64), (20 / 64, 50 / 64)), 0.05)], 2)[-1]  # 30 px down
+    assert (last[15:25, 15:25] == (10, 20, 30)).all()  # nothing left where it was
+    assert (last[45:55, 15:25] == image[15:25, 15:25]).all()  # the rim came along
+    assert (last[40:46, 40:46] == (30, 220, 30)).all()  # the neighbour untouched

@@ -171,9 +171,11 @@ def _randomised() -> TinyV2Backend:
     return b
 
 
-def test_causal_modes_never_let_a_frame_see_later_ones_and_full_does():
-    b = _randomised()
-    req = _request(num_frames=4)
+@pytest.mark.parametrize("dragged", [False, True], ids=["plain", "cut-and-drag reference"])
+def test_causal_modes_never_let_a_frame_see_later_ones_and_full_does(dragged):
+    b = _randomised() if not dragged else TinyV2Backend.random(seed=3, reference=True)
+    b.bf16 = False
+    req = _request(num_frames=4, **({"image": _square_scene(), "strokes": RIGHT} if dragged else {}))
     cond = b.prepare(req)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(b.latent_shape(req), generator=g)
@@ -572,3 +574,20 @@ def test_a_planned_path_from_the_prompt_drags_the_first_frames_object_too(backen
     image[24:40, 24:40] = (220, 40, 40)  # a red square in the middle
     done = list(VideoPipeline(backend).generate(_request(prompt="a red square moves left", image=image)))[-1]
     assert done.manifest["motion_plan"] and done.manifest["reference"] == "cut-and-drag along the strokes"
+
+
+def test_the_cli_drags_by_default_and_no_drag_turns_it_off(trained, tmp_path):
+    from PIL import Image
+
+    from vdemo.__main__ import main as cli
+
+    Image.fromarray(_square_scene()).save(tmp_path / "first.png")
+    (tmp_path / "strokes.json").write_text(json.dumps([{"points": [list(p) for p in RIGHT[0].points],
+                                                        "radius": RIGHT[0].radius}]))
+    base = ["generate", "--backend", "tiny-v2", "--model-dir", str(trained[0]), "--image", str(tmp_path / "first.png"),
+            "--strokes", str(tmp_path / "strokes.json"), "--frames", "4", "--steps", "1", "--size", "64"]
+    for flags, reference in (([], "cut-and-drag along the strokes"), (["--no-drag"], "first frame")):
+        out = tmp_path / (flags[0][2:] if flags else "drag")
+        assert cli(base + flags + ["--out", str(out / "v.mp4")]) == 0
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["reference"] == reference and manifest["request"]["drag_reference"] is (not flags)

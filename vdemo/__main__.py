@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--strokes", help='JSON file: [{"points": [[x, y], ...], "radius": r}, ...], x, y in [0, 1]')
     g.add_argument("--no-plan", dest="plan_motion", action="store_false",
                    help="text only: skip the layout planner (the model alone places and moves the objects)")
+    g.add_argument("--no-drag", dest="drag_reference", action="store_false",
+                   help="first frame + strokes on tiny-v2: no cut-and-drag reference (the model gets the first frame)")
     g.add_argument("--mode", default=DEFAULTS.attention_mode, help=f"attention mode: {', '.join(ATTENTION_MODES)}")
     g.add_argument("--sampler", default=DEFAULTS.sampler)
     g.add_argument("--steps", type=int, default=DEFAULTS.num_steps)
@@ -74,6 +76,7 @@ def request_from_args(args: argparse.Namespace):
         strokes=strokes,
         num_frames=args.frames, height=args.size, width=args.size, num_steps=args.steps, guidance=args.guidance,
         seed=args.seed, fps=args.fps, attention_mode=args.mode, sampler=args.sampler, plan_motion=args.plan_motion,
+        drag_reference=args.drag_reference,
     )
 
 

@@ -511,7 +511,8 @@ def readme_table(rows: list[dict]) -> str:
     lines = ["| mode | " + " | ".join(h for h, *_ in README_COLUMNS) + " |",
              "|---|" + "---|" * len(README_COLUMNS)]
     for mode in modes:
-        for suffix, label in (("", ""), ("_no_plan", ", model alone"), ("_no_drag", ", no cut-and-drag")):
+        for suffix, label in (("", ""), ("_no_plan", ", model alone"), ("_no_drag", ", no cut-and-drag"),
+                              ("_no_plan_no_drag", ", model alone, no cut-and-drag")):
             if suffix and not any((f"{metric}{suffix}", mode) in by for _, metric, *_ in README_COLUMNS):
                 continue
             cells = [fmt.format(by[(metric + suffix, mode)][key]) if key in by.get((metric + suffix, mode), {}) else "–"

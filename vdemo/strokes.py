@@ -246,6 +246,8 @@ def drag_frames(image: np.ndarray, strokes: Sequence[Stroke], num_frames: int, b
         mask = labels == label
         if mask.mean() > max_area:
             continue
+        mask = ndimage.binary_dilation(mask, np.ones((3, 3), bool)) & ((labels == 0) | (labels == label))  # + its
+        # anti-aliased rim (under the threshold), so no faint outline stays behind; never a neighbour's pixels
         taken.add(label)
         pieces.append((mask, np.round(pos - pos[0]).astype(int)))  # (F, 2) px offsets (x, y)
     if not pieces:
