@@ -30,8 +30,9 @@ from vdemo.pipeline import Backend, VideoPipeline
 BUILTIN = ("tiny", "tiny-v2")  # the project's own CPU models (vdemo.backends.tiny, vdemo.backends.tiny_v2)
 BUILTIN_NOTES = {
     "tiny": "built-in v1: pixel-space video U-Net, 64 px",
-    "tiny-v2": "built-in v2: latent video diffusion (Video LDM), 128 px, about 3× faster than v1; still training: it "
-               "often turns the shape you ask for or give as frame 0 into a blob (README, issue 13)",
+    "tiny-v2": "built-in v2: latent video diffusion (Video LDM), 128 px, about 3× faster than v1. Give it a first "
+               "frame and a motion (strokes that start on a shape, or a prompt that says where it moves) and it keeps "
+               "the shape (cut and drag); from text alone it still often draws a blob (README, issue 13)",
 }
 SPACE_BACKENDS_ENV = "VDEMO_SPACE_BACKENDS"
 
