@@ -298,8 +298,14 @@ def test_strokes_tab_on_the_v2_model_cuts_and_drags_the_shape_and_the_checkbox_t
     _, scene = scene_frame(DEFAULT_SCENE, 128)
     (x0, y0) = scene["centre"]
     end = (min(x0 + 0.3, 0.9), y0)
-    page.fill("#vd-strokes-json textarea", json.dumps([{"points": [[x0, y0], list(end)], "radius": 0.1}]))
-    small_settings(page, steps=6, frames=8)
+    box = page.locator("#vd-pad canvas").bounding_box()
+    page.mouse.move(box["x"] + x0 * box["width"], box["y"] + y0 * box["height"])
+    page.mouse.down()
+    for t in np.linspace(0, 1, 10)[1:]:  # drawn with the mouse, left to right
+        page.mouse.move(box["x"] + (x0 + t * (end[0] - x0)) * box["width"], box["y"] + y0 * box["height"])
+    page.mouse.up()
+    page.wait_for_function("() => document.querySelector('#vd-strokes-json textarea').value.includes('points')")
+    small_settings(page, steps=10, frames=8)  # tiny-v2's default steps
     reference = {}
     for drag in (True, False):
         if not drag:
@@ -312,7 +318,8 @@ def test_strokes_tab_on_the_v2_model_cuts_and_drags_the_shape_and_the_checkbox_t
         if drag:
             screenshot(page, "strokes_tiny_v2", tmp_path)
             frames = frames_from_zip(fetch(download_urls(page)[".zip"]))
-            target = resample_stroke(np.array([[x0, y0], end]), len(frames))
+            (stroke,) = manifest["request"]["strokes"]
+            target = resample_stroke(np.array(stroke["points"]), len(frames))
             error = stroke_following_error(frames, scene, target)
             print(f"\n[strokes, tiny-v2] object-to-stroke distance: {error:.3f} of the frame diagonal")
             assert error < 0.1, "the dragged object must follow the stroke"
