@@ -566,6 +566,8 @@ def test_the_manifest_says_which_reference_ran_and_a_stroke_on_nothing_is_warned
     with pytest.raises(RequestError, match="drag_reference must be true or false, got 'yes'"):
         _request(drag_reference="yes")
     assert "reference" not in list(VideoPipeline(_randomised()).generate(_request(num_steps=2)))[-1].manifest
+    text_only = list(pipe.generate(_request(num_steps=2)))[-1].manifest
+    assert text_only["reference"] == "none" and text_only["warnings"] == []  # no known frame: no reference at all
 
 
 def test_a_planned_path_from_the_prompt_drags_the_first_frames_object_too(backend):

@@ -39,9 +39,9 @@ from vdemo.strokes import drag_frames
 
 ASSETS = Path(__file__).resolve().parent.parent.parent / "assets" / "tiny_v2"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-# The latent grid halves twice below the autoencoder's f=4 and the 2×2 token patch: sides are multiples of 32.
 NOTHING_TO_DRAG_WARNING = ("no shape under the strokes' starts to cut out and drag: the model only gets the first "
                            "frame as its reference (start each stroke on a shape)")
+# The latent grid halves twice below the autoencoder's f=4 and the 2×2 token patch: sides are multiples of 32.
 V2_LIMITS = Limits(**{**LIMITS.__dict__, "min_side_px": 64, "max_side_px": 256, "side_multiple": 32})
 
 
@@ -155,10 +155,14 @@ class TinyV2Backend(TinyBackend):
                 "dragged": dragged}
 
     def conditioning_report(self, cond: dict) -> dict:
-        """Which reference the model got: the cut-and-drag frames, or the first frame's latents (the default)."""
+        """Which reference the model got: the cut-and-drag frames, the first known frame's latents (the default), or
+        none (no known frame: zeros)."""
         if not self.model.cfg.reference:
             return {}
-        return {"reference": "cut-and-drag along the strokes" if cond["reference"] is not None else "first frame"}
+        if cond["reference"] is not None:
+            return {"reference": "cut-and-drag along the strokes"}
+        known = bool(cond["controls"][0, :, 3].amax() > 0)  # the known-frame mask channel
+        return {"reference": "first frame" if known else "none"}
 
     @torch.no_grad()
     def predict(self, x_in: torch.Tensor, t: torch.Tensor, cond: dict, guidance: float, mode: str) -> torch.Tensor:
