@@ -51,8 +51,8 @@ def text_case(prompt=PROMPT, plan="PLAN", **changes) -> tuple[str, list]:
     return "/text_to_video", [prompt, True if plan == "PLAN" else plan, *settings(**changes)]
 
 
-def strokes_case(strokes: str) -> tuple[str, list]:
-    return "/strokes_to_video", ["", strokes, None, 7, True, *settings()]
+def strokes_case(strokes: str, drag=True) -> tuple[str, list]:
+    return "/strokes_to_video", ["", strokes, None, 7, drag, *settings()]
 
 
 SAMPLER_CHOICES = ("['DDIM', 'DDPM', 'Euler', 'Euler a', 'Heun', 'LMS', 'PNDM', 'DEIS', 'UniPC', 'DPM++ 2M', "
@@ -94,6 +94,8 @@ CASES = [
     ("seed x", text_case(seed="x"), "seed must be a number, got 'x'"),
     ("plan_motion yes", text_case(plan="yes"), "plan_motion must be true or false, got 'yes'"),
     ("random_seed 1", text_case(random_seed=1), "random_seed must be true or false, got 1"),
+    ("drag yes", strokes_case('[{"points": [[0.3, 0.5], [0.6, 0.5]], "radius": 0.1}]', drag="yes"),
+     "drag must be true or false, got 'yes'"),
     ("scene 2.5", ("/strokes_to_video", ["", '[{"points": [[0.3, 0.5]], "radius": 0.1}]', None, 2.5, True,
                                         *settings()]),
      "scene must be a whole number, got 2.5"),

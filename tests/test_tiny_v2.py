@@ -471,12 +471,12 @@ def test_dragged_examples_carry_their_cut_and_drag_reference_into_the_training_l
     assert losses[0] != losses[1]  # the dragged reference reaches the denoiser
 
 
-def test_true_drag_moves_frame_0s_object_along_its_path_over_the_background():
+def test_clip_drag_moves_frame_0s_object_along_its_path_over_the_background():
     from vdemo.bakeoff import detected_shape
-    from vdemo.train_v2 import centre_error, true_drag
+    from vdemo.train_v2 import centre_error, clip_drag
 
     for clip in eval_cases(3, 8, 64):
-        dragged = true_drag(clip)
+        dragged = clip_drag(clip)
         assert dragged.shape == clip.frames.shape and dragged.dtype == np.uint8
         assert np.abs(dragged[0].astype(int) - clip.frames[0]).mean() < 2  # frame 0 is frame 0
         assert detected_shape(dragged[-1]) == detected_shape(clip.frames[0])

@@ -161,10 +161,8 @@ def dragged_example(rng: np.random.Generator, frames: int, size: int) -> dict:
     strokes = strokes_from_paths(clip.paths, 0.1)
     controls, flags = control_tensors(frames, size, known={0: clip.frames[0]}, has_text=bool(caption),
                                       stroke_maps=stroke_heatmaps(strokes, frames, size))
-    bg = world.BACKGROUNDS[clip.meta["background"]]
-    reference = drag_frames(clip.frames[0], strokes_from_paths(jittered_paths(clip.paths, rng), 0.1), frames, bg)
     return {"frames": clip.frames, "caption": caption, "controls": controls, "flags": flags, "fg": object_mask(clip),
-            "reference": np.repeat(clip.frames[:1], frames, 0) if reference is None else reference}
+            "reference": clip_drag(clip, rng)}
 
 
 def export(out: Path, model, ema: EMAModel, tokenizer, st: dict) -> None:
@@ -423,10 +421,12 @@ def shape_by_noise(model, tokenizer, cases: int = 12, timesteps: tuple[int, ...]
     return out
 
 
-def true_drag(clip) -> np.ndarray:
-    """`drag_frames` of the clip's frame 0 along its true paths (frame 0 repeated when nothing can be dragged)."""
+def clip_drag(clip, rng: np.random.Generator | None = None) -> np.ndarray:
+    """`drag_frames` of the clip's frame 0 along its paths, true or (with `rng`) `jittered_paths`; frame 0 repeated
+    when nothing can be dragged."""
     frames = len(clip.frames)
-    dragged = drag_frames(clip.frames[0], strokes_from_paths(clip.paths, 0.1), frames,
+    paths = clip.paths if rng is None else jittered_paths(clip.paths, rng)
+    dragged = drag_frames(clip.frames[0], strokes_from_paths(paths, 0.1), frames,
                           world.BACKGROUNDS[clip.meta["background"]])
     return np.repeat(clip.frames[:1], frames, 0) if dragged is None else dragged
 
@@ -449,14 +449,14 @@ def centre_error(generated: list[np.ndarray], clips: list) -> float:
 @torch.no_grad()
 def kept_given_motion(model, tokenizer, cases: int = 12, cfg: BakeoffConfig | None = None) -> dict[str, dict]:
     """Sampled clips (defaults: 10 steps, guidance 2, full mode) given frame 0 only (the eval's task), frame 0 +
-    caption + the true motion strokes, and each of those with a motion-compensated reference (`true_drag`'s frames,
+    caption + the true motion strokes, and each of those with a motion-compensated reference (`clip_drag`'s frames,
     encoded, as the reference latents: no training, the shipped weights): the bake-off's `shape kept` and how far the
     last frame's object is from where the true path ends. Whether knowing where the object goes, or seeing it already
     there, is enough for the model to carry its shape."""
     cfg = cfg or BakeoffConfig(size=model.cfg.size)
     clips = eval_cases(cases, 8, model.cfg.size)
     conds = _conditions(clips, tokenizer, model.cfg.size, ("frame0", "frame0+motion"))
-    dragged = torch.from_numpy(np.stack([true_drag(c) for c in clips])).permute(0, 1, 4, 2, 3)
+    dragged = torch.from_numpy(np.stack([clip_drag(c) for c in clips])).permute(0, 1, 4, 2, 3)
     reference = model.encode(dragged.float() / 127.5 - 1.0)
     model.eval().set_attention_mode("full")
     out = {}
