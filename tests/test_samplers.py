@@ -19,19 +19,20 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, HeunDiscreteScheduler, PNDMScheduler
+from diffusers import DPMSolverMultistepScheduler, DPMSolverSDEScheduler, HeunDiscreteScheduler, PNDMScheduler
 
 from vdemo.samplers import (
     PREDICTION_TYPES,
     SAMPLERS,
     SamplerSpec,
     alpha_bar_at,
+    continue_index,
     default_scheduler_config,
     denoise,
-    equivalent_index,
     from_clean,
     input_alpha_bar,
     make_scheduler,
+    noise_level,
     reproject,
     sample_steps,
     sampler_names,
@@ -179,17 +180,49 @@ def test_lcm_refuses_more_steps_than_it_was_distilled_for():
 # --- pure helpers -------------------------------------------------------------------------------------------------
 
 
-def test_equivalent_index_maps_progress_and_never_skips_ahead():
-    assert equivalent_index(20, 0, 39) == 0
-    assert equivalent_index(20, 20, 39) == 39
-    assert equivalent_index(20, 10, 39) == 19  # floor(19.5)
-    assert equivalent_index(39, 38, 2) == 1  # a switch before the last step still runs a step
-    for old_len, new_len in [(20, 39), (39, 20), (21, 20), (4, 7)]:
-        mapped = [equivalent_index(old_len, i, new_len) for i in range(old_len)]
-        assert mapped == sorted(mapped) and max(mapped) < new_len
-        assert all(m / new_len <= i / old_len for i, m in enumerate(mapped))
-    with pytest.raises(ValueError):
-        equivalent_index(20, 21, 10)
+def _step_starts(scheduler) -> list[int]:
+    """Indices where a run can switch away (the pipeline switches between steps): two-call samplers' even entries."""
+    n = len(scheduler.timesteps)
+    if isinstance(scheduler, (HeunDiscreteScheduler, DPMSolverSDEScheduler)):
+        return list(range(0, n, 2))
+    return list(range(n))
+
+
+@pytest.mark.parametrize("first", list(SAMPLERS))
+def test_continue_index_never_skips_a_noise_level(first):
+    config = default_scheduler_config()
+    old = make_scheduler(first, config)
+    set_timesteps(old, 10)
+    for second in SAMPLERS:
+        new = make_scheduler(second, config)
+        set_timesteps(new, 10)
+        levels = [noise_level(new, k) for k in range(len(new.timesteps))]
+        mapped = []
+        for i in _step_starts(old):
+            j = continue_index(old, i, new)
+            here = noise_level(old, i)
+            # never less noisy than where the run is (a list that starts below that level starts at its start)
+            assert levels[j] >= here * (1 - 1e-5) or (j == 0 and levels[0] < here), (first, second, i, j)
+            lower = [s for s in levels[j:] if s < levels[j] * (1 - 1e-6)]
+            assert not lower or lower[0] < here * (1 + 1e-5), (first, second, i, j)  # the least noisy such level
+            assert j == 0 or levels[j - 1] > levels[j] * (1 + 1e-6)  # that level's first entry
+            mapped.append(j)
+        assert mapped == sorted(mapped)
+        assert continue_index(old, len(old.timesteps), new) == len(new.timesteps)
+    with pytest.raises(ValueError, match="old_index"):
+        continue_index(old, len(old.timesteps) + 1, old)
+
+
+def test_pndm_to_heun_keeps_every_level():
+    """PLMS's n+1 entries are not evenly spread, so mapping by the fraction of entries passed a Heun level."""
+    config = default_scheduler_config()
+    pndm, heun = make_scheduler("PNDM", config), make_scheduler("Heun", config)
+    set_timesteps(pndm, 10)
+    set_timesteps(heun, 10)
+    for i in _step_starts(pndm):
+        j = continue_index(pndm, i, heun)
+        assert float(heun.timesteps[j]) >= float(pndm.timesteps[i]) - 1e-3
+        assert float(heun.timesteps[j]) <= float(pndm.timesteps[i]) + 100  # at most one level (100 steps) repeated
 
 
 def test_alpha_bar_at_inverts_diffusers_sigma_to_t():

@@ -70,8 +70,12 @@ def test_switch_between_steps_keeps_the_count(first, second):
     n, k = 10, 4
     after = 2 * k if first in TWO_CALL else k  # the model calls that complete k steps
     seen = labels(first, n, switch_at={after: second})
-    assert [step for step, done in seen if done] == list(range(1, n + 1))
-    assert len(seen) == after + model_calls(second, n - k), "the new sampler runs exactly the steps left"
+    completed = [step for step, done in seen if done]
+    assert completed == sorted(completed) and set(completed) == set(range(1, n + 1)) and seen[-1] == (n, True)
+    # The new sampler continues at its first level at least as noisy as the run (`continue_index`). Its grid may sit
+    # just above the old one (DDIM "trailing" 599 → Heun 600), so at most one step is run again, labelled again.
+    assert len(completed) - n <= 1
+    assert after + model_calls(second, n - k) <= len(seen) <= after + model_calls(second, n - k + 1)
 
 
 # ----------------------------------------------------------------------------------------- the built-in loop

@@ -156,15 +156,40 @@ def set_timesteps(scheduler: SchedulerMixin, num_steps: int) -> torch.Tensor:
     return scheduler.timesteps
 
 
-def equivalent_index(old_len: int, old_index: int, new_len: int) -> int:
-    """The index into a `new_len`-long timestep list at the same progress fraction as `old_index` of `old_len`.
+def noise_level(scheduler: SchedulerMixin, index: int) -> float:
+    """σ = √((1 − ᾱ) / ᾱ) of the sample a run started fresh at `scheduler.timesteps[index]` would hold.
 
-    Rounds down, so a switch never skips a noise level (it may repeat part of one); `old_index == old_len`
-    (finished) maps to `new_len`.
+    σ-based schedulers keep it exactly (`sigmas[index]`; at a two-call sampler's second entry that is the next level,
+    where `_align_schedule` starts a full step); the others read ᾱ at the integer timestep. Karras σs are compared
+    this way because their timesteps round several distinct σs to the same value (998, 998, 998, …).
     """
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is not None and len(sigmas) > index:
+        return float(sigmas[index])
+    a = alpha_bar_at(scheduler.alphas_cumprod, scheduler.timesteps[index])
+    return math.sqrt((1 - a) / a)
+
+
+def continue_index(old: SchedulerMixin, old_index: int, new: SchedulerMixin) -> int:
+    """Where a switch to `new` continues a run that was about to call `old` at `old_index`: the first entry of the
+    least noisy level of `new` that is still at least as noisy as the old one.
+
+    Matching noise levels (not the fraction of list entries) never skips a level, whatever the lists' lengths
+    (PNDM's warm-up, Heun's 2n−1 entries, Karras spacing); it may repeat part of one. `old_index == len(old.timesteps)`
+    (finished) maps to `len(new.timesteps)`. Both schedulers must have had `set_timesteps`.
+    """
+    old_len, new_len = len(old.timesteps), len(new.timesteps)
     if not (old_len > 0 and new_len > 0 and 0 <= old_index <= old_len):
-        raise ValueError(f"need 0 <= old_index <= old_len and positive lengths, got {old_index}, {old_len}, {new_len}")
-    return old_index * new_len // old_len
+        raise ValueError(f"need 0 <= old_index <= {old_len} and a non-empty new schedule, got {old_index}, {new_len}")
+    if old_index == old_len:
+        return new_len
+    level = noise_level(old, old_index) * (1 - 1e-6)
+    levels = [noise_level(new, k) for k in range(new_len)]
+    noisier = [k for k, s in enumerate(levels) if s >= level]
+    if not noisier:
+        return 0
+    last = max(noisier)
+    return min(k for k in noisier if math.isclose(levels[k], levels[last], rel_tol=1e-6))
 
 
 def alpha_bar_at(alphas_cumprod: torch.Tensor, t: float | torch.Tensor) -> float:
@@ -335,9 +360,8 @@ def step_progress(scheduler: SchedulerMixin, index: int, total: int) -> tuple[in
     Call it after `scheduler_step` for that call. `total` is `schedule_steps` of the run's schedule at its start; the
     step is counted back from the end (`total` minus the steps still left), so it stays right after a live switch
     (the new scheduler's list is re-aligned at a step's start) and a cut schedule. The last entry always completes
-    the run (Heun's last step is one call). A switch maps entries by fraction (`equivalent_index`), so where that
-    repeats a level the step is reported again (e.g. Euler → PNDM), and where it passes one (PNDM → Heun: PLMS's
-    n+1 entries are not evenly spread) the count moves on by two.
+    the run (Heun's last step is one call). A switch continues at the new list's matching noise level
+    (`continue_index`), so where that repeats part of a level the step is reported again.
     """
     done = not mid_step(scheduler) or index == len(scheduler.timesteps) - 1
     rest = len(scheduler.timesteps) - 1 - index - (0 if done else 1)  # entries after the call that completes it
@@ -373,7 +397,7 @@ def sample_steps(model_fn: ModelFn, scheduler: SchedulerMixin, latents_shape: tu
         if name is not None:
             new = switch_scheduler(scheduler, name)
             set_timesteps(new, num_steps)
-            i = equivalent_index(len(scheduler.timesteps), i, len(new.timesteps))
+            i = continue_index(scheduler, i, new)
             x, _ = reproject(new, x0_hat, eps_hat, i)
             scheduler = new
             if i >= len(scheduler.timesteps):
