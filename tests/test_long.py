@@ -191,19 +191,24 @@ def test_a_backend_without_known_frames_is_refused():
 
 
 @pytest.mark.skipif(not TRAINED, reason="needs the trained built-in model")
-def test_sdedit_recolours_and_keeps_the_path(one_torch_thread):
-    """'make the red circle blue': SDEdit at 0.8 on a world clip changes the colour and keeps the path."""
+@pytest.mark.parametrize("name", ["tiny", "tiny-v2"])
+def test_sdedit_recolours_and_keeps_the_path(one_torch_thread, name):
+    """'make the red circle blue': SDEdit at 0.8 on a world clip changes the colour and keeps the path, on both
+    built-in models (v2 edits in its latent space: the clip goes through its encoder)."""
     from vdemo import world
-    from vdemo.backends.tiny import TinyBackend
+    from vdemo.backends import backend_class, tiny_dir
     from vdemo.eval import main_object, track_error
 
     red = {"colour": "red", "shape": "circle", "motion": "right", "radius": 0.14, "start": [0.2, 0.5],
            "end": [0.8, 0.5]}
     spec = {"kind": "objects", "background": "black", "relation": None, "objects": [red]}
-    clip = world.make_clip(spec, 16, 64)
-    tiny = TinyBackend.from_pretrained()
-    req = GenerationRequest(prompt="a blue circle moves right on a black background", num_frames=16, num_steps=5)
-    done = run(tiny, edit(req, clip.frames, 0.8))[-1]
+    backend = backend_class(name).from_pretrained(tiny_dir(name=name))
+    side = backend.default_size[0]
+    clip = world.make_clip(spec, 16, side)
+    req = GenerationRequest(prompt="a blue circle moves right on a black background", num_frames=16, num_steps=5,
+                            height=side, width=side, guidance=backend.default_guidance)
+    done = run(backend, edit(req, clip.frames, 0.8))[-1]
+    assert done.frames.shape == (16, side, side, 3)
     assert len(done.manifest["steps"]) == 4  # 0.8 of 5 steps
     bg = world.BACKGROUNDS["black"]
     colours = [d.colour if (d := main_object(f, bg)) else None for f in done.frames]

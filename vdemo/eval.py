@@ -567,14 +567,10 @@ def main(argv: list[str] | None = None) -> int:
     if "long" in args.metrics:
         from vdemo.long_eval import main as long_main
 
-        if args.backend != "tiny":
-            print(f"python -m vdemo.eval: error: --metrics long runs on the tiny backend only, not {args.backend}",
-                  file=sys.stderr)
-            return 2
-
         extra = [*(["--out", args.out] if args.out else []),
                  *(["--model-dir", args.model_dir] if args.model_dir else [])]
-        return long_main(["--cases", str(args.cases), *(["--steps", str(args.steps)] if args.steps else []), *extra,
+        steps = ["--steps", str(args.steps)] if args.steps else []
+        return long_main(["--backend", args.backend, "--cases", str(args.cases), *steps, *extra,
                           *([] if args.plan_motion else ["--no-plan"])])
     from vdemo.backends import load_backend, tiny_dir
 

@@ -37,12 +37,18 @@ EDIT_STRENGTHS = (0.6, 0.8)
 SERIES = ("colour_kept", "shape_kept", "size_ratio", "colour_distance", "lost", "flicker", "plan_error")
 
 
-def cases(n: int) -> list[world.Clip]:
+def cases(n: int, side: int = 64) -> list[world.Clip]:
     """Held-out single-object, moving world clips (16 frames): their captions are the long videos' prompts."""
     from vdemo.eval import held_out_specs
 
     specs = held_out_specs("objects", n, lambda sp: len(sp["objects"]) == 1 and sp["objects"][0]["motion"] != "still")
-    return [world.make_clip(spec, 16, 64) for spec in specs]
+    return [world.make_clip(spec, 16, side) for spec in specs]
+
+
+def backend_settings(backend) -> dict:
+    """The request fields that follow the backend's own defaults: frame size and guidance (v1 64 px, v2 128 px)."""
+    height, width = backend.default_size
+    return {"height": int(height), "width": int(width), "guidance": float(backend.default_guidance)}
 
 
 def _detections(frames: np.ndarray, bg) -> list:
@@ -88,13 +94,14 @@ def segment_series(frames: np.ndarray, bg, manifest: dict) -> dict[str, list[flo
 
 
 def run_long(backend, prompt: str, length: int, strategy: str, steps: int, seed: int, plan_motion: bool = True) -> Done:
-    request = GenerationRequest(prompt=prompt, num_frames=WINDOW, num_steps=steps, seed=seed, plan_motion=plan_motion)
+    request = GenerationRequest(prompt=prompt, num_frames=WINDOW, num_steps=steps, seed=seed, plan_motion=plan_motion,
+                                **backend_settings(backend))
     return [e for e in generate_long(backend, LongJob(request, length, strategy, CONTEXT)) if isinstance(e, Done)][0]
 
 
 def eval_long(backend, n_cases: int, steps: int, lengths=LENGTHS, log=print, plan_motion: bool = True) -> dict:
     """Per (strategy, length): per-segment series averaged over cases, seam jumps and seconds per output frame."""
-    clips = cases(n_cases)
+    clips = cases(n_cases, backend.default_size[0])
     results = {}
     for length in lengths:
         for strategy in STRATEGIES:
@@ -131,11 +138,11 @@ def eval_edit(backend, n_cases: int, steps: int, strengths=EDIT_STRENGTHS) -> di
     out = {}
     for strength in strengths:
         new_colour, path_error = [], []
-        for i, clip in enumerate(cases(n_cases)):
+        for i, clip in enumerate(cases(n_cases, backend.default_size[0])):
             bg_name, old = clip.meta["background"], clip.objects[0]["colour"]
             new = next(c for c in colours_for_background(bg_name) if c != old)
             request = GenerationRequest(prompt=clip.caption.replace(old, new, 1), num_frames=16, num_steps=steps,
-                                        seed=i)
+                                        seed=i, **backend_settings(backend))
             done = [e for e in generate_long(backend, edit(request, clip.frames, strength)) if isinstance(e, Done)][0]
             bg = world.BACKGROUNDS[bg_name]
             new_colour.append(np.mean([(d := main_object(f, bg)) is not None and d.colour == new for f in done.frames]))
@@ -206,9 +213,12 @@ def plot(results: dict, png: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vdemo.backends import BUILTIN
+
     parser = argparse.ArgumentParser(prog="python -m vdemo.long_eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--backend", default="tiny", choices=BUILTIN, help="which built-in model")
+    parser.add_argument("--steps", type=int, default=None, help="default: the backend's (tiny: 20, tiny-v2: 10)")
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--out", default=None, help="write the results as JSON")
@@ -224,12 +234,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from vdemo.backends import load_backend
 
-    backend = load_backend("tiny", args.model_dir)
+    backend = load_backend(args.backend, args.model_dir)
+    if args.steps is None:
+        args.steps = int(backend.default_steps)
     t0 = time.perf_counter()
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     results = {"long": eval_long(backend, args.cases, args.steps, args.lengths, log=log, plan_motion=args.plan_motion),
-               "settings": {"cases": args.cases, "steps": args.steps, "window": WINDOW, "context": CONTEXT,
-                            "segment": SEGMENT, "plan_motion": args.plan_motion}}
+               "settings": {"backend": args.backend, "cases": args.cases, "steps": args.steps, "window": WINDOW,
+                            "context": CONTEXT, "segment": SEGMENT, "plan_motion": args.plan_motion}}
     if not args.no_edit:
         results["edit"] = eval_edit(backend, args.cases, args.steps)
     results["seconds"] = round(time.perf_counter() - t0, 1)

@@ -181,6 +181,13 @@ class TinyV2Backend(TinyBackend):
         return self.model.encode(pixels.float())
 
     @torch.no_grad()
+    def encode(self, frames: np.ndarray, request: GenerationRequest) -> torch.Tensor:
+        """uint8 (F, H, W, 3) -> the latent clip at the request's size (SDEdit's starting point, `vdemo.long`)."""
+        fitted = np.stack([fit_image(f, request.height, request.width) for f in frames])
+        pixels = torch.from_numpy(fitted).float().div(127.5).sub(1.0).permute(0, 3, 1, 2)[None]
+        return self.encode_frames(pixels)
+
+    @torch.no_grad()
     def decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
         """The latent clip -> (B, F, 3, H, W) in [-1, 1]."""
         return self.model.decode(latents.float())
