@@ -165,7 +165,11 @@ def check_run(log: dict, page, frames: int, fps: int, label: str) -> float:
 
 # ------------------------------------------------------------------------------------------------------ tabs
 def test_text_tab(page, tmp_path, record_property):
-    small_settings(page, steps=4, frames=16)  # the default frame count: the first-preview latency users get
+    """The page opens on the default model, tiny-v2, at its own defaults (128 px, 10 steps, guidance 2)."""
+    assert page.locator("#vd-backend input").input_value() == "tiny-v2"
+    assert page.locator("#vd-steps input[type=number]").input_value() == "10"
+    assert page.locator("#vd-guidance input[type=number]").input_value() == "2"
+    small_settings(page, steps=10, frames=16)  # the defaults: the first-preview latency users get
     page.fill("#vd-prompt-text textarea", "a blue square moves right on a black background")
     log = generate_and_watch(page, "text")
     first_s = check_run(log, page, frames=16, fps=8, label="text, 16 frames")
@@ -184,23 +188,23 @@ def test_text_tab(page, tmp_path, record_property):
     assert read_direction([main_object(f, (0, 0, 0), "blue") for f in frames]) == "right"
 
 
-def test_text_tab_on_the_v2_model(page, tmp_path):
-    """Backend tiny-v2 from the dropdown: its own defaults arrive (10 steps, guidance 2), previews stream through its
-    decoder, the mp4 is 128 px, and the manifest names it."""
+def test_text_tab_on_the_v1_model(page, tmp_path):
+    """Backend tiny (v1) from the dropdown: its own defaults arrive (20 steps, guidance 3), previews stream, the frames
+    are 64 px, and the manifest names it."""
     page.locator("#vd-backend input").click()
-    page.get_by_role("option", name="tiny-v2").click()
-    page.wait_for_function("() => document.querySelector('#vd-steps input[type=number]').value === '10'")
-    assert page.locator("#vd-guidance input[type=number]").input_value() == "2"
+    page.get_by_role("option", name="tiny", exact=True).click()
+    page.wait_for_function("() => document.querySelector('#vd-steps input[type=number]').value === '20'")
+    assert page.locator("#vd-guidance input[type=number]").input_value() == "3"
     set_number(page, "vd-steps", 4)
     set_number(page, "vd-frames", 8)
     page.fill("#vd-prompt-text textarea", "a red triangle moves left on a white background")
     log = generate_and_watch(page, "text")
-    check_run(log, page, frames=8, fps=8, label="text, tiny-v2")
+    check_run(log, page, frames=8, fps=8, label="text, tiny (v1)")
     facts = video_facts(page)
-    assert facts["width"] == facts["height"] >= 128  # square (the export upscales small frames for the page)
-    screenshot(page, "text_tiny_v2", tmp_path)
+    assert facts["width"] == facts["height"] >= 64  # square (the export upscales small frames for the page)
+    screenshot(page, "text_tiny_v1", tmp_path)
     manifest = json.loads(fetch(download_urls(page)[".json"]))
-    assert manifest["backend"] == "tiny-v2" and manifest["request"]["height"] == manifest["request"]["width"] == 128
+    assert manifest["backend"] == "tiny" and manifest["request"]["height"] == manifest["request"]["width"] == 64
 
 
 def run_tab_and_check(page, tab: str, tmp_path) -> None:

@@ -71,8 +71,8 @@ def test_eval_cli_reports_every_metric(tmp_path, capsys, small_planner_dir):
     backend.tokenizer.save_pretrained(folder / "tokenizer")
     shutil.copytree(small_planner_dir, folder / PLANNER_DIR)
     out, curve = tmp_path / "eval.json", tmp_path / "curve.csv"
-    assert main(["--json", "--cases", "1", "--steps", "1", "--modes", "full", "causal", "--model-dir", str(folder),
-                 "--out", str(out), "--curve", str(curve)]) == 0
+    assert main(["--json", "--backend", "tiny", "--cases", "1", "--steps", "1", "--modes", "full", "causal",
+                 "--model-dir", str(folder), "--out", str(out), "--curve", str(curve)]) == 0
     rows = json.loads(out.read_text())
     assert [(r["metric"], r["mode"]) for r in rows] == [(m, mode) for mode in ("full", "causal") for m in METRICS]
     keys = set().union(*(r.keys() for r in rows))

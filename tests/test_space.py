@@ -192,11 +192,11 @@ def test_served_backends_setting(monkeypatch, tiny_model_dir, tmp_path):
     (tmp_path / "v2").mkdir()
     (tmp_path / "v2" / "config.json").write_text("{}")
     monkeypatch.setenv("VDEMO_TINY_V2_DIR", str(tmp_path / "v2"))
-    assert served_backends() == ["tiny", "tiny-v2"]
+    assert served_backends() == ["tiny-v2", "tiny"], "the default built-in model first"
     monkeypatch.setenv("VDEMO_SPACE_BACKENDS", "svd, tiny")
     assert served_backends() == ["tiny", "svd"]
     monkeypatch.setenv("VDEMO_SPACE_BACKENDS", "all")
-    assert served_backends()[0] == "tiny" and "animatediff" in served_backends()
+    assert served_backends()[:2] == ["tiny-v2", "tiny"] and "animatediff" in served_backends()
     monkeypatch.setenv("VDEMO_SPACE_BACKENDS", "tiny,org/some-model")
     with pytest.raises(UserError, match="names unknown backends"):
         served_backends()
@@ -236,7 +236,8 @@ def test_unavailable_backends_are_listed_greyed_with_their_reason(monkeypatch, t
     demo = build_demo(warm_up_model=False)
     note = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "vd-backends-unavailable")
     dropdown = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "vd-backend")
-    assert note.value == text and [c[1] for c in dropdown.choices] == ["tiny", "tiny-v2"]
+    assert note.value == text and [c[1] for c in dropdown.choices] == ["tiny-v2", "tiny"]
+    assert dropdown.value == "tiny-v2", "the page opens on the default built-in model"
     monkeypatch.setattr(space, "SERVED", {})  # serve_backends() not called: everything offered, nothing listed
     assert unavailable_text() == ""
 

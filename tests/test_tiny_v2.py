@@ -602,3 +602,14 @@ def test_the_cli_drags_by_default_and_no_drag_turns_it_off(trained, tmp_path):
         assert cli(base + flags + ["--out", str(out / "v.mp4")]) == 0
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["reference"] == reference and manifest["request"]["drag_reference"] is (not flags)
+
+
+def test_the_cli_takes_size_steps_and_guidance_from_the_backend(trained, tmp_path):
+    """Left out, --size/--steps/--guidance are the chosen backend's own (v2: 128 px, 10 steps, 2.0), not v1's."""
+    from vdemo.__main__ import main as cli
+
+    out = tmp_path / "v.mp4"
+    assert cli(["generate", "--backend", "tiny-v2", "--model-dir", str(trained[0]), "--prompt", "a red circle",
+                "--frames", "4", "--out", str(out)]) == 0
+    request = json.loads((tmp_path / "manifest.json").read_text())["request"]
+    assert (request["height"], request["width"], request["num_steps"], request["guidance"]) == (128, 128, 10, 2.0)

@@ -177,9 +177,9 @@ def test_cli_generate_writes_video_frames_and_manifest(trained, tmp_path):
     strokes = tmp_path / "s.json"
     strokes.write_text(json.dumps([{"points": [[0.2, 0.5], [0.8, 0.5]], "radius": 0.1}]))
     out = tmp_path / "out" / "clip.mp4"
-    code = cli(["generate", "--model-dir", str(trained), "--prompt", "a blue square moves up", "--strokes",
-                str(strokes), "--frames", "4", "--steps", "2", "--mode", "causal", "--sampler", "Euler", "--out",
-                str(out), "--frames-dir", str(tmp_path / "frames")])
+    code = cli(["generate", "--backend", "tiny", "--model-dir", str(trained), "--prompt", "a blue square moves up",
+                "--strokes", str(strokes), "--frames", "4", "--steps", "2", "--mode", "causal", "--sampler", "Euler",
+                "--out", str(out), "--frames-dir", str(tmp_path / "frames")])
     assert code == 0
     assert imageio_ffmpeg.count_frames_and_secs(str(out))[0] == 4
     assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["0000.png", "0001.png", "0002.png", "0003.png"]
@@ -202,8 +202,8 @@ def test_planner_training_cli_and_planned_text_only_generation(trained, tmp_path
         train_main(["--planner", "--planner-steps", "0", "--out", str(model)])
     shutil.rmtree(model / PLANNER_DIR)
     shutil.copytree(small_planner_dir, model / PLANNER_DIR)  # 600 steps: plans "down" reliably
-    base = ["generate", "--model-dir", str(model), "--prompt", "a red circle moves down", "--frames", "4", "--steps",
-            "1"]
+    base = ["generate", "--backend", "tiny", "--model-dir", str(model), "--prompt", "a red circle moves down",
+            "--frames", "4", "--steps", "1"]
     capsys.readouterr()
     assert cli(base + ["--out", str(tmp_path / "a" / "a.mp4")]) == 0
     assert "motion planned from the prompt: down" in capsys.readouterr().out
@@ -223,7 +223,8 @@ def _cli_error(args: list[str], capsys) -> str:
 
 
 def test_cli_bad_inputs_one_line_errors(trained, tmp_path, capsys):
-    base = ["generate", "--model-dir", str(trained), "--frames", "4", "--steps", "1", "--out", str(tmp_path / "o.mp4")]
+    base = ["generate", "--backend", "tiny", "--model-dir", str(trained), "--frames", "4", "--steps", "1", "--out",
+            str(tmp_path / "o.mp4")]
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("{not json")
     assert "not valid JSON" in _cli_error(base + ["--strokes", str(bad_json)], capsys)
@@ -246,8 +247,8 @@ def test_cli_bad_inputs_one_line_errors(trained, tmp_path, capsys):
 
 
 def test_cli_runs_as_module(trained, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "vdemo", "generate", "--model-dir", str(trained), "--frames", "4",
-                           "--steps", "1", "--mode", "nope", "--out", str(tmp_path / "x.mp4")],
+    proc = subprocess.run([sys.executable, "-m", "vdemo", "generate", "--backend", "tiny", "--model-dir", str(trained),
+                           "--frames", "4", "--steps", "1", "--mode", "nope", "--out", str(tmp_path / "x.mp4")],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "unknown attention mode 'nope'" in proc.stderr
     assert "Traceback" not in proc.stderr

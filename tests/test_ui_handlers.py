@@ -153,9 +153,14 @@ def test_missing_model_is_a_clear_error(tmp_path, monkeypatch):
     from vdemo.backends import load_backend
 
     monkeypatch.setenv("VDEMO_TINY_DIR", str(tmp_path))
+    monkeypatch.setenv("VDEMO_TINY_V2_DIR", str(tmp_path))
     load_backend.cache_clear()  # the one cache of backends and their pipelines
     try:
-        assert "No built-in model found" in h.model_status()
+        banner = h.model_status()  # about the default model, v2: how to train it, where to point
+        assert "No built-in model found" in banner and "--arch v2" in banner and "VDEMO_TINY_V2_DIR" in banner
+        v1 = h.model_status("tiny")  # a page that opens on v1 (a Space serving only it) names v1's folder and trainer
+        assert "`python -m vdemo.train`" in v1 and "VDEMO_TINY_DIR" in v1 and "V2" not in v1
+        assert h.model_status("svd") == ""  # hub backends say why under the dropdown, not in the banner
         with pytest.raises(gr.Error) as err:
             run_all(h.text_to_video("a red circle", True, **FAST))
         assert_one_line_error(err, "no tiny model", "VDEMO_TINY_DIR")

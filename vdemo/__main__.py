@@ -17,7 +17,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from vdemo.config import ATTENTION_MODES, DEFAULTS
+from vdemo.config import ATTENTION_MODES, DEFAULT_BACKEND, DEFAULTS
 from vdemo.errors import UserError, one_line
 
 
@@ -36,15 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first frame + strokes on tiny-v2: no cut-and-drag reference (the model gets the first frame)")
     g.add_argument("--mode", default=DEFAULTS.attention_mode, help=f"attention mode: {', '.join(ATTENTION_MODES)}")
     g.add_argument("--sampler", default=DEFAULTS.sampler)
-    g.add_argument("--steps", type=int, default=DEFAULTS.num_steps)
+    g.add_argument("--steps", type=int, default=None, help="default: the backend's (tiny-v2: 10, tiny: 20)")
     g.add_argument("--frames", type=int, default=DEFAULTS.num_frames)
-    g.add_argument("--size", type=int, default=DEFAULTS.height, help="square side in pixels")
-    g.add_argument("--guidance", type=float, default=DEFAULTS.guidance)
+    g.add_argument("--size", type=int, default=None, help="square side in pixels (default: the backend's)")
+    g.add_argument("--guidance", type=float, default=None, help="default: the backend's")
     g.add_argument("--seed", type=int, default=DEFAULTS.seed)
     g.add_argument("--fps", type=int, default=DEFAULTS.fps)
     g.add_argument("--out", default="out/video.mp4")
     g.add_argument("--frames-dir", help="also write the frames here as 0000.png, 0001.png, …")
-    g.add_argument("--backend", default="tiny", help="a registered backend name")
+    g.add_argument("--backend", default=DEFAULT_BACKEND, help=f"a registered backend name (default {DEFAULT_BACKEND})")
     g.add_argument("--model-dir", help="local folder with the backend's weights (instead of its default)")
     add_long_arguments(g)
     return parser
@@ -63,9 +63,16 @@ def add_long_arguments(g: argparse.ArgumentParser) -> None:
 
 
 def request_from_args(args: argparse.Namespace):
-    """Read the files named on the command line and build a validated GenerationRequest."""
+    """Read the files named on the command line and build a validated GenerationRequest; size, steps and guidance
+    default to the backend's own (the loaded one: a --model-dir model may be trained at another size)."""
+    from vdemo.backends import load_backend
     from vdemo.media import load_frames, load_image, to_gray
     from vdemo.pipeline import GenerationRequest
+
+    backend = load_backend(args.backend, args.model_dir)  # once per process: generate() gets the same instance
+    size = args.size if args.size is not None else backend.default_size[0]
+    steps = args.steps if args.steps is not None else backend.default_steps
+    guidance = args.guidance if args.guidance is not None else backend.default_guidance
 
     strokes = read_strokes(Path(args.strokes)) if args.strokes else ()
     return GenerationRequest(
@@ -74,7 +81,7 @@ def request_from_args(args: argparse.Namespace):
         pose=load_frames(args.pose) if args.pose else None,
         depth=to_gray(load_frames(args.depth)) if args.depth else None,
         strokes=strokes,
-        num_frames=args.frames, height=args.size, width=args.size, num_steps=args.steps, guidance=args.guidance,
+        num_frames=args.frames, height=size, width=size, num_steps=steps, guidance=guidance,
         seed=args.seed, fps=args.fps, attention_mode=args.mode, sampler=args.sampler, plan_motion=args.plan_motion,
         drag_reference=args.drag_reference,
     )

@@ -289,9 +289,9 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="default: the backend's (tiny: 20, tiny-v2: 10)")
     p.add_argument("--modes", nargs="*", default=list(ATTENTION_MODES), choices=ATTENTION_MODES)
     p.add_argument("--samplers", nargs="*", default=None, help="samplers to time (default: all the backend has)")
-    from vdemo.backends import BUILTIN
+    from vdemo.backends import BUILTIN, DEFAULT_BACKEND
 
-    p.add_argument("--backend", default="tiny", choices=BUILTIN, help="which built-in model")
+    p.add_argument("--backend", default=DEFAULT_BACKEND, choices=BUILTIN, help="which built-in model")
     p.add_argument("--model-dir", default=None, help="built-in model folder (default: assets/tiny, assets/tiny_v2)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list instead of a table")

@@ -695,16 +695,16 @@ def write_compare(result: CompareResult, out_dir: str | Path, fps: int | None = 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from vdemo.config import ATTENTION_MODES, DEFAULTS
+    from vdemo.config import ATTENTION_MODES, DEFAULT_BACKEND, DEFAULTS
 
     p = argparse.ArgumentParser(prog="python -m vdemo.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--prompt", default="a red circle moves right on a black background")
     p.add_argument("--modes", nargs="*", default=[], choices=ATTENTION_MODES, metavar="MODE",
                    help=f"attention modes ({', '.join(ATTENTION_MODES)})")
     p.add_argument("--samplers", nargs="*", default=[], help="samplers, e.g. DDIM Euler 'DPM++ 2M'")
-    p.add_argument("--backend", default="tiny")
+    p.add_argument("--backend", default=DEFAULT_BACKEND)
     p.add_argument("--frames", type=int, default=DEFAULTS.num_frames)
-    p.add_argument("--steps", type=int, default=DEFAULTS.num_steps)
+    p.add_argument("--steps", type=int, default=None, help="default: the backend's")
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--fps", type=int, default=DEFAULTS.fps)
@@ -724,7 +724,8 @@ def main(argv: list[str] | None = None) -> int:
         backend = load_backend(args.backend)
         height, width = backend.default_size
         request = GenerationRequest(prompt=args.prompt, num_frames=args.frames, height=height, width=width,
-                                    num_steps=args.steps, seed=args.seed, fps=args.fps,
+                                    num_steps=backend.default_steps if args.steps is None else args.steps,
+                                    seed=args.seed, fps=args.fps,
                                     guidance=backend.default_guidance if args.guidance is None else args.guidance,
                                     plan_motion=not args.no_plan)
         variants = make_variants(args.modes, args.samplers, backend, request.attention_mode, request.sampler)

@@ -43,7 +43,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from vdemo import world
-from vdemo.backends import BUILTIN
+from vdemo.backends import BUILTIN, DEFAULT_BACKEND
 from vdemo.config import ATTENTION_MODES, DEFAULTS
 from vdemo.pipeline import Done, GenerationRequest, VideoPipeline
 from vdemo.strokes import resample_stroke, strokes_from_paths
@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=list(ATTENTION_MODES), choices=ATTENTION_MODES)
     parser.add_argument("--metrics", nargs="+", default=list(METRICS), choices=[*METRICS, "long"],
                         help="'long': long videos, both strategies side by side at 32/64/128 frames (vdemo.long_eval)")
-    parser.add_argument("--backend", default="tiny", choices=BUILTIN,
+    parser.add_argument("--backend", default=DEFAULT_BACKEND, choices=BUILTIN,
                         help="which built-in model: v1 (tiny) or v2 (tiny-v2); size, steps and guidance default to "
                              "the backend's own defaults")
     parser.add_argument("--steps", type=int, default=None, help="default: the backend's (tiny: 20, tiny-v2: 10)")

@@ -213,11 +213,11 @@ def plot(results: dict, png: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vdemo.backends import BUILTIN
+    from vdemo.backends import BUILTIN, DEFAULT_BACKEND
 
     parser = argparse.ArgumentParser(prog="python -m vdemo.long_eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=2)
-    parser.add_argument("--backend", default="tiny", choices=BUILTIN, help="which built-in model")
+    parser.add_argument("--backend", default=DEFAULT_BACKEND, choices=BUILTIN, help="which built-in model")
     parser.add_argument("--steps", type=int, default=None, help="default: the backend's (tiny: 20, tiny-v2: 10)")
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     parser.add_argument("--model-dir", default=None)

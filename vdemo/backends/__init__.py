@@ -22,17 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vdemo.config import LIMITS, Limits
+from vdemo.config import DEFAULT_BACKEND, LIMITS, Limits
 from vdemo.cost import GpuCost
 from vdemo.errors import UserError
 from vdemo.pipeline import Backend, VideoPipeline
 
-BUILTIN = ("tiny", "tiny-v2")  # the project's own CPU models (vdemo.backends.tiny, vdemo.backends.tiny_v2)
+# the project's own CPU models (vdemo.backends.tiny_v2, vdemo.backends.tiny), the default first (the dropdown's order)
+BUILTIN = ("tiny-v2", "tiny")
 BUILTIN_NOTES = {
-    "tiny": "built-in v1: pixel-space video U-Net, 64 px",
-    "tiny-v2": "built-in v2: latent video diffusion (Video LDM), 128 px, about 3× faster than v1. Give it a first "
-               "frame and a motion (strokes that start on a shape, or a prompt that says where it moves) and it keeps "
-               "the shape (cut and drag); from text alone it still often draws a blob (README, issue 13)",
+    "tiny": "built-in v1 (the default until v2 beat it): pixel-space video U-Net, 64 px",
+    "tiny-v2": "built-in v2, the default: latent video diffusion (Video LDM), 128 px, about 3× faster than v1. "
+               "Give it a first frame and a motion (strokes that start on a shape, or a prompt that says where it "
+               "moves) and it keeps the shape (cut and drag); from text alone it still often draws a blob (README, "
+               "issue 13)",
 }
 SPACE_BACKENDS_ENV = "VDEMO_SPACE_BACKENDS"
 
@@ -123,7 +125,8 @@ def backend_info(name: str) -> BackendInfo:
 
 
 def backend_names() -> list[str]:
-    """Every backend a user may choose: the built-in model first, then the pinned hub entries."""
+    """Every backend a user may choose: the built-in models first (the default, v2, leading), then the pinned hub
+    entries."""
     from vdemo.backends.hub import hub_backend_names
 
     return [*BUILTIN, *hub_backend_names()]
@@ -160,7 +163,7 @@ def _load(name: str, local_dir: str | None) -> Backend:
     raise UserError(f"unknown backend {name!r}; choose one of: {', '.join(backend_names())}")
 
 
-def load_backend(name: str = "tiny", local_dir: str | None = None) -> Backend:
+def load_backend(name: str = DEFAULT_BACKEND, local_dir: str | None = None) -> Backend:
     """Load (once per process) the named backend, optionally from a local folder with the same layout."""
     key = (name, None if local_dir is None else str(local_dir))
     with _CACHE_LOCK:
@@ -211,11 +214,11 @@ def weights_present(name: str) -> bool:
 
 def served_backends() -> list[str]:
     """What this app serves: $VDEMO_SPACE_BACKENDS ("all", or names), else every backend whose weights are present.
-    The built-in model is always first when it is served. Unknown names raise a one-line UserError."""
+    The built-in models are always first when they are served. Unknown names raise a one-line UserError."""
     setting = os.environ.get(SPACE_BACKENDS_ENV, "").strip()
     names = backend_names()
     if not setting:
-        return [n for n in names if weights_present(n)] or ["tiny"]
+        return [n for n in names if weights_present(n)] or [DEFAULT_BACKEND]
     if setting.lower() == "all":
         return names
     wanted = [n.strip() for n in setting.split(",") if n.strip()]

@@ -8,11 +8,12 @@ the tests and the screenshot script all launch the same thing.
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import gradio as gr
 
-from vdemo.backends import backend_info
+from vdemo.backends import BUILTIN, DEFAULT_BACKEND, backend_info
 from vdemo.config import LIMITS, MODALITIES
 from vdemo.ui import session
 from vdemo.ui.canvas import PAD_CSS
@@ -98,7 +99,8 @@ def _wire_settings(settings: dict, out: dict, tab_panels: dict) -> None:
 def build_demo(warm_up_model: bool = True) -> gr.Blocks:
     """The whole app (module-level `demo` in app.py). warm_up_model: run the built-in model once in the background."""
     backends = offered_backends()
-    info = backend_info("tiny" if "tiny" in backends else backends[0])
+    first = DEFAULT_BACKEND if DEFAULT_BACKEND in backends else backends[0]  # what the page opens on
+    info = backend_info(first)
     tabs = tab_modules()
     with gr.Blocks(title="vdemo — video diffusion lab", fill_width=True, delete_cache=CACHE_CLEANUP) as demo:
         gr.Markdown(HEADER, elem_id="vd-header")
@@ -115,7 +117,7 @@ def build_demo(warm_up_model: bool = True) -> gr.Blocks:
         _wire_settings(settings, out, panels)
         for tab in tabs:
             tab.wire(uis[tab.NAME], settings, uis)
-        demo.load(model_status, inputs=None, outputs=banner, api_visibility="undocumented")
+        demo.load(functools.partial(model_status, first), inputs=None, outputs=banner, api_visibility="undocumented")
         estimate_inputs = [settings[k] for k in ("backend", "attention_mode", "sampler", "steps", "frames")]
         demo.load(gpu_estimate, inputs=estimate_inputs, outputs=out["estimate"], api_visibility="undocumented")
     strict_inputs(demo)  # every number / checkbox an event takes refuses a wrong type in one line, never coerces
@@ -123,8 +125,8 @@ def build_demo(warm_up_model: bool = True) -> gr.Blocks:
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)  # helper events (previews) one at a time
     from vdemo.ui.gpu import ZERO_GPU
 
-    serves_tiny = "tiny" in backends and SERVED.get("tiny", "ok") == "ok"
-    if warm_up_model and not ZERO_GPU and not model_status() and serves_tiny:
-        # on ZeroGPU every run belongs in the GPU worker; a Space that does not serve the built-in model skips it
-        threading.Thread(target=warm_up, args=("tiny",), name="vdemo-warm-up", daemon=True).start()
+    serves_builtin = first in BUILTIN and SERVED.get(first, "ok") == "ok"
+    if warm_up_model and not ZERO_GPU and not model_status(first) and serves_builtin:
+        # on ZeroGPU every run belongs in the GPU worker; a Space that opens on a hub backend skips it
+        threading.Thread(target=warm_up, args=(first,), name="vdemo-warm-up", daemon=True).start()
     return demo

@@ -32,13 +32,13 @@ def serve_backends() -> dict[str, str]:
 def offered_backends() -> list[str]:
     """The backend dropdown's choices: what serve_backends() loaded, or (when it was not called) every backend. The
     rest are listed greyed under it with their reasons (`unavailable_backends`)."""
-    from vdemo.backends import backend_names
+    from vdemo.backends import DEFAULT_BACKEND, backend_names
 
     if not SERVED:
         return backend_names()
     # nothing loaded (e.g. no built-in model yet): still offer it, so the page builds, shows the banner, and a
     # Generate is refused with the reason (check_served)
-    return [n for n in backend_names() if SERVED.get(n) == "ok"] or ["tiny"]
+    return [n for n in backend_names() if SERVED.get(n) == "ok"] or [DEFAULT_BACKEND]
 
 
 def unavailable_backends() -> dict[str, str]:
@@ -65,7 +65,9 @@ def unavailable_backends() -> dict[str, str]:
 
 
 def _missing_weights(name: str) -> str:
-    if name in ("tiny", "tiny-v2"):
+    from vdemo.backends import BUILTIN
+
+    if name in BUILTIN:
         return f"no built-in model (assets/{name.replace('-', '_')}) found"
     from vdemo.backends.hub.registry import get_spec
 
@@ -82,19 +84,25 @@ def check_served(name: str) -> None:
         raise user_error(f"backend {name!r} is not available on this app: {reason}")
 
 
-def model_status() -> str:
-    """A banner (markdown) when the built-in model's weights are missing; empty when all is well."""
-    from vdemo.backends import tiny_dir
+def model_status(name: str | None = None) -> str:
+    """A banner (markdown) when the page's first backend is a built-in model whose weights are missing (default: the
+    default backend); empty when all is well, and for hub backends (their reasons sit under the dropdown)."""
+    from vdemo.backends import BUILTIN, DEFAULT_BACKEND, tiny_dir
 
-    folder = tiny_dir()
+    name = name or DEFAULT_BACKEND
+    if name not in BUILTIN:
+        return ""
+    folder = tiny_dir(name=name)
     if (folder / "config.json").exists():
         return ""
-    return (f"**No built-in model found** in `{folder}`. Train one with `python -m vdemo.train`, or set "
-            f"`VDEMO_TINY_DIR` to a folder with `config.json`. Generation will fail until then; presets and "
+    train, env = (("python -m vdemo.train --arch v2", "VDEMO_TINY_V2_DIR") if name == "tiny-v2"
+                  else ("python -m vdemo.train", "VDEMO_TINY_DIR"))
+    return (f"**No built-in model found** in `{folder}`. Train one with `{train}`, or set "
+            f"`{env}` to a folder with `config.json`. Generation will fail until then; presets and "
             f"stroke drawing still work.")
 
 
-def warm_up(backend: str = "tiny", steps: int = WARM_UP_STEPS) -> None:
+def warm_up(backend: str, steps: int = WARM_UP_STEPS) -> None:
     """Load a backend and run a few steps at its default frames (weights, tokenizer, kernels), so the first Generate
     streams at once — through the generation queue, so its step times seed the waits users are shown.
 

@@ -21,12 +21,12 @@ import numpy as np
 from PIL import Image
 
 from vdemo import world
-from vdemo.config import DEFAULTS
+from vdemo.backends import DEFAULT_BACKEND, backend_info
 
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".bmp"]
 VIDEO_TYPES = [".mp4", ".mov", ".webm", ".avi", ".mkv", ".gif"]
 EXAMPLES_DIR = Path(tempfile.gettempdir()) / "vdemo-examples"
-PREVIEW_SIZE = DEFAULTS.height  # frame side of the presets' first previews (the built-in model's frames)
+PREVIEW_SIZE = backend_info(DEFAULT_BACKEND).default_size[0]  # the presets' first previews: the default model's frames
 TAB_MODULES = ("text", "image", "pose", "depth", "strokes", "compare", "video")  # page order; vdemo.ui.tabs.<name>
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 import numpy as np
 
-from vdemo.backends import backend_info
+from vdemo.backends import DEFAULT_BACKEND, backend_info
 from vdemo.ui import sources
 from vdemo.ui.messages import USER_ERRORS, guarded
 from vdemo.ui.run import Builder, Built, generate
@@ -58,7 +58,7 @@ def request_builder(prompt: str, image) -> Builder:
     return build
 
 
-def image_preview(image, backend: str = "tiny") -> np.ndarray | None:
+def image_preview(image, backend: str = DEFAULT_BACKEND) -> np.ndarray | None:
     """Image tab: what the model will see (centre-cropped, resized to the backend's frame), shown pixel-exact."""
     if sources._path(image) is None:
         return None

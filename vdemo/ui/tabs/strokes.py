@@ -9,7 +9,7 @@ import secrets
 import gradio as gr
 import numpy as np
 
-from vdemo.backends import backend_info
+from vdemo.backends import DEFAULT_BACKEND, backend_info
 from vdemo.config import DEFAULTS, LIMITS
 from vdemo.ui import sources
 from vdemo.ui.canvas import PAD_JS, PAD_TEMPLATE, render_pad
@@ -26,7 +26,7 @@ NAME, LABEL = "strokes", "Motion strokes"
 
 def build() -> TabUI:
     """The tab's components (inside its gr.Tab)."""
-    base0 = strokes_base(None, DEFAULT_SCENE, "tiny")
+    base0 = strokes_base(None, DEFAULT_SCENE, DEFAULT_BACKEND)
     strokes_state = gr.State([])
     pad_base = gr.State(base0)
     with gr.Row(equal_height=False):
@@ -111,7 +111,7 @@ def request_builder(prompt: str, strokes: str, image, scene: int, drag: bool = T
     return build
 
 
-def strokes_base(image, scene, backend: str = "tiny") -> np.ndarray:
+def strokes_base(image, scene, backend: str = DEFAULT_BACKEND) -> np.ndarray:
     """The pad's background: the uploaded image or the generated scene, cropped to the backend's frame aspect."""
     from vdemo.ui.canvas import pad_shape
 
@@ -160,14 +160,14 @@ def strokes_edit(text: str, base: np.ndarray, frames: int):
     return strokes, render_pad(base, strokes, int(frames))
 
 
-def strokes_example(text: str, image, scene, frames: int, backend: str = "tiny"):
+def strokes_example(text: str, image, scene, frames: int, backend: str = DEFAULT_BACKEND):
     """An example row filled the JSON box and the scene number: load both into the state and the pad."""
     base = strokes_base(image, scene, backend)
     strokes, pad = strokes_edit(text, base, frames)
     return strokes, base, pad
 
 
-def strokes_new_base(image, scene, strokes: list, frames: int, backend: str = "tiny"):
+def strokes_new_base(image, scene, strokes: list, frames: int, backend: str = DEFAULT_BACKEND):
     """A new first frame (upload, scene number or backend): redraw the pad with the current strokes."""
     from vdemo.ui.canvas import render_pad
 
@@ -175,7 +175,7 @@ def strokes_new_base(image, scene, strokes: list, frames: int, backend: str = "t
     return base, render_pad(base, strokes, int(frames))
 
 
-def new_scene(strokes: list, frames: int, backend: str = "tiny"):
+def new_scene(strokes: list, frames: int, backend: str = DEFAULT_BACKEND):
     """'New scene' button: a random generated first frame (and no upload)."""
     scene = secrets.randbelow(10_000)
     base, pad = strokes_new_base(None, scene, strokes, frames, backend)
