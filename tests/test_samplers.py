@@ -36,9 +36,11 @@ from vdemo.samplers import (
     reproject,
     sample_steps,
     sampler_names,
+    schedule_steps,
     scheduler_step,
     set_timesteps,
     split_prediction,
+    steps_from,
     switch_scheduler,
 )
 
@@ -188,12 +190,32 @@ def _step_starts(scheduler) -> list[int]:
     return list(range(n))
 
 
+SAME_RANGE = [n for n in SAMPLERS if n not in ("DPM++ 2M Karras", "LCM")]  # grids over the same noise range
+
+
 @pytest.mark.parametrize("first", list(SAMPLERS))
+@pytest.mark.parametrize("n", [10, 20])
+def test_a_switch_never_runs_more_steps_than_were_asked_for_plus_one(first, n):
+    """Whatever the two grids (Karras σs reach 2e4 on the cosine schedule, far above a uniform grid's top), the steps
+    run before the switch plus the new sampler's steps stay within n + 1: a ZeroGPU slot was costed for n."""
+    config = default_scheduler_config()
+    old = make_scheduler(first, config)
+    set_timesteps(old, n)
+    for second in SAMPLERS:
+        new = make_scheduler(second, config)
+        set_timesteps(new, n)
+        for i in _step_starts(old):
+            j = continue_index(old, i, new)
+            done = schedule_steps(old) - steps_from(old, i)
+            assert done + steps_from(new, j) <= n + 1, (first, second, i, j)
+
+
+@pytest.mark.parametrize("first", SAME_RANGE)
 def test_continue_index_never_skips_a_noise_level(first):
     config = default_scheduler_config()
     old = make_scheduler(first, config)
     set_timesteps(old, 10)
-    for second in SAMPLERS:
+    for second in SAME_RANGE:
         new = make_scheduler(second, config)
         set_timesteps(new, 10)
         levels = [noise_level(new, k) for k in range(len(new.timesteps))]
@@ -211,6 +233,19 @@ def test_continue_index_never_skips_a_noise_level(first):
         assert continue_index(old, len(old.timesteps), new) == len(new.timesteps)
     with pytest.raises(ValueError, match="old_index"):
         continue_index(old, len(old.timesteps) + 1, old)
+
+
+def test_steps_from_counts_what_a_run_started_there_takes():
+    config = default_scheduler_config()
+    for name in SAMPLERS:
+        for n in (1, 2, 10):
+            scheduler = make_scheduler(name, config)
+            set_timesteps(scheduler, n)
+            assert steps_from(scheduler, 0) == schedule_steps(scheduler) == n, (name, n)
+            assert steps_from(scheduler, len(scheduler.timesteps)) == 0
+    heun = make_scheduler("Heun", config)
+    set_timesteps(heun, 10)  # [t0, t1, t1, t2, t2, …]: odd entries are second calls, dropped when a run starts there
+    assert [steps_from(heun, k) for k in range(5)] == [10, 9, 9, 8, 8]
 
 
 def test_pndm_to_heun_keeps_every_level():

@@ -78,6 +78,20 @@ def test_switch_between_steps_keeps_the_count(first, second):
     assert after + model_calls(second, n - k) <= len(seen) <= after + model_calls(second, n - k + 1)
 
 
+@pytest.mark.parametrize(("first", "second"), [("DPM++ 2M Karras", "Heun"), ("DPM++ 2M Karras", "DDIM"),
+                                               ("DDIM", "DPM++ 2M Karras"), ("Heun", "DPM++ 2M Karras")])
+def test_a_switch_across_grids_of_other_ranges_stays_within_the_steps_asked(first, second):
+    """Karras σs reach 2e4 (the cosine schedule's top), a uniform grid's far less: leaving Karras mid-run the new
+    sampler takes no more than the steps left (+1), not its whole schedule again; joining Karras it may finish early
+    at its dense low-noise levels. Either way the count ends at n/n and never runs backwards."""
+    n, k = 10, 4
+    after = 2 * k if first in TWO_CALL else k
+    seen = labels(first, n, switch_at={after: second})
+    completed = [step for step, done in seen if done]
+    assert completed == sorted(completed) and completed[:k] == list(range(1, k + 1)) and seen[-1] == (n, True)
+    assert len(completed) <= n + 1 and len(seen) <= after + model_calls(second, n - k + 1)
+
+
 # ----------------------------------------------------------------------------------------- the built-in loop
 @pytest.fixture(scope="module")
 def pipe() -> VideoPipeline:

@@ -255,7 +255,7 @@ def test_registry_entry_and_loading_by_name(monkeypatch, trained, tmp_path):
 
 def test_a_v1_folder_is_refused_with_a_clear_reason(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "TinyVideoUNet"}))
-    with pytest.raises(ModelNotFound, match="does not hold a v2 model"):
+    with pytest.raises(ModelNotFound, match="does not hold a v2 model.*choose --backend tiny"):
         TinyV2Backend.from_pretrained(tmp_path)
 
 

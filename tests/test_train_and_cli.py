@@ -243,7 +243,7 @@ def test_cli_bad_inputs_one_line_errors(trained, tmp_path, capsys):
         for i in range(n):
             iio.imwrite(folder / f"{i:04d}.png", np.zeros((16, 16, 3), np.uint8))
     assert "same length" in _cli_error(base + ["--pose", str(pose_dir), "--depth", str(depth_dir)], capsys)
-    assert "num_frames must be 4–32" in _cli_error(base[:3] + ["--frames", "500"], capsys)
+    assert "num_frames must be 4–32" in _cli_error(base[:5] + ["--frames", "500"], capsys)  # --backend tiny --model-dir
 
 
 def test_cli_runs_as_module(trained, tmp_path):

@@ -63,16 +63,18 @@ def add_long_arguments(g: argparse.ArgumentParser) -> None:
 
 
 def request_from_args(args: argparse.Namespace):
-    """Read the files named on the command line and build a validated GenerationRequest; size, steps and guidance
-    default to the backend's own (the loaded one: a --model-dir model may be trained at another size)."""
-    from vdemo.backends import load_backend
+    """Read the files named on the command line and build a validated GenerationRequest. Frame size (`--size`: a
+    square), steps and guidance default to the backend's own, as the page sets them (`backend_info`: no weights are
+    loaded, so a bad input file is reported before any model loads; a hub backend keeps its aspect and the Space's
+    `VDEMO_<NAME>_SIZE`)."""
+    from vdemo.backends import backend_info
     from vdemo.media import load_frames, load_image, to_gray
     from vdemo.pipeline import GenerationRequest
 
-    backend = load_backend(args.backend, args.model_dir)  # once per process: generate() gets the same instance
-    size = args.size if args.size is not None else backend.default_size[0]
-    steps = args.steps if args.steps is not None else backend.default_steps
-    guidance = args.guidance if args.guidance is not None else backend.default_guidance
+    info = backend_info(args.backend)
+    height, width = (args.size, args.size) if args.size is not None else info.default_size
+    steps = args.steps if args.steps is not None else info.default_steps
+    guidance = args.guidance if args.guidance is not None else info.default_guidance
 
     strokes = read_strokes(Path(args.strokes)) if args.strokes else ()
     return GenerationRequest(
@@ -81,7 +83,7 @@ def request_from_args(args: argparse.Namespace):
         pose=load_frames(args.pose) if args.pose else None,
         depth=to_gray(load_frames(args.depth)) if args.depth else None,
         strokes=strokes,
-        num_frames=args.frames, height=size, width=size, num_steps=steps, guidance=guidance,
+        num_frames=args.frames, height=height, width=width, num_steps=steps, guidance=guidance,
         seed=args.seed, fps=args.fps, attention_mode=args.mode, sampler=args.sampler, plan_motion=args.plan_motion,
         drag_reference=args.drag_reference,
     )

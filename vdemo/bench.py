@@ -705,7 +705,14 @@ def run_dit_step(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ the running app
+def add_app_backend_arg(p: argparse.ArgumentParser) -> None:
+    from vdemo.backends import BUILTIN, DEFAULT_BACKEND
+
+    p.add_argument("--backend", default=DEFAULT_BACKEND, choices=BUILTIN, help="the built-in model the app serves")
+
+
 def add_queue_args(p: argparse.ArgumentParser) -> None:
+    add_app_backend_arg(p)
     p.add_argument("--users", type=int, default=8)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--frames", type=int, default=8)
@@ -716,12 +723,13 @@ def run_queue(args: argparse.Namespace) -> int:
     """the app's queue: each waiting user's first estimate vs the real wait (users submit at once)"""
     from vdemo.bench_app import format_queue, measure_queue
 
-    result = measure_queue(args.users, args.steps, args.frames)
+    result = measure_queue(args.users, args.steps, args.frames, backend=args.backend)
     print(json.dumps(result, indent=1) if args.json else format_queue(result))
     return 0
 
 
 def add_soak_args(p: argparse.ArgumentParser) -> None:
+    add_app_backend_arg(p)
     p.add_argument("--gens", type=int, default=200)
     p.add_argument("--users", type=int, default=8)
     p.add_argument("--steps", type=int, default=2)
@@ -737,7 +745,8 @@ def run_soak(args: argparse.Namespace) -> int:
     from vdemo.bench_app import soak
 
     result = soak(args.gens, args.users, args.steps, args.frames, args.cancel_every,
-                  disk_cap_mb=args.disk_cap_mb or None, log=partial(print, file=sys.stderr, flush=True))
+                  disk_cap_mb=args.disk_cap_mb or None, log=partial(print, file=sys.stderr, flush=True),
+                  backend=args.backend)
     print(json.dumps(result, indent=1) if args.json else
           f"{result['gens']} generations ({result['cancelled']} cancelled) + {result['users']} concurrent users; "
           f"growth after warm-up: {result['growth_after_warm_up']}")

@@ -3,9 +3,9 @@
     python -m vdemo.bench queue --users 8     # every waiting user's first estimate vs the wait they really had
     python -m vdemo.bench soak --gens 200     # RSS, open files, threads, disk after warm-up and at the end
 
-Both start `python app.py` (the built-in model) in its own process on a free local port, drive it through
-`gradio_client` as API users would, and measure that process from outside. Runs are small (a few steps, 4-8 frames)
-so that what is measured is the app, not the model.
+Both start `python app.py` serving one built-in model (`--backend`; default: the default, tiny-v2) in its own process
+on a free local port, drive it through `gradio_client` as API users would, and measure that process from outside.
+Runs are small (a few steps, 4-8 frames) so that what is measured is the app, not the model.
 """
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from vdemo.config import DEFAULT_BACKEND
+
 PROMPT = "a red circle moves right on a black background"
 SETTLE_S = 3.0  # before a resource sample
 WAIT_RE = re.compile(r"(\d+)(?:st|nd|rd|th) in line, about ([\d.]+) s")
 
 
 @contextmanager
-def app_process(env: dict[str, str] | None = None):
-    """`python app.py` (the built-in model) in its own process on a free local port, as a user starts it; yields
+def app_process(env: dict[str, str] | None = None, backend: str = DEFAULT_BACKEND):
+    """`python app.py` serving one built-in model in its own process on a free local port, as a user starts it; yields
     (url, pid). Measured from outside, so the clients' own threads and sockets are not counted."""
     import socket
     import subprocess
@@ -37,7 +39,7 @@ def app_process(env: dict[str, str] | None = None):
         port = sock.getsockname()[1]
     repo = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "GRADIO_SERVER_PORT": str(port), "VDEMO_SPACE_BACKENDS": "tiny",
+                            env={**os.environ, "GRADIO_SERVER_PORT": str(port), "VDEMO_SPACE_BACKENDS": backend,
                                  **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
@@ -59,21 +61,26 @@ def app_process(env: dict[str, str] | None = None):
             proc.kill()
 
 
-def text_args(steps: int, frames: int, seed: int = 1) -> list:
-    return [PROMPT, True, "tiny", "full", "DDIM", steps, 3.0, frames, 8, seed, False]
+def text_args(steps: int, frames: int, seed: int = 1, backend: str = DEFAULT_BACKEND) -> list:
+    """The Text tab's API inputs for a run on `backend` at its own guidance (its size is the page's)."""
+    from vdemo.backends import backend_info
+
+    guidance = backend_info(backend).default_guidance
+    return [PROMPT, True, backend, "full", "DDIM", steps, guidance, frames, 8, seed, False]
 
 
 # ------------------------------------------------------------------------------------------------ queue honesty
-def measure_queue(users: int = 8, steps: int = 8, frames: int = 8, warm_runs: int = 3) -> dict:
+def measure_queue(users: int = 8, steps: int = 8, frames: int = 8, warm_runs: int = 3,
+                  backend: str = DEFAULT_BACKEND) -> dict:
     """`warm_runs` runs alone (the app measures its step times, as a running app has), then `users` clients submit at
     once. For each user:
     the first wait the status promised (and their place), and the real wait (submit → the run's "starting" status)."""
     from gradio_client import Client
 
-    with app_process() as (url, _pid):
+    with app_process(backend=backend) as (url, _pid):
         client = Client(url, verbose=False)
         for i in range(warm_runs):
-            client.predict(*text_args(steps, frames, seed=100 + i), api_name="/text_to_video")
+            client.predict(*text_args(steps, frames, 100 + i, backend), api_name="/text_to_video")
         results: list[dict] = [{} for _ in range(users)]
         barrier = threading.Barrier(users)
 
@@ -81,7 +88,7 @@ def measure_queue(users: int = 8, steps: int = 8, frames: int = 8, warm_runs: in
             c = Client(url, verbose=False)
             barrier.wait()
             submitted = time.perf_counter()
-            job = c.submit(*text_args(steps, frames, seed=i), api_name="/text_to_video")
+            job = c.submit(*text_args(steps, frames, i, backend), api_name="/text_to_video")
             promised = started = None
             seen = 0
             while not job.done() or seen < len(job.outputs()):
@@ -110,14 +117,15 @@ def measure_queue(users: int = 8, steps: int = 8, frames: int = 8, warm_runs: in
         left = r["waited_s"] - r["promised_at_s"]
         r["error"] = round((r["promised_s"] - left) / left, 3) if r["place"] > 1 and left > 0 else None
     errors = [abs(r["error"]) for r in rows if r["error"] is not None]
-    return {"users": users, "steps": steps, "frames": frames, "rows": rows,
+    return {"backend": backend, "users": users, "steps": steps, "frames": frames, "rows": rows,
             "max_abs_error": max(errors) if errors else None,
             "median_abs_error": statistics.median(errors) if errors else None}
 
 
 def format_queue(result: dict) -> str:
     lines = [f"{result['users']} users at once, {result['steps']} steps × {result['frames']} frames each "
-             "(built-in model); the first estimate each waiting user read vs the wait they had from then",
+             f"({result.get('backend', 'tiny')}); the first estimate each waiting user read vs the wait they had "
+             "from then",
              f"{'place':>5} {'promised s':>10} {'real s':>8} {'error':>7} {'total s':>8}"]
     for r in result["rows"]:
         real = r["waited_s"] - r["promised_at_s"]
@@ -143,7 +151,7 @@ def resources(pid: int, folders: list[Path]) -> dict:
 
 
 def soak(gens: int = 200, users: int = 8, steps: int = 2, frames: int = 4, cancel_every: int = 10,
-         warm_up: int = 20, disk_cap_mb: float | None = 16, log=print) -> dict:
+         warm_up: int = 20, disk_cap_mb: float | None = 16, log=print, backend: str = DEFAULT_BACKEND) -> dict:
     """Warm-up (`warm_up` generations, then `users` at once), then `gens` generations one after another (every
     `cancel_every`-th submitted and cancelled after its first preview), `users` at once again, and `warm_up` more;
     the app's resources sampled after the warm-up, every 50 generations and at the end. `disk_cap_mb` sets
@@ -165,27 +173,27 @@ def soak(gens: int = 200, users: int = 8, steps: int = 2, frames: int = 4, cance
         samples.append({"after": label, **resources(pid, folders)})
         log(f"after {label}: {samples[-1]}")
 
-    with app_process(env) as (url, pid):
+    with app_process(env, backend) as (url, pid):
         client = Client(url, verbose=False)
 
         def sequential(count: int, first_seed: int, cancel: bool) -> int:
             n = 0
             for i in range(count):
                 if cancel and cancel_every and i % cancel_every == cancel_every - 1:
-                    job = client.submit(*text_args(steps, frames, seed=first_seed + i), api_name="/text_to_video")
+                    job = client.submit(*text_args(steps, frames, first_seed + i, backend), api_name="/text_to_video")
                     while not job.outputs() and not job.done():
                         time.sleep(0.02)
                     job.cancel()
                     n += 1
                 else:
-                    client.predict(*text_args(steps, frames, seed=first_seed + i), api_name="/text_to_video")
+                    client.predict(*text_args(steps, frames, first_seed + i, backend), api_name="/text_to_video")
                 if cancel and (i + 1) % 50 == 0:
                     sample(f"{i + 1} generations")
             return n
 
         def concurrent(first_seed: int) -> None:
             threads = [threading.Thread(target=lambda s=s: Client(url, verbose=False).predict(
-                *text_args(steps, frames, seed=first_seed + s), api_name="/text_to_video")) for s in range(users)]
+                *text_args(steps, frames, first_seed + s, backend), api_name="/text_to_video")) for s in range(users)]
             for t in threads:
                 t.start()
             for t in threads:
@@ -201,5 +209,6 @@ def soak(gens: int = 200, users: int = 8, steps: int = 2, frames: int = 4, cance
         sample(f"{gens} + {users} concurrent + {warm_up}")
     warm, end = samples[0], samples[-1]
     growth = {k: round(end[k] - warm[k], 2) for k in ("rss_mib", "open_files", "threads", "disk_mib")}
-    return {"gens": gens, "users": users, "cancelled": cancelled, "disk_cap_mb": disk_cap_mb, "samples": samples,
+    return {"backend": backend, "gens": gens, "users": users, "cancelled": cancelled, "disk_cap_mb": disk_cap_mb,
+            "samples": samples,
             "growth_after_warm_up": growth}

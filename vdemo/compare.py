@@ -46,6 +46,7 @@ import torch
 
 from vdemo import attention
 from vdemo.attention import pair_count, parse_mode
+from vdemo.backends import BUILTIN
 from vdemo.errors import UserError
 from vdemo.pipeline import Done, GenerationRequest, Progress, RunControl
 
@@ -478,7 +479,7 @@ def stream_compare(backend, request: GenerationRequest, variants: Sequence[Varia
                 runs.append(event.record)
             yield event
     ref = next((r for r in runs if r.variant == ref_variant), None)
-    add_quality(runs, ref, request, world_metrics=backend.name in ("tiny", "tiny-v2"))  # the built-in world models
+    add_quality(runs, ref, request, world_metrics=backend.name in BUILTIN)  # the built-in world models
     tokens = top_tokens(backend, request)
     masks = mode_masks([v.mode for v in plan], model_frames=request.num_frames, model_tokens=tokens)
     yield CompareResult(request, backend.name, runs, ref_variant, added, memory_kind, masks,

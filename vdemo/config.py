@@ -50,6 +50,6 @@ class Defaults:
 
 LIMITS = Limits()
 DEFAULTS = Defaults()
-# The backend the page, the CLI and the tools use unless told otherwise: the built-in v2 (`tiny-v2`), which beats v1
-# on every row of issue 13's table (README, "The built-in model"); v1 stays loadable by its name, `tiny`.
+# The backend the page, the CLI and the tools use unless told otherwise: the built-in v2 (`tiny-v2`), better than or
+# tied with v1 on every row of issue 13's table (README, "The built-in model v2"); v1 stays loadable as `tiny`.
 DEFAULT_BACKEND = "tiny-v2"

@@ -1,7 +1,7 @@
 """Fidelity of the built-in model on held-out procedural cases, per modality and per attention mode.
 
-    python -m vdemo.eval                      # a table; --json for machine-readable rows
-    python -m vdemo.eval --cases 16 --modes full causal --model-dir assets/tiny
+    python -m vdemo.eval                      # the default model (tiny-v2): a table; --json for machine-readable rows
+    python -m vdemo.eval --backend tiny --cases 16 --modes full causal --model-dir assets/tiny   # v1
     python -m vdemo.eval --plot assets/tiny/learning_curve.csv assets/learning_curve.png
 
 Cases come from world seeds the training stream never draws (`HELDOUT_SEED0 + i`). Objects are found by
@@ -545,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="text metric: the video model alone, without the layout planner")
     parser.add_argument("--no-drag", dest="drag_reference", action="store_false",
                         help="image and strokes metrics: without the cut-and-drag reference (tiny-v2)")
-    parser.add_argument("--out", default=None, help="also write the rows as JSON here (e.g. assets/tiny/eval.json)")
+    parser.add_argument("--out", default=None, help="also write the rows as JSON here (e.g. runs/eval.json)")
     parser.add_argument("--grid", default=None, help="only render a sample grid PNG (truth / sample row pairs)")
     parser.add_argument("--curve", default=None, help="append the full-mode metrics and the checkpoint's step to a CSV")
     parser.add_argument("--plot", nargs=2, metavar=("CSV", "PNG"), default=None,

@@ -10,7 +10,7 @@ clip: seam jumps (change across window boundaries ÷ change within windows) and 
 on world clips: the prompt's colour swapped ("make the red circle blue"), at two strengths: does the new colour show,
 and does the object keep its old path.
 
-    python -m vdemo.eval --metrics long --cases 2 --steps 20 --out assets/long/drift.json
+    python -m vdemo.eval --backend tiny --metrics long --cases 2 --steps 20 --out assets/long/drift.json   # v1
     python -m vdemo.long_eval --plot assets/long/drift.json assets/long/drift.png
 """
 

@@ -170,13 +170,32 @@ def noise_level(scheduler: SchedulerMixin, index: int) -> float:
     return math.sqrt((1 - a) / a)
 
 
-def continue_index(old: SchedulerMixin, old_index: int, new: SchedulerMixin) -> int:
-    """Where a switch to `new` continues a run that was about to call `old` at `old_index`: the first entry of the
-    least noisy level of `new` that is still at least as noisy as the old one.
+def steps_from(scheduler: SchedulerMixin, index: int) -> int:
+    """Scheduler steps a run started (or continued) at `scheduler.timesteps[index]` still takes, after
+    `_align_schedule`: two-call samplers drop an odd (second-call) entry and count pairs; PLMS rebuilds its warm-up, one
+    step per distinct level left; the others one step per entry."""
+    entries = len(scheduler.timesteps) - index
+    if entries <= 0:
+        return 0
+    if isinstance(scheduler, TWO_CALL_SAMPLERS):
+        return (entries - index % 2 + 1) // 2
+    if isinstance(scheduler, PNDMScheduler):
+        return len(torch.unique_consecutive(scheduler.timesteps[index:]))
+    return entries
 
-    Matching noise levels (not the fraction of list entries) never skips a level, whatever the lists' lengths
-    (PNDM's warm-up, Heun's 2n−1 entries, Karras spacing); it may repeat part of one. `old_index == len(old.timesteps)`
-    (finished) maps to `len(new.timesteps)`. Both schedulers must have had `set_timesteps`.
+
+def continue_index(old: SchedulerMixin, old_index: int, new: SchedulerMixin) -> int:
+    """Where a switch to `new` continues a run that was about to call `old` at `old_index`.
+
+    By noise level: the first entry of the least noisy level of `new` that is still at least as noisy as the old one,
+    so a switch does not skip a level whatever the lists' lengths (PNDM's warm-up, Heun's 2n−1 entries); it may run
+    part of one again. Bounded by the steps asked for: the new sampler takes at most one step more than the old one
+    had left (`steps_from`), so a switch never lengthens a run past what was costed (a ZeroGPU slot). Where the grids
+    cover different noise ranges (Karras σs reach 2e4 on the cosine schedule, a uniform grid's top is far lower) the
+    bound wins: leaving Karras early, the new sampler starts where its remaining steps fit and the levels above are
+    passed in one re-projection; joining Karras it continues at its matching (dense, low-noise) levels and can finish
+    in fewer steps than were left. `old_index == len(old.timesteps)` (finished) maps to `len(new.timesteps)`. Both
+    schedulers must have had `set_timesteps`.
     """
     old_len, new_len = len(old.timesteps), len(new.timesteps)
     if not (old_len > 0 and new_len > 0 and 0 <= old_index <= old_len):
@@ -186,10 +205,13 @@ def continue_index(old: SchedulerMixin, old_index: int, new: SchedulerMixin) -> 
     level = noise_level(old, old_index) * (1 - 1e-6)
     levels = [noise_level(new, k) for k in range(new_len)]
     noisier = [k for k, s in enumerate(levels) if s >= level]
-    if not noisier:
-        return 0
-    last = max(noisier)
-    return min(k for k in noisier if math.isclose(levels[k], levels[last], rel_tol=1e-6))
+    by_level = 0
+    if noisier:
+        last = max(noisier)
+        by_level = min(k for k in noisier if math.isclose(levels[k], levels[last], rel_tol=1e-6))
+    budget = steps_from(old, old_index) + 1
+    by_budget = next(k for k in range(new_len + 1) if steps_from(new, k) <= budget)
+    return max(by_level, by_budget)
 
 
 def alpha_bar_at(alphas_cumprod: torch.Tensor, t: float | torch.Tensor) -> float:
@@ -360,8 +382,9 @@ def step_progress(scheduler: SchedulerMixin, index: int, total: int) -> tuple[in
     Call it after `scheduler_step` for that call. `total` is `schedule_steps` of the run's schedule at its start; the
     step is counted back from the end (`total` minus the steps still left), so it stays right after a live switch
     (the new scheduler's list is re-aligned at a step's start) and a cut schedule. The last entry always completes
-    the run (Heun's last step is one call). A switch continues at the new list's matching noise level
-    (`continue_index`), so where that repeats part of a level the step is reported again.
+    the run (Heun's last step is one call). A switch continues at the new list's matching noise level, within the
+    steps left (`continue_index`): where that runs part of a level again the step is reported again, and where the
+    new grid has fewer levels left (joining Karras late) the count moves on.
     """
     done = not mid_step(scheduler) or index == len(scheduler.timesteps) - 1
     rest = len(scheduler.timesteps) - 1 - index - (0 if done else 1)  # entries after the call that completes it

@@ -1,4 +1,5 @@
-"""Backends behind the shared pipeline, by name: the built-in `tiny` model and (on GPU spaces) hub backends.
+"""Backends behind the shared pipeline, by name: the built-in models (`tiny-v2`, the default, and `tiny`, v1) and
+(on GPU spaces) hub backends.
 
 The contract the UI and the tools read (and nothing else): `backend_info(name)` -> `BackendInfo`, everything a
 registry entry declares — modalities, attention modes, samplers, defaults (mode, sampler, steps, guidance, frame

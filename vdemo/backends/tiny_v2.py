@@ -64,7 +64,8 @@ def load_v2_model(folder: Path) -> LatentVideoDiffusion:
     """The model in a folder `python -m vdemo.train --arch v2` wrote: config.json + fp16 safetensors."""
     config = json.loads((folder / "config.json").read_text())
     if config.get("_class_name") != LatentVideoDiffusion.__name__:
-        raise ModelNotFound(f"{folder} does not hold a v2 model (config.json names {config.get('_class_name')!r})")
+        raise ModelNotFound(f"{folder} does not hold a v2 model (config.json names {config.get('_class_name')!r}); "
+                            f"for a v1 folder choose --backend tiny")
     known = {f.name for f in fields(LatentConfig)}
     cfg = LatentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in known})
     model = LatentVideoDiffusion(cfg)

@@ -38,7 +38,8 @@ def offered_backends() -> list[str]:
         return backend_names()
     # nothing loaded (e.g. no built-in model yet): still offer it, so the page builds, shows the banner, and a
     # Generate is refused with the reason (check_served)
-    return [n for n in backend_names() if SERVED.get(n) == "ok"] or [DEFAULT_BACKEND]
+    # (the first the Space asked for, so its reason shows; else the default)
+    return [n for n in backend_names() if SERVED.get(n) == "ok"] or [next(iter(SERVED), DEFAULT_BACKEND)]
 
 
 def unavailable_backends() -> dict[str, str]:
