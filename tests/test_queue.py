@@ -268,6 +268,8 @@ def test_with_nothing_loaded_the_page_still_builds_and_offers_the_built_in_model
 
     monkeypatch.setattr(space, "SERVED", {"tiny-v2": "no built-in model found", "tiny": "no built-in model found"})
     assert space.offered_backends() == ["tiny-v2"]  # the default, refused with the reason when chosen
+    monkeypatch.setattr(space, "SERVED", {"tiny": "no built-in model found"})  # a Space that asked for v1 only
+    assert space.offered_backends() == ["tiny"]
     demo = build_demo(warm_up_model=False)
     assert any(getattr(b, "elem_id", None) == "vd-backend" for b in demo.blocks.values())
 
