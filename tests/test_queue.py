@@ -403,3 +403,17 @@ def test_a_run_resumed_after_losing_its_place_ends_with_a_clear_line_instead_of_
             next(stalled)
         assert other.job in queue._jobs and len(queue) == 1
     assert len(queue) == 0
+
+
+def test_the_app_benches_drive_the_backend_they_are_given_at_its_own_guidance():
+    """`python -m vdemo.bench queue|soak --backend`: the Text tab's API inputs name that backend and its guidance."""
+    from vdemo.bench import build_parser
+    from vdemo.bench_app import text_args
+
+    assert text_args(10, 16, 3, "tiny-v2")[2:] == ["tiny-v2", "full", "DDIM", 10, 2.0, 16, 8, 3, False]
+    assert text_args(20, 16, 3, "tiny")[2:7] == ["tiny", "full", "DDIM", 20, 3.0]
+    parser = build_parser()
+    assert parser.parse_args(["queue"]).backend == "tiny-v2"  # the default model
+    assert parser.parse_args(["soak", "--backend", "tiny"]).backend == "tiny"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["queue", "--backend", "svd"])  # built-in models only: the bench starts app.py on the CPU
