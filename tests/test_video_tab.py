@@ -131,7 +131,17 @@ def test_choosing_a_backend_sets_the_video_tabs_strategy_and_context():
     """A causal model that only continues clips starts on autoregressive windows with a context it encodes whole."""
     from vdemo.ui.tabs.video import long_video_defaults
 
-    strategy, context = long_video_defaults("anyflow-far")
+    strategy, context, strength = long_video_defaults("anyflow-far")
     assert (strategy["value"], context["value"]) == ("autoregressive", 5)
-    strategy, context = long_video_defaults("tiny")
-    assert (strategy["value"], context["value"]) == ("hierarchical", 4)
+    strategy, context, strength = long_video_defaults("tiny")
+    assert (strategy["value"], context["value"], strength["value"]) == ("hierarchical", 4, 0.8)
+    # v2 edits in its latent space, where the colour survives more noise: it starts re-noised further
+    assert long_video_defaults("tiny-v2")[2]["value"] == 0.9
+
+
+def test_the_page_opens_with_the_default_models_edit_strength(tiny_model_dir):
+    from vdemo.ui.layout import build_demo
+
+    demo = build_demo(warm_up_model=False)
+    slider = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "vd-video-strength")
+    assert slider.value == 0.9  # tiny-v2's, the page's first backend

@@ -289,6 +289,9 @@ class Backend(ABC):
     # what the Video tab starts from on this backend: (strategy, context frames); a causal model that only continues
     # clips wants autoregressive windows with a context it can encode whole
     long_video_defaults: tuple[str, int] = ("hierarchical", 4)
+    # the Video tab's starting SDEdit strength: enough re-noising for a new prompt to show (a latent model keeps the
+    # object's colour through more noise than a pixel model: `python -m vdemo.eval --metrics long`)
+    edit_strength: float = 0.8
     modalities: frozenset[str] = frozenset(MODALITIES)
     attention_modes: tuple[str, ...] = ATTENTION_MODES
     samplers: tuple[str, ...] = tuple(SAMPLERS)

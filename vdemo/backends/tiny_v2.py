@@ -81,6 +81,8 @@ class TinyV2Backend(TinyBackend):
     default_size = (128, 128)
     default_steps = 10  # the bake-off's eval setting: a 16-frame clip in 3.9 s float32, 2.3 s bf16 (2 threads, bench)
     default_guidance = 2.0
+    edit_strength = 0.9  # SDEdit, colour swapped in the prompt (4 held-out clips, 10 steps): new colour in 1.00 of the
+    # frames at 0.9, 0.38 at 0.8 (v1 at 0.8: 0.63); the path moves 0.07 of the diagonal
     # The top attention grid is 16×16 at 128 px (f=4 latents in 2×2 tokens: 8 px a token). A 16-frame clip of 10 DDIM
     # steps with guidance took 5.3 CPU-s at 1 thread in float32 (bake-off final check): 0.033 s per frame and call.
     gpu_cost = GpuCost(startup_s=1.0, s_per_frame_call=0.033, attention_share=0.3, reference_px=128 * 128,

@@ -17,7 +17,7 @@ import gradio as gr
 import numpy as np
 import spaces
 
-from vdemo.backends import get_pipeline
+from vdemo.backends import DEFAULT_BACKEND, backend_class, get_pipeline
 from vdemo.cost import request_seconds
 from vdemo.long import (
     MAX_LENGTH,
@@ -65,7 +65,8 @@ def build() -> TabUI:
     clip = gr.File(label="Clip (mp4, gif, webm or a zip of frames)", file_types=CLIP_TYPES, type="filepath",
                    height=110, elem_id="vd-video-clip")
     with gr.Row():
-        strength = gr.Slider(0.1, 1.0, value=0.8, step=0.05, label="Edit strength (re-noise to)",
+        strength = gr.Slider(0.1, 1.0, value=backend_class(DEFAULT_BACKEND).edit_strength, step=0.05,
+                             label="Edit strength (re-noise to)",
                              elem_id="vd-video-strength")
         extend_by = gr.Slider(4, MAX_LENGTH, value=32, step=1, label="Extend by (frames)", elem_id="vd-video-extend")
     with gr.Row():
@@ -76,7 +77,8 @@ def build() -> TabUI:
     long_button = gr.Button("long_video", visible=False, elem_id="vd-video-long-api")
     inputs = [mode, clip, prompt, prompts, strategy, length, context, strength, extend_by, first, last]
     return TabUI(NAME, inputs, button, {"long_button": long_button, "prompt": prompt, "prompts": prompts,
-                                        "strategy": strategy, "length": length, "context": context})
+                                        "strategy": strategy, "length": length, "context": context,
+                                        "strength": strength})
 
 
 def _outputs() -> list:
@@ -99,18 +101,20 @@ def wire(ui: TabUI, settings: dict, tabs: dict) -> None:
                                api_description="Text → long video (autoregressive or hierarchical windows).",
                                concurrency_id=GPU_QUEUE, concurrency_limit=GPU_CONCURRENCY, show_progress="minimal")
     settings["backend"].change(long_video_defaults, inputs=settings["backend"],
-                               outputs=[parts["strategy"], parts["context"]], api_visibility="undocumented")
+                               outputs=[parts["strategy"], parts["context"], parts["strength"]],
+                               api_visibility="undocumented")
 
 
 def long_video_defaults(backend: str):
-    """The chosen backend's starting strategy and context (e.g. a causal model that only continues clips:
-    autoregressive, 5 frames); an unknown name leaves them."""
-    from vdemo.backends import backend_class, backend_names
+    """The chosen backend's starting strategy, context (e.g. a causal model that only continues clips:
+    autoregressive, 5 frames) and SDEdit strength; an unknown name leaves them."""
+    from vdemo.backends import backend_names
 
     if backend not in backend_names():
-        return gr.skip(), gr.skip()
-    strategy, context = backend_class(backend).long_video_defaults
-    return gr.update(value=strategy), gr.update(value=context)
+        return gr.skip(), gr.skip(), gr.skip()
+    cls = backend_class(backend)
+    strategy, context = cls.long_video_defaults
+    return gr.update(value=strategy), gr.update(value=context), gr.update(value=cls.edit_strength)
 
 
 # ------------------------------------------------------------------------------------------------ endpoints
