@@ -290,7 +290,7 @@ def test_a_turn_nobody_takes_up_is_given_up_and_the_next_user_runs(caplog):
         clock.now += ABANDONED_S - 1
         assert next(waiting).startswith("**waiting**: 2nd in line")  # not yet: it may still take its turn
         clock.now += 2
-        assert next(waiting, None) is None and place.admitted and lost not in queue._jobs
+        assert next(waiting, None) is None and place.admitted and not queue.holds(lost)
     assert len(queue) == 0
     assert "its handler is gone (never took its turn)" in caplog.text  # the log names why
 
@@ -352,7 +352,7 @@ def test_a_place_given_up_while_its_owner_was_away_rejoins_at_the_end():
         next(other_waiting)
         clock.now += ABANDONED_S + 1
         next(other_waiting)  # gives up `away`'s place
-        assert away.job not in queue._jobs
+        assert not queue.holds(away.job)
         assert next(away.waiting()).startswith("**waiting**: 3rd in line")  # back, behind `other`
         queue.leave(running)
     away.done()
@@ -401,7 +401,7 @@ def test_a_run_resumed_after_losing_its_place_ends_with_a_clear_line_instead_of_
         assert next(other.waiting(), None) is None and other.admitted  # the stalled run's place was given up
         with pytest.raises(UserError, match="lost its place in the queue"):
             next(stalled)
-        assert other.job in queue._jobs and len(queue) == 1
+        assert queue.holds(other.job) and len(queue) == 1
     assert len(queue) == 0
 
 
