@@ -382,12 +382,15 @@ def long_manifest(backend: Backend, job: LongJob, control: RunControl, records: 
 
 # ------------------------------------------------------------------------------------------------------ SDEdit
 def encode_pixels(backend: DenoisingBackend, request: GenerationRequest, frames: np.ndarray) -> torch.Tensor:
-    """uint8 (F, H, W, 3) -> the backend's sample: its own `encode` if it has one, else pixels in [-1, 1]."""
-    if hasattr(backend, "encode"):
-        return backend.encode(frames, request)
+    """uint8 (F, H, W, 3) -> the backend's sample: pixels in [-1, 1] at the request's size, through the backend's
+    own encoder (`encode_frames`, a latent model such as tiny-v2) when it has one."""
     shape = backend.latent_shape(request)
     fitted = np.stack([fit_image(f, request.height, request.width) for f in frames])
     x0 = torch.from_numpy(fitted).float().div(127.5).sub(1.0).permute(0, 3, 1, 2)[None]
+    encode = getattr(backend, "encode_frames", None)
+    if encode is not None:
+        with torch.no_grad():
+            x0 = encode(x0)
     if tuple(x0.shape) != tuple(shape):
         raise RequestError(f"backend {backend.name!r} denoises latents {shape}; it has no encoder for editing")
     return x0

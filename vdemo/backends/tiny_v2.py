@@ -180,15 +180,9 @@ class TinyV2Backend(TinyBackend):
 
     @torch.no_grad()
     def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, F, 3, H, W) in [-1, 1] -> the latent clip this backend denoises (`vdemo.eval` noises it)."""
+        """(B, F, 3, H, W) in [-1, 1] -> the latent clip this backend denoises (`vdemo.eval` noises it; SDEdit starts
+        from it, `vdemo.long.encode_pixels`)."""
         return self.model.encode(pixels.float())
-
-    @torch.no_grad()
-    def encode(self, frames: np.ndarray, request: GenerationRequest) -> torch.Tensor:
-        """uint8 (F, H, W, 3) -> the latent clip at the request's size (SDEdit's starting point, `vdemo.long`)."""
-        fitted = np.stack([fit_image(f, request.height, request.width) for f in frames])
-        pixels = torch.from_numpy(fitted).float().div(127.5).sub(1.0).permute(0, 3, 1, 2)[None]
-        return self.encode_frames(pixels)
 
     @torch.no_grad()
     def decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
