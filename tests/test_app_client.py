@@ -53,6 +53,23 @@ def test_api_lists_the_five_endpoints(client):
     assert {"/text_to_video", "/image_to_video", "/pose_to_video", "/depth_to_video", "/strokes_to_video"} <= names
     params = [p["parameter_name"] for p in info["named_endpoints"]["/strokes_to_video"]["parameters"]]
     assert params[:5] == ["prompt", "strokes", "image", "scene", "drag"] and params[-1] == "random_seed"
+    image = info["named_endpoints"]["/image_to_video"]["parameters"]
+    # the Image tab's switches trail the settings, optional (default on): a call written before them still works
+    assert [p["parameter_name"] for p in image][-3:] == ["random_seed", "plan_motion", "drag"]
+    assert [(p["parameter_has_default"], p["parameter_default"]) for p in image[-2:]] == [(True, True), (True, True)]
+
+
+def test_the_image_tabs_switches_by_keyword(client, image_file):
+    """Scene 3 has a white triangle: a prompt that moves it is planned from the image unless plan_motion is off."""
+    from gradio_client import handle_file
+
+    def manifest(**switches):
+        return client.predict("a white triangle moves right", handle_file(image_file), *SETTINGS, **switches,
+                              api_name="/image_to_video")[4]
+
+    planned, unplanned = manifest(), manifest(plan_motion=False, drag=False)
+    assert planned["motion_plan"]["directions"] == ["right"] and planned["request"]["drag_reference"] is True
+    assert unplanned["motion_plan"] is None and unplanned["request"]["drag_reference"] is False
 
 
 @pytest.mark.parametrize("api_name, args", [

@@ -96,6 +96,10 @@ CASES = [
     ("random_seed 1", text_case(random_seed=1), "random_seed must be true or false, got 1"),
     ("drag yes", strokes_case('[{"points": [[0.3, 0.5], [0.6, 0.5]], "radius": 0.1}]', drag="yes"),
      "drag must be true or false, got 'yes'"),
+    ("image drag yes", ("/image_to_video", ["", "IMAGE:good", *settings(), True, "yes"]),
+     "drag must be true or false, got 'yes'"),
+    ("image plan_motion 1", ("/image_to_video", ["", "IMAGE:good", *settings(), 1, True]),
+     "plan_motion must be true or false, got 1"),
     ("scene 2.5", ("/strokes_to_video", ["", '[{"points": [[0.3, 0.5]], "radius": 0.1}]', None, 2.5, True,
                                         *settings()]),
      "scene must be a whole number, got 2.5"),
@@ -112,7 +116,11 @@ def client(app_url):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("bad-inputs")
-    return {"corrupt": corrupt_png(folder / "corrupt.png"), "bomb": bomb_png(folder / "bomb.png")}
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(folder / "good.png")
+    return {"corrupt": corrupt_png(folder / "corrupt.png"), "bomb": bomb_png(folder / "bomb.png"),
+            "good": folder / "good.png"}
 
 
 def error_of(client, api_name: str, args: list) -> str:

@@ -258,6 +258,36 @@ def test_image_tab_crops_any_size(app_ready, bad_files):
     assert outputs[-1][4]["ui"]["image_size"] == [90, 160]
 
 
+def test_image_tab_switches_turn_the_plan_and_the_cut_and_drag_reference_off(app_ready, tmp_path):
+    """A red circle and a caption that moves it, on tiny-v2: planned and dragged by default; the drag switch keeps the
+    plan (as strokes) but drops the reference; the plan switch drops both (nothing left to drag along)."""
+    from PIL import Image
+
+    from vdemo import world
+    from vdemo.backends import load_backend
+
+    spec = {"kind": "objects", "background": "black", "shared_motion": False, "objects": [
+        {"colour": "red", "shape": "circle", "radius": 0.15, "motion": "still", "start": [0.3, 0.5],
+         "end": [0.3, 0.5]}]}
+    path = tmp_path / "circle.png"
+    Image.fromarray(world.make_clip(spec, 2, 128).frames[0]).save(path)
+    fast = {**FAST, "backend": "tiny-v2", "steps": 1, "guidance": 1.0}
+    takes_reference = load_backend("tiny-v2").model.cfg.reference
+
+    def manifest(**switches) -> dict:
+        return run_all(h.image_to_video("a red circle moves right", str(path), **fast, **switches))[-1][4]
+
+    for switches, planned, reference in (({}, True, "cut-and-drag along the strokes"),
+                                         ({"drag": False}, True, "first frame"),
+                                         ({"plan_motion": False}, False, "first frame")):
+        m = manifest(**switches)
+        assert (m["motion_plan"] is not None) is planned, switches
+        assert m["request"]["plan_motion"] is switches.get("plan_motion", True)
+        assert m["request"]["drag_reference"] is switches.get("drag", True)
+        if takes_reference:  # the shipped tiny-v2 does; a random stand-in (VDEMO_TEST_RANDOM_MODEL=1) may not
+            assert m["reference"] == reference, switches
+
+
 @pytest.mark.parametrize("preset", ["walk", "wave", "jump", "squat"])
 def test_pose_presets_render(app_ready, preset):
     grid = h.pose_preview("Preset", preset, None, None, 8, "tiny")

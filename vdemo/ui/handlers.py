@@ -6,7 +6,7 @@ values (generators for the endpoints); a `gr.Request` is optional (it only suppl
 Generation endpoints (stable `api_name`s; each also takes the shared settings, see SETTINGS_DOC):
 
     text_to_video(prompt, plan_motion, *settings)
-    image_to_video(prompt, image, *settings)
+    image_to_video(prompt, image, *settings, plan_motion, drag)   # switches after the settings: older calls work
     pose_to_video(prompt, pose_source, pose_preset, pose_video, skeleton_images, *settings)
     depth_to_video(prompt, depth_source, depth_preset, depth_model, depth_video, depth_maps, *settings)
     strokes_to_video(prompt, strokes, image, scene, drag, *settings)

@@ -65,15 +65,16 @@ def launch_kwargs() -> dict:
 
 
 def _wire_generation(tabs: list, uis: dict, settings: dict, out: dict) -> None:
-    """Each tab's Generate: its inputs + the shared settings -> the output panel, all in one GPU queue."""
+    """Each tab's Generate: its inputs + the shared settings (+ its trailing switches) -> the output panel, all in one
+    GPU queue."""
     setting_inputs = [settings[k] for k in SETTING_NAMES]
     outputs = [out["status"], out["preview"], out["video"], out["files"], out["manifest"], settings["seed"]]
     for tab in tabs:
-        fn = tab.ENDPOINT
-        uis[tab.NAME].button.click(fn, inputs=uis[tab.NAME].inputs + setting_inputs, outputs=outputs,
-                                   api_name=fn.__name__, api_description=(fn.__doc__ or "").split("\n")[0],
-                                   show_progress="minimal", show_progress_on=out["status"], concurrency_id=GPU_QUEUE,
-                                   concurrency_limit=GPU_CONCURRENCY, trigger_mode="once")
+        fn, ui = tab.ENDPOINT, uis[tab.NAME]
+        ui.button.click(fn, inputs=ui.inputs + setting_inputs + ui.trailing, outputs=outputs,
+                        api_name=fn.__name__, api_description=(fn.__doc__ or "").split("\n")[0],
+                        show_progress="minimal", show_progress_on=out["status"], concurrency_id=GPU_QUEUE,
+                        concurrency_limit=GPU_CONCURRENCY, trigger_mode="once")
 
 
 def _wire_settings(settings: dict, out: dict, tab_panels: dict) -> None:

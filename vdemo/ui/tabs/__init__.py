@@ -4,7 +4,7 @@
     build() -> TabUI                 # its components, created inside its gr.Tab
     wire(ui, settings, tabs)         # its helper events (previews, the strokes pad, ...), once every component
                                      # exists; `settings`: the settings panel's components, `tabs`: every TabUI by name
-    request_builder(*ui.inputs)      # the tab's inputs -> a Builder of GenerationRequest fields (modality tabs)
+    request_builder(*ui.builder_inputs)  # the tab's inputs -> a Builder of GenerationRequest fields (modality tabs)
     ENDPOINT                         # its generation endpoint (api_name = the function's name), a generator
 
 `vdemo.ui.layout.build_demo` composes them; a new tab is a new module here plus one line in `TAB_MODULES`.
@@ -32,12 +32,21 @@ TAB_MODULES = ("text", "image", "pose", "depth", "strokes", "compare", "video") 
 
 @dataclass
 class TabUI:
-    """A built tab: its name, the endpoint's own inputs in order, its Generate button, and named parts for wire()."""
+    """A built tab: its name, the endpoint's own inputs in order, its Generate button, and named parts for wire().
+
+    `trailing`: inputs the endpoint takes *after* the shared settings: switches added once the endpoint was public,
+    so that an API call written before them (its settings positional) still works, with the switch at its default."""
 
     name: str
     inputs: list
     button: gr.Button
     parts: dict = field(default_factory=dict)
+    trailing: list = field(default_factory=list)
+
+    @property
+    def builder_inputs(self) -> list:
+        """What the tab's `request_builder` takes, in order: its own inputs, then the trailing ones."""
+        return self.inputs + self.trailing
 
 
 def generate_button(tab: str) -> gr.Button:

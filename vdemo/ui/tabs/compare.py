@@ -157,8 +157,8 @@ def wire(ui: TabUI, settings: dict, tabs: dict) -> None:
 
     p = ui.parts
     sources = [m for m in MODALITIES if m in tabs]
-    counts = [len(tabs[m].inputs) for m in sources]
-    inputs = [p["source"], p["modes"], p["samplers"]] + [c for m in sources for c in tabs[m].inputs]
+    counts = [len(tabs[m].builder_inputs) for m in sources]
+    inputs = [p["source"], p["modes"], p["samplers"]] + [c for m in sources for c in tabs[m].builder_inputs]
     inputs += [settings[k] for k in SETTING_NAMES]
     outputs = [p[k] for k in ("status", "previews", "player", "table", "cost", "quality", "masks", "summary", "files")]
 

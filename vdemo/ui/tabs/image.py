@@ -25,12 +25,19 @@ def build() -> TabUI:
                                  interactive=False, height=190, buttons=[], format="png",
                                  elem_id="vd-image-preview")
     prompt_image = gr.Textbox(label="Prompt (optional)", lines=1, elem_id="vd-prompt-image")
+    with gr.Row():
+        plan_motion = gr.Checkbox(True, label="Plan the motion (built-in model): a prompt that names a motion becomes "
+                                  "a path from the object found in the image", elem_id="vd-plan-image")
+        drag = gr.Checkbox(True, label="Cut and drag (tiny-v2): move that object along its path as the model's "
+                           "reference", elem_id="vd-drag-image")
     button = generate_button("image")
     examples = example_images()
     gr.Examples([[examples[0], "a red circle moves right"], [examples[1], ""],
                  [examples[2], ""]],
                 inputs=[image_file, prompt_image], cache_examples=False, label="Examples")
-    return TabUI(NAME, [prompt_image, image_file], button, {"file": image_file, "preview": image_preview})
+    # the switches trail the settings in the API: calls written before they existed keep working
+    return TabUI(NAME, [prompt_image, image_file], button, {"file": image_file, "preview": image_preview},
+                 trailing=[plan_motion, drag])
 
 
 def wire(ui: TabUI, settings: dict, tabs: dict) -> None:
@@ -41,19 +48,23 @@ def wire(ui: TabUI, settings: dict, tabs: dict) -> None:
 
 @guarded
 def image_to_video(prompt: str, image, backend: str, attention_mode: str, sampler: str, steps: int, guidance: float,
-                   frames: int, fps: int, seed: int, random_seed: bool, request: gr.Request = None):
+                   frames: int, fps: int, seed: int, random_seed: bool, plan_motion: bool = True, drag: bool = True,
+                   request: gr.Request = None):
     """Image → video. image: an image file of any size (centre-cropped and resized to the model's frame), used as
-    frame 0; prompt: optional text."""
+    frame 0; prompt: optional text; plan_motion: let the built-in model's planner turn a motion in the prompt into a
+    path from the object it finds in the image; drag: give a model that takes one (tiny-v2) that object cut out and
+    dragged along the path as its reference. The two switches come after the settings."""
     settings = Settings.from_inputs(backend, attention_mode, sampler, steps, guidance, frames, fps, seed, random_seed)
-    yield from generate(NAME, request_builder(prompt, image), settings, request)
+    yield from generate(NAME, request_builder(prompt, image, plan_motion, drag), settings, request)
 
 
-def request_builder(prompt: str, image) -> Builder:
+def request_builder(prompt: str, image, plan_motion: bool = True, drag: bool = True) -> Builder:
     """The tab's inputs -> a Builder of the request's fields (the upload is read when the request is built)."""
 
     def build(num_frames: int, height: int, width: int) -> Built:
         picture = sources.load_user_image(image)
-        return {"prompt": prompt or "", "image": picture}, {"image_size": list(picture.shape[:2])}
+        return ({"prompt": prompt or "", "image": picture, "plan_motion": plan_motion, "drag_reference": drag},
+                {"image_size": list(picture.shape[:2])})
 
     return build
 
