@@ -613,3 +613,27 @@ def test_the_cli_takes_size_steps_and_guidance_from_the_backend(trained, tmp_pat
                 "--frames", "4", "--out", str(out)]) == 0
     request = json.loads((tmp_path / "manifest.json").read_text())["request"]
     assert (request["height"], request["width"], request["num_steps"], request["guidance"]) == (128, 128, 10, 2.0)
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "Euler a", "DPM++ 2M"])
+def test_known_frames_come_out_as_their_own_latents_and_every_step_sees_them_clean(sampler):
+    """A first frame and a keyframe: replaced in every x0 prediction by their own latents, so the final sample holds
+    exactly those (it decodes to the autoencoder's reconstruction of the given frames, not to the model's redrawing
+    of them), on any sampler; the other frames are still the model's, drawn beside clean known frames."""
+    b = _randomised()
+    req = _request(image=_square_scene(), keyframes=((4, np.full((64, 64, 3), 90, np.uint8)),), sampler=sampler,
+                   num_steps=4)
+    known_z = b.prepare(req)["known_z"][:1]  # (1, F, C, h, w): frames 0 and 4 set, the rest 0
+    decoded, decode = [], b.decode
+    b.decode = lambda x0: decoded.append(x0.clone()) or decode(x0)
+    list(VideoPipeline(b).generate(req))
+    final = decoded[-1]
+    assert torch.allclose(final[:, [0, 4]], known_z[:, [0, 4]], atol=1e-5)
+    assert all(torch.allclose(x0[:, [0, 4]], known_z[:, [0, 4]], atol=1e-5) for x0 in decoded)  # every preview too
+    assert b.known_sample(b.prepare(_request())) is None  # text only: nothing known, the prediction is the model's
+    b.known_sample = lambda cond: None  # the model's own prediction everywhere
+    decoded.clear()
+    list(VideoPipeline(b).generate(req))
+    plain = decoded[-1]
+    assert (plain[:, 0] - known_z[:, 0]).abs().max() > 0.05  # the model redraws frame 0 its own way...
+    assert not torch.allclose(plain[:, 1:4], final[:, 1:4], atol=1e-4)  # ...and the others saw that, not the clean one

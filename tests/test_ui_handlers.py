@@ -258,6 +258,16 @@ def test_image_tab_crops_any_size(app_ready, bad_files):
     assert outputs[-1][4]["ui"]["image_size"] == [90, 160]
 
 
+def test_image_examples_name_an_object_of_their_frame_so_the_motion_is_planned_from_it(app_ready):
+    from vdemo.ui.tabs import example_images
+    from vdemo.ui.tabs.image import EXAMPLE_PROMPTS
+
+    assert len(EXAMPLE_PROMPTS) == len(example_images())
+    for path, prompt in zip(example_images(), EXAMPLE_PROMPTS):
+        plan = run_all(h.image_to_video(prompt, path, **{**FAST, "steps": 1}))[-1][4]["motion_plan"]
+        assert (plan["directions"] == [prompt.split()[-1]]) if prompt else plan is None, (path, prompt, plan)
+
+
 def test_image_tab_switches_turn_the_plan_and_the_cut_and_drag_reference_off(app_ready, tmp_path):
     """A red circle and a caption that moves it, on tiny-v2: planned and dragged by default; the drag switch keeps the
     plan (as strokes) but drops the reference; the plan switch drops both (nothing left to drag along)."""

@@ -372,6 +372,14 @@ class DenoisingBackend(Backend):
         """Manifest entries about how `prepare` conditioned this run, beyond the request. Default: none."""
         return {}
 
+    def known_sample(self, cond: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The request's known frames (a first frame, keyframes, a previous window's context) in the denoised
+        sample's space: (which frames, (1, F, 1, 1, 1) bool; their clean sample, shaped like the sample), or None.
+        An x0-predicting backend (`output_type` "sample") that gives them has its prediction replaced there at every
+        call, so the known frames come out as given (through its decoder) and every later step sees them clean; the
+        model, which also takes them as controls, still draws the rest. Default: None (the model's own prediction)."""
+        return None
+
     def run(self, request: GenerationRequest, control: RunControl) -> Iterator[Event]:
         """Denoise with `vdemo.samplers.sample_steps`: one Progress per model call, labelled with its scheduler step.
 
@@ -385,10 +393,12 @@ class DenoisingBackend(Backend):
         with self.lock:
             cond = self.prepare(replace(request, strokes=plan.strokes) if plan else request)
         current = {"sampler": control.sampler, "mode": control.mode, "between_steps": True}
+        known = self.known_sample(cond) if self.output_type == "sample" else None
 
         def model_fn(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with self.lock:
-                return self.predict(x_in, t, cond, request.guidance, current["mode"])
+                out = self.predict(x_in, t, cond, request.guidance, current["mode"])
+            return out if known is None else torch.where(known[0], known[1].to(out.dtype), out)
 
         def switch_to(_calls: int) -> str | None:  # read the live sampler once per scheduler step
             wanted = control.sampler

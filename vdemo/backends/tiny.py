@@ -111,6 +111,14 @@ def find_planner(tokenizer, *folders: Path) -> Planner | None:
     return None
 
 
+def known_frames(controls: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`DenoisingBackend.known_sample` of a built-in model: controls (1, F, 9, H, W) (`vdemo.models.controls`; the
+    known mask is channel 3, whole frames) and the known frames' clean sample (1, F, ...) -> ((1, F, 1, 1, 1) bool,
+    values), or None when no frame is known."""
+    known = controls[:, :, 3:4].amax((-2, -1), keepdim=True) > 0  # (1, F, 1, 1, 1)
+    return (known, values) if bool(known.any()) else None
+
+
 class TinyBackend(DenoisingBackend):
     """The built-in CPU model behind the shared pipeline."""
 
@@ -149,13 +157,15 @@ class TinyBackend(DenoisingBackend):
         return cls(model, tokenizer, source=str(folder), planner=planner)
 
     @classmethod
-    def random(cls, seed: int = 0, vocab: list[str] | None = None) -> TinyBackend:
-        """Random weights at a minute scale: exercises the whole pipeline before (or without) training."""
+    def random(cls, seed: int = 0, vocab: list[str] | None = None,
+               prediction_type: str = "v_prediction") -> TinyBackend:
+        """Random weights at a minute scale: exercises the whole pipeline before (or without) training (the shipped
+        model predicts "sample", x0)."""
         from vdemo import world
 
         torch.manual_seed(seed)
         model = TinyVideoUNet(channels=(16, 32, 32), attention_head_dim=16, temb_dim=64, norm_groups=8, text_dim=32,
-                              text_layers=1, max_tokens=16, prediction_type="v_prediction", position_embedding=False,
+                              text_layers=1, max_tokens=16, prediction_type=prediction_type, position_embedding=False,
                               distance_bias=False, frame_conditioning=False)
         for p in model.conv_out.parameters():  # zero-init output would make every sample identical
             torch.nn.init.normal_(p, std=0.05)
@@ -232,6 +242,10 @@ class TinyBackend(DenoisingBackend):
             "controls": torch.cat([controls_t, torch.zeros_like(controls_t)]),  # (2, F, 9, H, W)
             "flags": torch.cat([flags_t, torch.zeros_like(flags_t)]),  # (2, 5)
         }
+
+    def known_sample(self, cond: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The known frames' pixels (controls 0-3, in [-1, 1]) where the known mask (control 3) is set."""
+        return known_frames(cond["controls"][:1], cond["controls"][:1, :, :3])
 
     @torch.no_grad()
     def predict(self, x_in: torch.Tensor, t: torch.Tensor, cond: dict, guidance: float, mode: str) -> torch.Tensor:

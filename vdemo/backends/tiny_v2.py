@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vdemo.backends.tiny import ASSETS as TINY_ASSETS
-from vdemo.backends.tiny import TinyBackend, find_planner
+from vdemo.backends.tiny import TinyBackend, find_planner, known_frames
 from vdemo.config import LIMITS, Limits
 from vdemo.cost import GpuCost
 from vdemo.errors import ModelNotFound
@@ -166,6 +166,10 @@ class TinyV2Backend(TinyBackend):
             return {"reference": "cut-and-drag along the strokes"}
         known = bool(cond["controls"][0, :, 3].amax() > 0)  # the known-frame mask channel
         return {"reference": "first frame" if known else "none"}
+
+    def known_sample(self, cond: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The known frames' own latents (`known_latents`, computed once in `prepare`) where the known mask is set."""
+        return known_frames(cond["controls"][:1], cond["known_z"][:1])
 
     @torch.no_grad()
     def predict(self, x_in: torch.Tensor, t: torch.Tensor, cond: dict, guidance: float, mode: str) -> torch.Tensor:

@@ -14,6 +14,9 @@ from vdemo.ui.settings import Settings
 from vdemo.ui.tabs import IMAGE_TYPES, TabUI, example_images, generate_button
 
 NAME, LABEL = "image", "Image"
+# the examples' prompts, one per `example_images()` frame: each names an object in its frame (so the planner finds it
+# and the reference drags it), and the last leaves the motion to the model
+EXAMPLE_PROMPTS = ("a yellow circle moves right", "a green circle moves up-left", "")
 
 
 def build() -> TabUI:
@@ -32,8 +35,7 @@ def build() -> TabUI:
                            "reference", elem_id="vd-drag-image")
     button = generate_button("image")
     examples = example_images()
-    gr.Examples([[examples[0], "a red circle moves right"], [examples[1], ""],
-                 [examples[2], ""]],
+    gr.Examples([list(pair) for pair in zip(examples, EXAMPLE_PROMPTS)],
                 inputs=[image_file, prompt_image], cache_examples=False, label="Examples")
     # the switches trail the settings in the API: calls written before they existed keep working
     return TabUI(NAME, [prompt_image, image_file], button, {"file": image_file, "preview": image_preview},
