@@ -218,6 +218,22 @@ def test_sdedit_recolours_and_keeps_the_path(one_torch_thread, name):
         edit(req, clip.frames, 1.5)
 
 
+def test_sdedit_keeps_a_windows_known_frames_as_given():
+    """An edit window with known frames (a later window's context) on an x0-predicting model: they come out as
+    given, as in an ordinary run; keep_known=False lets the model redraw them."""
+    from vdemo.backends.tiny import TinyBackend
+    from vdemo.long import sdedit_run
+
+    backend = TinyBackend.random(prediction_type="sample")
+    clip, context = frames(8, seed=1), frames(2, seed=2)
+    req = request(keyframes=((0, context[0]), (1, context[1])))
+    done = list(sdedit_run(backend, req, RunControl("full", "DDIM"), clip, 0.8))[-1]
+    assert np.array_equal(done.frames[:2], context) and not np.array_equal(done.frames[2], clip[2])
+    redrawn = list(sdedit_run(backend, GenerationRequest(**{**req.__dict__, "keep_known": False}),
+                              RunControl("full", "DDIM"), clip, 0.8))[-1]
+    assert not np.array_equal(redrawn.frames[:2], context)
+
+
 # ------------------------------------------------------------------------------------------------------ metrics
 def test_flicker_and_seam_jump():
     still = np.zeros((8, 4, 4, 3), np.uint8)

@@ -87,24 +87,35 @@ def test_all_modalities_and_modes(pipe):
     assert not np.array_equal(outs["spatial"], outs["full"]), "the mode must change the result"
 
 
-@pytest.mark.parametrize("sampler", ["DDIM", "Euler a", "DPM++ 2M", "Heun"])
+@pytest.mark.parametrize("sampler", [s for s in SAMPLERS if s != "LCM"])  # LCM: an LCM-distilled backend's only
 def test_known_frames_come_out_exactly_as_given(sampler):
     """v1 (pixel space, x0-prediction like the shipped one): a first frame and a keyframe are the known sample, so
-    every preview and the result show them pixel for pixel (fitted to the frame), whatever the sampler; without them
-    nothing is replaced, and a v-predicting model's output is left as it is."""
+    every preview and the result show them pixel for pixel (fitted to the frame), on every sampler (PNDM's and DEIS's
+    last step does not land on x0: the result is replaced too); keep_known=False lets the model redraw them, and a
+    v-predicting model's output is never touched."""
     from vdemo.media import fit_image
 
     pipe = VideoPipeline(TinyBackend.random(seed=0, prediction_type="sample"))
     rng = np.random.default_rng(0)
     image, key = rng.integers(0, 255, (100, 80, 3), dtype=np.uint8), rng.integers(0, 255, (48, 48, 3), np.uint8)
-    progress, done = run_all(pipe, small(image=image, keyframes=((3, key),), sampler=sampler))
+    req = small(image=image, keyframes=((3, key),), sampler=sampler)
+    progress, done = run_all(pipe, req)
     for frames in [p.preview for p in progress] + [done.frames]:
         assert np.array_equal(frames[0], fit_image(image, 48, 48)) and np.array_equal(frames[3], key)
     assert not np.array_equal(done.frames[1], done.frames[0])  # the frames between are the model's own
     assert pipe.backend.known_sample(pipe.backend.prepare(small())) is None
+    _, redrawn = run_all(pipe, GenerationRequest(**{**req.__dict__, "keep_known": False}))
+    assert not np.array_equal(redrawn.frames[0], done.frames[0]) and redrawn.manifest["request"]["keep_known"] is False
     v_model = VideoPipeline(TinyBackend.random(seed=0))
-    _, done = run_all(v_model, small(image=image, sampler=sampler))
-    assert not np.array_equal(done.frames[0], fit_image(image, 48, 48))  # not x0: no replacement
+    _, a = run_all(v_model, small(image=image, sampler=sampler))
+    v_model.backend.known_sample = lambda cond: pytest.fail("a v-predicting model's output must not be replaced")
+    _, b = run_all(v_model, small(image=image, sampler=sampler))
+    assert np.array_equal(a.frames, b.frames)
+
+
+def test_keep_known_must_be_a_bool():
+    with pytest.raises(RequestError, match="keep_known must be true or false, got 'no'"):
+        small(keep_known="no")
 
 
 def test_live_mode_switch_takes_effect_next_step(pipe):

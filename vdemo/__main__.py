@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text only: skip the layout planner (the model alone places and moves the objects)")
     g.add_argument("--no-drag", dest="drag_reference", action="store_false",
                    help="first frame + strokes on tiny-v2: no cut-and-drag reference (the model gets the first frame)")
+    g.add_argument("--no-keep-known", dest="keep_known", action="store_false",
+                   help="built-in models: let the model redraw the known frames (first frame, keyframes) instead of "
+                        "keeping them as given")
     g.add_argument("--mode", default=DEFAULTS.attention_mode, help=f"attention mode: {', '.join(ATTENTION_MODES)}")
     g.add_argument("--sampler", default=DEFAULTS.sampler)
     g.add_argument("--steps", type=int, default=None, help="default: the backend's (tiny-v2: 10, tiny: 20)")
@@ -85,7 +88,7 @@ def request_from_args(args: argparse.Namespace):
         strokes=strokes,
         num_frames=args.frames, height=height, width=width, num_steps=steps, guidance=guidance,
         seed=args.seed, fps=args.fps, attention_mode=args.mode, sampler=args.sampler, plan_motion=args.plan_motion,
-        drag_reference=args.drag_reference,
+        drag_reference=args.drag_reference, keep_known=args.keep_known,
     )
 
 

@@ -67,6 +67,7 @@ class EvalSettings:
     sampler: str = DEFAULTS.sampler
     plan_motion: bool = True
     drag_reference: bool = True  # a first frame + strokes: the cut-and-drag reference, on backends that take one
+    keep_known: bool = True  # known frames kept as given (False: the model's own redrawing, e.g. of frame 0's PSNR)
 
 
 def held_out_specs(kind: str, n: int, accept) -> list[dict]:
@@ -85,7 +86,8 @@ def generate(pipe: VideoPipeline, s: EvalSettings, mode: str, seed: int, dragged
     """The run's frames; `dragged` (a list) gets whether the run's model got the cut-and-drag reference."""
     request = GenerationRequest(num_frames=s.num_frames, height=s.size, width=s.size, num_steps=s.num_steps,
                                 guidance=s.guidance, sampler=s.sampler, attention_mode=mode, seed=seed,
-                                plan_motion=s.plan_motion, drag_reference=s.drag_reference, **inputs)
+                                plan_motion=s.plan_motion, drag_reference=s.drag_reference, keep_known=s.keep_known,
+                                **inputs)
     done = [e for e in pipe.generate(request) if isinstance(e, Done)][0]
     if dragged is not None:
         dragged.append(done.manifest.get("reference") == "cut-and-drag along the strokes")
@@ -545,6 +547,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="text metric: the video model alone, without the layout planner")
     parser.add_argument("--no-drag", dest="drag_reference", action="store_false",
                         help="image and strokes metrics: without the cut-and-drag reference (tiny-v2)")
+    parser.add_argument("--no-keep-known", dest="keep_known", action="store_false",
+                        help="image, strokes, pose, depth and long metrics: the model redraws the known frames "
+                             "(first-frame PSNR then measures the model, not the replacement)")
     parser.add_argument("--out", default=None, help="also write the rows as JSON here (e.g. runs/eval.json)")
     parser.add_argument("--grid", default=None, help="only render a sample grid PNG (truth / sample row pairs)")
     parser.add_argument("--curve", default=None, help="append the full-mode metrics and the checkpoint's step to a CSV")
@@ -571,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
                  *(["--model-dir", args.model_dir] if args.model_dir else [])]
         steps = ["--steps", str(args.steps)] if args.steps else []
         return long_main(["--backend", args.backend, "--cases", str(args.cases), *steps, *extra,
-                          *([] if args.plan_motion else ["--no-plan"])])
+                          *([] if args.plan_motion else ["--no-plan"]),
+                          *([] if args.keep_known else ["--no-keep-known"])])
     from vdemo.backends import load_backend, tiny_dir
 
     backend = load_backend(args.backend, args.model_dir)
@@ -579,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = EvalSettings(cases=args.cases, num_steps=args.steps or backend.default_steps,
                             size=backend.default_size[0], guidance=backend.default_guidance,
                             sampler=backend.default_sampler, plan_motion=args.plan_motion,
-                            drag_reference=args.drag_reference)
+                            drag_reference=args.drag_reference, keep_known=args.keep_known)
     if args.grid:
         from PIL import Image
 

@@ -40,7 +40,16 @@ from vdemo import __version__
 from vdemo.config import LIMITS
 from vdemo.errors import UserError
 from vdemo.media import MediaError, fit_image, load_frames
-from vdemo.pipeline import Backend, DenoisingBackend, Done, GenerationRequest, Progress, RequestError, RunControl
+from vdemo.pipeline import (
+    Backend,
+    DenoisingBackend,
+    Done,
+    GenerationRequest,
+    Progress,
+    RequestError,
+    RunControl,
+    keep_known,
+)
 from vdemo.samplers import from_clean, make_scheduler, scheduler_step, set_timesteps, split_prediction
 from vdemo.strokes import Stroke, resample_stroke
 
@@ -409,6 +418,7 @@ def sdedit_run(backend: Backend, request: GenerationRequest, control: RunControl
     generator = torch.Generator().manual_seed(int(request.seed))
     with backend.lock:
         cond = backend.prepare(request)
+    known = backend.known_for(request, cond)  # a later window's context frames, kept as given
     sampler = control.sampler
     scheduler = make_scheduler(sampler, backend.scheduler_config)
     timesteps = set_timesteps(scheduler, request.num_steps)
@@ -428,14 +438,14 @@ def sdedit_run(backend: Backend, request: GenerationRequest, control: RunControl
         with backend.lock:
             out = backend.predict(x_in, t, cond, request.guidance, mode)
         if backend.output_type == "sample":
-            out = from_clean(scheduler, out, x_in, t)
-        x0_hat, _ = split_prediction(scheduler, out, x_in, t)
+            out = from_clean(scheduler, keep_known(out, known), x_in, t)
+        x0_hat = keep_known(split_prediction(scheduler, out, x_in, t)[0], known)
         x = scheduler_step(scheduler, out, t, x, generator)
         step = i - start + 1
         control.history.append({"step": step, "call": step, "mode": mode, "sampler": sampler})
         yield Progress(step, total, backend.decode(x0_hat), mode, sampler, time.perf_counter() - started,
                        calls=step, total_calls=total)
-    final = x0_hat if stopped else x
+    final = x0_hat if stopped else keep_known(x, known)
     yield Done(backend.decode(final), {"sdedit": {"strength": float(strength), "start_step": start}}, stopped)
 
 

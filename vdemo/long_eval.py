@@ -93,13 +93,16 @@ def segment_series(frames: np.ndarray, bg, manifest: dict) -> dict[str, list[flo
     return out
 
 
-def run_long(backend, prompt: str, length: int, strategy: str, steps: int, seed: int, plan_motion: bool = True) -> Done:
+def run_long(backend, prompt: str, length: int, strategy: str, steps: int, seed: int, plan_motion: bool = True,
+             keep_known: bool = True) -> Done:
     request = GenerationRequest(prompt=prompt, num_frames=WINDOW, num_steps=steps, seed=seed, plan_motion=plan_motion,
+                                keep_known=keep_known,
                                 **backend_settings(backend))
     return [e for e in generate_long(backend, LongJob(request, length, strategy, CONTEXT)) if isinstance(e, Done)][0]
 
 
-def eval_long(backend, n_cases: int, steps: int, lengths=LENGTHS, log=print, plan_motion: bool = True) -> dict:
+def eval_long(backend, n_cases: int, steps: int, lengths=LENGTHS, log=print, plan_motion: bool = True,
+              keep_known: bool = True) -> dict:
     """Per (strategy, length): per-segment series averaged over cases, seam jumps and seconds per output frame."""
     clips = cases(n_cases, backend.default_size[0])
     results = {}
@@ -107,7 +110,8 @@ def eval_long(backend, n_cases: int, steps: int, lengths=LENGTHS, log=print, pla
         for strategy in STRATEGIES:
             runs = []
             for i, clip in enumerate(clips):
-                done = run_long(backend, clip.caption, length, strategy, steps, seed=i, plan_motion=plan_motion)
+                done = run_long(backend, clip.caption, length, strategy, steps, seed=i, plan_motion=plan_motion,
+                                keep_known=keep_known)
                 bg = world.BACKGROUNDS[clip.meta["background"]]
                 series = segment_series(done.frames, bg, done.manifest)
                 jump = seam_jump(done.frames, done.manifest["long"]["seams"])
@@ -226,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-edit", action="store_true", help="skip the SDEdit colour-swap check")
     parser.add_argument("--no-plan", dest="plan_motion", action="store_false",
                         help="no layout planner: each window is the video model alone (no path over the length)")
+    parser.add_argument("--no-keep-known", dest="keep_known", action="store_false",
+                        help="each window's model redraws its context / keyframes instead of keeping them as given")
     args = parser.parse_args(argv)
     if args.plot:
         results = json.loads(Path(args.plot[0]).read_text())
@@ -239,9 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         args.steps = int(backend.default_steps)
     t0 = time.perf_counter()
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    results = {"long": eval_long(backend, args.cases, args.steps, args.lengths, log=log, plan_motion=args.plan_motion),
+    results = {"long": eval_long(backend, args.cases, args.steps, args.lengths, log=log, plan_motion=args.plan_motion,
+                                 keep_known=args.keep_known),
                "settings": {"backend": args.backend, "cases": args.cases, "steps": args.steps, "window": WINDOW,
-                            "context": CONTEXT, "segment": SEGMENT, "plan_motion": args.plan_motion}}
+                            "context": CONTEXT, "segment": SEGMENT, "plan_motion": args.plan_motion,
+                            "keep_known": args.keep_known}}
     if not args.no_edit:
         results["edit"] = eval_edit(backend, args.cases, args.steps)
     results["seconds"] = round(time.perf_counter() - t0, 1)

@@ -87,6 +87,9 @@ class GenerationRequest:
     # With a first frame and motion strokes (drawn or planned): let a backend that takes a motion-compensated reference
     # (tiny-v2) cut the strokes' objects out of the first frame and drag them along the strokes as that reference.
     drag_reference: bool = True
+    # With known frames (a first frame, keyframes, a long video's context) on an x0-predicting backend: replace its
+    # prediction there by their clean sample at every call, so they come out as given (`DenoisingBackend.known_sample`).
+    keep_known: bool = True
 
     def __post_init__(self) -> None:
         self.validate(LIMITS)
@@ -111,7 +114,7 @@ class GenerationRequest:
             parse_mode(self.attention_mode)
         except ValueError as err:
             raise RequestError(f"attention_mode: {err}") from None
-        for name in ("plan_motion", "drag_reference"):
+        for name in ("plan_motion", "drag_reference", "keep_known"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise RequestError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.sampler not in SAMPLERS:
@@ -345,6 +348,14 @@ class Backend(ABC):
         """Denoise, reading control.mode / control.sampler / control.stopped at every step."""
 
 
+def keep_known(sample: torch.Tensor | None, known: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor | None:
+    """`sample` with the known frames replaced by their clean sample (`DenoisingBackend.known_sample`); as is when
+    nothing is known."""
+    if sample is None or known is None:
+        return sample
+    return torch.where(known[0], known[1].to(sample.dtype), sample)
+
+
 class DenoisingBackend(Backend):
     """A backend whose denoising loop we own: subclasses provide `prepare`, `predict` and `decode`."""
 
@@ -380,6 +391,11 @@ class DenoisingBackend(Backend):
         model, which also takes them as controls, still draws the rest. Default: None (the model's own prediction)."""
         return None
 
+    def known_for(self, request: GenerationRequest, cond: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """What `keep_known` replaces in this run: `known_sample` when the request keeps known frames and the backend
+        predicts x0, else None."""
+        return self.known_sample(cond) if request.keep_known and self.output_type == "sample" else None
+
     def run(self, request: GenerationRequest, control: RunControl) -> Iterator[Event]:
         """Denoise with `vdemo.samplers.sample_steps`: one Progress per model call, labelled with its scheduler step.
 
@@ -393,12 +409,11 @@ class DenoisingBackend(Backend):
         with self.lock:
             cond = self.prepare(replace(request, strokes=plan.strokes) if plan else request)
         current = {"sampler": control.sampler, "mode": control.mode, "between_steps": True}
-        known = self.known_sample(cond) if self.output_type == "sample" else None
+        known = self.known_for(request, cond)
 
         def model_fn(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with self.lock:
-                out = self.predict(x_in, t, cond, request.guidance, current["mode"])
-            return out if known is None else torch.where(known[0], known[1].to(out.dtype), out)
+                return keep_known(self.predict(x_in, t, cond, request.guidance, current["mode"]), known)
 
         def switch_to(_calls: int) -> str | None:  # read the live sampler once per scheduler step
             wanted = control.sampler
@@ -423,7 +438,7 @@ class DenoisingBackend(Backend):
             except StopIteration as end:
                 final = end.value
                 break
-            x0_hat, used = call["denoised"], call["scheduler"]
+            x0_hat, used = keep_known(call["denoised"], known), call["scheduler"]  # a multistep x0 too (PNDM)
             total = total or schedule_steps(used)  # the first call's scheduler: its whole, fresh schedule
             step, done = step_progress(used, call["index"], total)
             current["between_steps"], steps_done = done, step if done else steps_done
@@ -435,7 +450,7 @@ class DenoisingBackend(Backend):
             yield Progress(step, total, self.decode(x0_hat), mode, sampler, elapsed,
                            step_done=done, calls=calls, total_calls=calls + len(used.timesteps) - 1 - call["index"])
         steps.close()
-        final = x0_hat if stopped else final
+        final = x0_hat if stopped else keep_known(final, known)  # a last step that does not land on x0 (PNDM, DEIS)
         frames = self.decode(final) if final is not None else np.zeros((0, 1, 1, 3), np.uint8)
         total_s = time.perf_counter() - started
         manifest = build_manifest(self, request, control.history, stopped=stopped, total_s=total_s,
