@@ -214,7 +214,7 @@ def write_curve(out: Path, st: dict) -> None:
             if pts:
                 ax.plot(*zip(*pts), style, label="bake-off (raw weights)" if weights == "raw" else "long run (EMA)")
         for x in st.get("mix_changes", []):
-            ax.axvline(x, color="k", ls="-.", lw=0.8, label="training mix changed")
+            ax.axvline(x, color="k", ls="-.", lw=0.8, label="training mix or learning rate changed")
         if metric in GOALS:
             ax.axhline(GOALS[metric], color="g", ls="--", lw=1, label="goal")
         if metric in ("shape_from_text", "shape_kept"):
@@ -252,7 +252,7 @@ def train_v2(cfg: V2Config) -> dict:
         model.load_state_dict(saved["model"])
         rng.bit_generator.state = saved["rng"]
         generator.set_state(saved["generator"])
-        kept = ("cpu_s", "step", "rows", "losses", "p_depth_other", "p_dragged", "mix_changes")
+        kept = ("cpu_s", "step", "rows", "losses", "p_depth_other", "p_dragged", "lr", "mix_changes")
         st = {**st, **{k: saved["st"][k] for k in kept if k in saved["st"]}}
         st["losses"] = st["losses"][-200:]
         if "opt" in saved and not widened:
@@ -278,7 +278,8 @@ def train_v2(cfg: V2Config) -> dict:
     if ema_state is not None:
         ema.load_state_dict({**ema_state, "shadow_params": [p.float() for p in ema_state["shadow_params"]]})
     for key, before, what in (("p_depth_other", 0.7, "depth maps for non-depth clips"),
-                              ("p_dragged", 0.0, "clips with a cut-and-drag reference")):
+                              ("p_dragged", 0.0, "clips with a cut-and-drag reference"),
+                              ("lr", V2Config.lr, "learning rate")):
         if st["step"] and st.get(key, before) != getattr(cfg, key):
             now = round(st["cpu_s"] / 60, 3)
             st["mix_changes"] = [x for x in st.get("mix_changes", []) if x != now] + [now]
@@ -339,7 +340,8 @@ def evaluate_ema(model, ema: EMAModel, cases, tokenizer, eval_cfg: BakeoffConfig
            "loss": round(float(np.mean(st["losses"][-50:])), 5), **{k: round(v, 4) for k, v in metrics.items()},
            "cpu_s_per_step": round(st["cpu_s"] / max(st["step"], 1), 3),
            "eval_cpu_s": round(time.process_time() - t0, 1), "weights": "ema",
-           "p_depth_other": st.get("p_depth_other", 0.7), "p_dragged": st.get("p_dragged", 0.0)}
+           "p_depth_other": st.get("p_depth_other", 0.7), "p_dragged": st.get("p_dragged", 0.0),
+           "lr": st.get("lr", V2Config.lr)}
     st["rows"].append(row)
     print(f"[v2] eval {json.dumps(row)}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
