@@ -548,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-drag", dest="drag_reference", action="store_false",
                         help="image and strokes metrics: without the cut-and-drag reference (tiny-v2)")
     parser.add_argument("--no-keep-known", dest="keep_known", action="store_false",
-                        help="image, strokes, pose, depth and long metrics: the model redraws the known frames "
+                        help="image, strokes and long metrics: the model redraws the known frames "
                              "(first-frame PSNR then measures the model, not the replacement)")
     parser.add_argument("--out", default=None, help="also write the rows as JSON here (e.g. runs/eval.json)")
     parser.add_argument("--grid", default=None, help="only render a sample grid PNG (truth / sample row pairs)")
