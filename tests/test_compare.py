@@ -223,3 +223,50 @@ def test_cli_runs(built_tiny, tmp_path, capsys):
     assert data["reference"]["added"] and len(data["cost"]) == 3
     assert main(["--modes", "full", "--out", str(tmp_path / "bad")]) == 2
     assert "2–5 runs" in capsys.readouterr().err
+
+
+def test_the_compare_buttons_inputs_keep_their_places_with_trailing_switches_last(monkeypatch):
+    """The Compare endpoint takes every modality tab's inputs, then the settings, then the tabs' trailing switches
+    (the Image tab's Plan the motion and Cut and drag), so values a positional caller sent before the switches existed
+    keep their places; the handler gives each tab's request builder its inputs followed by its switches."""
+    from vdemo.ui import space
+    from vdemo.ui.layout import build_demo
+    from vdemo.ui.settings import SETTING_NAMES
+
+    monkeypatch.setattr(space, "SERVED", {"tiny-v2": "no built-in model found", "tiny": "no built-in model found"})
+    demo = build_demo(warm_up_model=False)
+    fn = next(f for f in demo.fns.values() if f.api_name == "compare_tab")
+    ids = [b.elem_id for b in fn.inputs]
+    assert ids[:3] == ["vd-compare-source", "vd-compare-modes", "vd-compare-samplers"]
+    assert ids[-2:] == ["vd-plan-image", "vd-drag-image"]  # the Image tab's trailing switches, last
+    settings = ["vd-backend", "vd-mode", "vd-sampler", "vd-steps", "vd-guidance", "vd-frames", "vd-fps", "vd-seed",
+                "vd-random-seed"]
+    assert len(settings) == len(SETTING_NAMES) and ids[-2 - len(settings):-2] == settings
+    assert ids.index("vd-image-file") == ids.index("vd-prompt-image") + 1 < ids.index("vd-prompt-pose")
+
+
+def test_the_compare_handler_gives_the_image_builder_its_inputs_then_its_switches(monkeypatch):
+    import gradio as gr
+
+    from vdemo.ui import space
+    from vdemo.ui.layout import build_demo
+    from vdemo.ui.tabs import compare as compare_tab
+
+    monkeypatch.setattr(space, "SERVED", {"tiny-v2": "no built-in model found", "tiny": "no built-in model found"})
+    demo = build_demo(warm_up_model=False)
+    fn = next(f for f in demo.fns.values() if f.api_name == "compare_tab")
+    seen = {}
+
+    def builder(source, values):
+        seen[source] = values
+        raise compare_tab.user_error("stop here")
+
+    monkeypatch.setattr(compare_tab, "_builder", builder)
+    values = [f"<{b.elem_id}>" for b in fn.inputs]
+    values[:3] = ["image", ["spatial", "full"], []]
+    values[-2:] = [False, True]  # Plan the motion off, Cut and drag on
+    settings = ["tiny", "full", "DDIM", 2, 3.0, 4, 8, 0, False]
+    values[-2 - len(settings):-2] = settings
+    with pytest.raises(gr.Error, match="stop here"):
+        list(fn.fn(*values))
+    assert seen == {"image": ("<vd-prompt-image>", "<vd-image-file>", False, True)}

@@ -157,20 +157,28 @@ def wire(ui: TabUI, settings: dict, tabs: dict) -> None:
 
     p = ui.parts
     sources = [m for m in MODALITIES if m in tabs]
-    counts = [len(tabs[m].builder_inputs) for m in sources]
-    inputs = [p["source"], p["modes"], p["samplers"]] + [c for m in sources for c in tabs[m].builder_inputs]
-    inputs += [settings[k] for k in SETTING_NAMES]
+    counts = [len(tabs[m].inputs) for m in sources]
+    trailing = [len(tabs[m].trailing) for m in sources]
+    # As on each tab's own endpoint, switches added once the endpoint was public (`TabUI.trailing`) come last, after
+    # the settings, so a positional caller's values keep their places.
+    inputs = [p["source"], p["modes"], p["samplers"]] + [c for m in sources for c in tabs[m].inputs]
+    inputs += [settings[k] for k in SETTING_NAMES] + [c for m in sources for c in tabs[m].trailing]
     outputs = [p[k] for k in ("status", "previews", "player", "table", "cost", "quality", "masks", "summary", "files")]
 
     @guarded
     def compare_tab(*values, request: gr.Request = None):
-        """Compare button: (source tab, modes, samplers, every modality tab's inputs, the settings)."""
+        """Compare button: (source tab, modes, samplers, every modality tab's inputs, the settings, every modality
+        tab's trailing switches)."""
         source, modes, samplers = values[:3]
         tab_values, start = {}, 3
         for name, n in zip(sources, counts):
             tab_values[name] = values[start:start + n]
             start += n
         settings_obj = Settings.from_inputs(*values[start:start + len(SETTING_NAMES)])
+        start += len(SETTING_NAMES)
+        for name, n in zip(sources, trailing):
+            tab_values[name] = (*tab_values[name], *values[start:start + n])
+            start += n
         if source not in tab_values:
             raise user_error(f"unknown source tab {source!r}; choose one of: {', '.join(sources)}")
         builder = _builder(source, tab_values[source])
