@@ -381,3 +381,61 @@ def test_processor_with_distance_bias_needs_a_token_grid():
         run(attn, FrameAttnProcessor(ctx, bias=bias), torch.randn(2, 15, C))
     with pytest.raises(ValueError, match="frames_in_batch"):
         FrameAttnProcessor(ctx, layout="frames_in_sequence", bias=bias)
+
+
+def moving_reference(q, k, v, mode, frames, bias: DistanceBias, grid, velocity) -> torch.Tensor:
+    """The oracle with a velocity: per clip and head, the bias at Δ − v·Δτ (τ = frame / (F − 1)), masked, softmax."""
+    n = grid[0] * grid[1]
+    tau = (torch.arange(frames * n) // n).float() / (frames - 1)  # (F·N,)
+    pos = token_positions(*grid, frames)  # (F·N, 2) y, x
+    out = torch.empty_like(q)
+    for b in range(q.shape[0]):
+        for h in range(q.shape[1]):
+            moved = pos - tau[:, None] * velocity[b, h].flip(-1)  # (F·N, 2): each token where it started
+            with torch.no_grad():
+                bias_h = bias.kernel(moved[:, None] - moved[None])[h]  # (F·N, F·N)
+            scores = q[b, h] @ k[b, h].T * q.shape[-1] ** -0.5 + bias_h
+            out[b, h] = scores.masked_fill(~mode_mask(mode, frames, n), float("-inf")).softmax(-1) @ v[b, h]
+    return out
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
+def test_a_velocity_evaluates_the_bias_along_each_clips_motion(mode):
+    grid, frames = (4, 4), 3
+    q, k, v = qkv(2, frames, 16)
+    bias = DistanceBias(heads=2)
+    with torch.no_grad():
+        bias.strength.normal_(0, 0.1, generator=torch.Generator().manual_seed(5))
+    still = attend(*bias.augment(q, k, v, grid), mode, frames)
+    bias.velocity = torch.zeros(2, 2, 2)
+    torch.testing.assert_close(attend(*bias.augment(q, k, v, grid), mode, frames), still, atol=1e-5, rtol=0)
+    bias.velocity = torch.tensor([[[6.0, 0.0], [0.0, -4.0]], [[-3.0, 5.0], [2.0, 2.0]]])  # (B, heads, x/y)
+    got = attend(*bias.augment(q, k, v, grid), mode, frames)[..., :8]
+    torch.testing.assert_close(got, moving_reference(q, k, v, mode, frames, bias, grid, bias.velocity),
+                               atol=1e-5, rtol=0)
+    if mode is AttentionMode.SPATIAL:  # within a frame every token shifts alike: the bias is unchanged
+        torch.testing.assert_close(got, still[..., :8], atol=1e-5, rtol=0)
+    else:
+        assert (got - still[..., :8]).abs().max() > 1e-2
+    bias.velocity = torch.zeros(1, 2, 2)
+    with pytest.raises(ValueError, match="does not match 2 clips of 2 heads"):
+        bias.augment(q, k, v, grid)
+
+
+def test_a_velocity_sends_a_later_frame_to_where_the_object_was():
+    """Equal content scores, a strong bias, full mode: each value holds its key's column. Without a velocity, frame 1's
+    token in column c attends to column c of both frames (mean c); with +8 reference units in x over the clip (two
+    columns of a 4-wide grid) it attends to its own column and to frame 0's column c − 2 (mean c − 1; near the left
+    edge, where c − 2 is outside the frame, to its own column alone)."""
+    grid, frames = (4, 4), 2
+    q = torch.zeros(1, 1, frames * 16, 8)
+    k = torch.zeros_like(q)
+    v = (torch.arange(frames * 16) % 4).float()[None, None, :, None].expand(1, 1, -1, 8).contiguous()
+    bias = DistanceBias(heads=1)
+    with torch.no_grad():
+        bias.strength.fill_(1.0)
+    plain = attend(*bias.augment(q, k, v, grid), "full", frames)[0, 0, 16:, 0].reshape(4, 4)
+    torch.testing.assert_close(plain, torch.arange(4.0).expand(4, 4), atol=0.01, rtol=0)
+    bias.velocity = torch.tensor([[[8.0, 0.0]]])
+    moved = attend(*bias.augment(q, k, v, grid), "full", frames)[0, 0, 16:, 0].reshape(4, 4)
+    torch.testing.assert_close(moved, torch.tensor([0.0, 1.0, 1.0, 2.0]).expand(4, 4), atol=0.01, rtol=0)

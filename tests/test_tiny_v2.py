@@ -636,3 +636,71 @@ def test_known_frames_come_out_as_their_own_latents_and_every_step_sees_them_cle
     plain = decoded[-1]
     assert (plain[:, 0] - known_z[:, 0]).abs().max() > 0.05  # the model redraws frame 0 its own way...
     assert not torch.allclose(plain[:, 1:4], final[:, 1:4], atol=1e-4)  # ...and the others saw that, not the clean one
+
+
+def test_adding_the_text_velocity_keeps_the_model_its_optimiser_moments_and_its_ema():
+    from diffusers.training_utils import EMAModel
+
+    from vdemo.models.v2 import build
+    from vdemo.train_v2 import add_velocity
+
+    torch.manual_seed(0)
+    old = build("A", tiny=True, reference=True)
+    with torch.no_grad():
+        old.unet.conv_out.weight.normal_(std=0.05)
+        for bias in old.unet.dist_bias:
+            bias.strength.normal_(std=0.1)
+    opt = torch.optim.AdamW(old.parameters(), lr=1e-3)
+    z = torch.randn(1, 3, 4, 8, 8)
+    controls = torch.zeros(1, 3, 9, 32, 32)
+    args = (z, torch.tensor([500]), torch.tensor([[2, 5, 7] + [0] * 21]), controls, torch.tensor([[1.0, 0, 0, 0, 0]]))
+    old.denoise(*args).square().mean().backward()
+    opt.step()
+    ema = EMAModel(old.parameters())
+    saved = {"model": old.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict()}
+    new = build("A", tiny=True, reference=True, velocity=True)
+    assert add_velocity(saved, new) and not add_velocity(saved, new)
+    new.load_state_dict(saved["model"])
+    new_opt = torch.optim.AdamW(new.parameters(), lr=1e-3)
+    new_opt.load_state_dict(saved["opt"])
+    first = next(iter(new_opt.state.values()))
+    assert torch.equal(first["exp_avg"], next(iter(opt.state.values()))["exp_avg"])  # moments kept
+    new_ema = EMAModel(new.parameters())
+    new_ema.load_state_dict(saved["ema"])
+    assert len(new_ema.shadow_params) == len(list(new.parameters()))
+    with torch.no_grad():
+        assert torch.allclose(old.denoise(*args), new.denoise(*args), atol=1e-6)  # zero-initialised: same function
+        new.unet.velocity[0].bias.fill_(0.3)
+        assert not torch.allclose(old.denoise(*args), new.denoise(*args), atol=1e-3)
+        new.set_attention_mode("spatial")
+        old.set_attention_mode("spatial")
+        assert torch.allclose(old.denoise(*args), new.denoise(*args), atol=1e-5)  # frames do not mix: no motion
+
+
+def test_a_run_gains_the_text_velocity_once_keeps_it_and_ships_it(tmp_path, trained):
+    out, state = trained
+    work = tmp_path / "state.pt"
+    work.write_bytes(state.read_bytes())
+    before = torch.load(work, map_location="cpu", weights_only=False)["st"]
+    run = [*FAST, "--minutes", "0.02", "--eval-every", "100", "--out", str(tmp_path / "o"), "--state", str(work)]
+    train_v2_main([*run, "--velocity"])
+    after = torch.load(work, map_location="cpu", weights_only=False)
+    assert after["st"]["velocity"] is True and after["st"]["mix_changes"] == [round(before["cpu_s"] / 60, 3)]
+    assert any(k.startswith("unet.velocity.") for k in after["model"])
+    train_v2_main(run)  # without the flag: a state that has the velocity keeps it, and no change is recorded
+    again = torch.load(work, map_location="cpu", weights_only=False)["st"]
+    assert again["velocity"] is True and again["mix_changes"] == after["st"]["mix_changes"]
+    assert json.loads((tmp_path / "o" / "config.json").read_text())["velocity"] is True
+    backend = TinyV2Backend.from_pretrained(tmp_path / "o")
+    assert backend.model.unet.velocity is not None
+    done = list(VideoPipeline(backend).generate(_request(num_steps=2)))[-1]
+    assert isinstance(done, Done) and done.frames.shape[0] == _request().num_frames
+
+
+def test_direction_from_text_reads_the_detected_objects_motion():
+    from vdemo.train_v2 import direction_from_text
+
+    cases = [c for c in eval_cases(6, 8, 64) if c.objects[0]["motion"] != "still"]
+    clips = [c.frames for c in cases]
+    assert direction_from_text(clips, cases) == 1.0
+    assert direction_from_text([c[::-1] for c in clips], cases) == 0.0  # played backwards: the opposite way

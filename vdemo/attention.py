@@ -249,6 +249,12 @@ class DistanceBias(torch.nn.Module):
     No score matrix is built: cos(ω(p − p')) = cos ωp·cos ωp' + sin ωp·sin ωp', a dot product of extra query and key
     channels (bounded, so bf16 keeps it exact enough), so every kernel of `attend`, with its cheap gathering, works
     unchanged. λ = GAIN · strength, strength starting at 0: exactly the attention without the bias.
+
+    `velocity`, when the model sets it for a forward, is a per-clip, per-head displacement over the whole clip,
+    (B, heads, 2) in the same units (x, y): the bias is then taken at Δ − v·Δτ, with τ = frame / (F − 1), so a head
+    can prefer keys in another frame where a moving object *was* rather than at the same place. Each token's position
+    is shifted to p − v·τ before the cosines, so it is still a dot product of extra channels. Within a frame the
+    shift cancels: `spatial` mode is unchanged.
     """
 
     GAIN = 20.0  # Adam moves a parameter by ~lr per step; this moves λ by ~6e-3 per step at lr 3e-4
@@ -259,6 +265,16 @@ class DistanceBias(torch.nn.Module):
     def __init__(self, heads: int):
         super().__init__()
         self.strength = torch.nn.Parameter(torch.zeros(heads, 2, len(self.OMEGAS)))  # (heads, axis, frequency)
+        self.velocity: torch.Tensor | None = None  # (B, heads, 2) x, y per clip, set per forward by the model
+
+    @classmethod
+    @functools.lru_cache(maxsize=32)
+    def positions(cls, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+        """(N, 2) float32 (y, x) token centres of a frame in reference units, row-major (do not modify: cached)."""
+        gh, gw = grid
+        ys = (torch.arange(gh, device=device, dtype=torch.float32) + 0.5) * (cls.REFERENCE_GRID / gh)
+        xs = (torch.arange(gw, device=device, dtype=torch.float32) + 0.5) * (cls.REFERENCE_GRID / gw)
+        return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(gh * gw, 2)
 
     @classmethod
     @functools.lru_cache(maxsize=32)
@@ -267,11 +283,17 @@ class DistanceBias(torch.nn.Module):
 
         Cached: every attention block of every denoising step asks for the same few grids (do not modify the result).
         """
-        gh, gw = grid
-        ys = (torch.arange(gh, device=device, dtype=torch.float32) + 0.5) * (cls.REFERENCE_GRID / gh)
-        xs = (torch.arange(gw, device=device, dtype=torch.float32) + 0.5) * (cls.REFERENCE_GRID / gw)
-        pos = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(gh * gw, 2)  # (N, 2)
-        angles = pos[:, :, None] * torch.tensor(cls.OMEGAS, device=device)  # (N, 2, W)
+        angles = cls.positions(grid, device)[:, :, None] * torch.tensor(cls.OMEGAS, device=device)  # (N, 2, W)
+        return torch.stack([angles.cos(), angles.sin()], -1)
+
+    def moving_features(self, grid: tuple[int, int], frames: int, device: torch.device) -> torch.Tensor:
+        """(B, heads, F·N, 2, W, 2) cos/sin of ω·(p − v·τ) for each clip, head and frame-major token."""
+        v = self.velocity.float()  # (B, h, 2): x, y
+        tau = torch.arange(frames, device=device, dtype=torch.float32) / max(frames - 1, 1)  # (F,)
+        pos = self.positions(tuple(grid), device)  # (N, 2): y, x
+        shift = tau[:, None] * v.flip(-1)[:, :, None, :]  # (B, h, F, 2): y, x
+        moved = (pos[None, None, None] - shift[:, :, :, None]).flatten(2, 3)  # (B, h, F·N, 2)
+        angles = moved[..., None] * torch.tensor(self.OMEGAS, device=device)  # (B, h, F·N, 2, W)
         return torch.stack([angles.cos(), angles.sin()], -1)
 
     def augment(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -284,13 +306,20 @@ class DistanceBias(torch.nn.Module):
         N = grid[0] * grid[1]
         if S % N:
             raise ValueError(f"{S} tokens do not split into frames of a {grid[0]}×{grid[1]} token grid")
-        feats = self.features(tuple(grid), q.device).repeat(S // N, 1, 1, 1)  # (S, 2, W, 2)
         d_aug = d + self.EXTRA
         lam = (self.GAIN * self.strength.float())[:, None, :, :, None]  # (h, 1, 2, W, 1)
-        q_extra = (lam * feats * math.sqrt(d_aug)).flatten(2).to(q.dtype)  # (h, S, EXTRA)
-        k_extra = feats.flatten(1).to(k.dtype)  # (S, EXTRA)
-        q = torch.cat([q * math.sqrt(d_aug / d), q_extra.expand(B, -1, -1, -1)], -1)  # scores keep q·k / √d
-        k = torch.cat([k, k_extra.expand(B, heads, -1, -1)], -1)
+        if self.velocity is None or S == N:
+            feats = self.features(tuple(grid), q.device).repeat(S // N, 1, 1, 1)  # (S, 2, W, 2)
+            q_extra = (lam * feats * math.sqrt(d_aug)).flatten(2).to(q.dtype).expand(B, -1, -1, -1)  # (B, h, S, E)
+            k_extra = feats.flatten(1).to(k.dtype).expand(B, heads, -1, -1)  # (B, h, S, EXTRA)
+        else:
+            if self.velocity.shape != (B, heads, 2):
+                raise ValueError(f"velocity {tuple(self.velocity.shape)} does not match {B} clips of {heads} heads")
+            feats = self.moving_features(grid, S // N, q.device)  # (B, h, S, 2, W, 2)
+            q_extra = (lam * feats * math.sqrt(d_aug)).flatten(3).to(q.dtype)
+            k_extra = feats.flatten(3).to(k.dtype)
+        q = torch.cat([q * math.sqrt(d_aug / d), q_extra], -1)  # scores keep q·k / √d
+        k = torch.cat([k, k_extra], -1)
         return q, k, F.pad(v, (0, self.EXTRA))
 
     def kernel(self, delta: torch.Tensor) -> torch.Tensor:

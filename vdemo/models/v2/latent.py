@@ -47,6 +47,8 @@ class LatentConfig:
     # attention. Added at the long run's resume (zero-initialised input channels: the model's function was unchanged
     # at the switch).
     reference: bool = False
+    # Text-conditioned motion in every self-attention's distance bias (`UNetConfig.text_velocity`).
+    velocity: bool = False
 
 
 class Autoencoder(torch.nn.Module):
@@ -116,7 +118,7 @@ class LatentVideoDiffusion(Candidate):
         ctrl_r = cfg.patch * cfg.factor
         in_ch = cfg.latent_channels * r * r * (3 if cfg.reference else 2) + NUM_CONTROLS * ctrl_r * ctrl_r
         self.unet = VideoUNet(UNetConfig(in_ch, cfg.latent_channels * r * r, cfg.channels, cfg.attention,
-                                         vocab_size=cfg.vocab_size), self.ctx)
+                                         vocab_size=cfg.vocab_size, text_velocity=cfg.velocity), self.ctx)
         self.register_buffer("latent_scale", torch.ones(()))  # 1 / std of the latents, set when the AE is frozen
         self.register_buffer("ae_frozen", torch.zeros((), dtype=torch.bool))
         self.scheduler = train_scheduler()
