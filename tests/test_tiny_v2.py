@@ -642,7 +642,7 @@ def test_adding_the_text_velocity_keeps_the_model_its_optimiser_moments_and_its_
     from diffusers.training_utils import EMAModel
 
     from vdemo.models.v2 import build
-    from vdemo.train_v2 import add_velocity
+    from vdemo.train_v2 import add_velocity, param_groups, split_velocity_group
 
     torch.manual_seed(0)
     old = build("A", tiny=True, reference=True)
@@ -661,10 +661,15 @@ def test_adding_the_text_velocity_keeps_the_model_its_optimiser_moments_and_its_
     new = build("A", tiny=True, reference=True, velocity=True)
     assert add_velocity(saved, new) and not add_velocity(saved, new)
     new.load_state_dict(saved["model"])
-    new_opt = torch.optim.AdamW(new.parameters(), lr=1e-3)
+    new_opt = torch.optim.AdamW(param_groups(new), lr=1e-3)  # the velocity maps in a group of their own
     new_opt.load_state_dict(saved["opt"])
     first = next(iter(new_opt.state.values()))
     assert torch.equal(first["exp_avg"], next(iter(opt.state.values()))["exp_avg"])  # moments kept
+    assert [len(g["params"]) for g in new_opt.param_groups] == [len(list(old.parameters())), 2 * 7]
+    one_group = torch.optim.AdamW(new.parameters(), lr=1e-3).state_dict()  # as saved before the groups were split
+    split_velocity_group(one_group, new)
+    split = [g["params"] for g in new_opt.state_dict()["param_groups"]]
+    assert [g["params"] for g in one_group["param_groups"]] == split
     new_ema = EMAModel(new.parameters())
     new_ema.load_state_dict(saved["ema"])
     assert len(new_ema.shadow_params) == len(list(new.parameters()))
@@ -686,6 +691,7 @@ def test_a_run_gains_the_text_velocity_once_keeps_it_and_ships_it(tmp_path, trai
     train_v2_main([*run, "--velocity"])
     after = torch.load(work, map_location="cpu", weights_only=False)
     assert after["st"]["velocity"] is True and after["st"]["mix_changes"] == [round(before["cpu_s"] / 60, 3)]
+    assert after["st"]["velocity_lr_scale"] == 30.0 and len(after["opt"]["param_groups"]) == 2
     assert any(k.startswith("unet.velocity.") for k in after["model"])
     train_v2_main(run)  # without the flag: a state that has the velocity keeps it, and no change is recorded
     again = torch.load(work, map_location="cpu", weights_only=False)["st"]

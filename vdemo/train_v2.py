@@ -3,6 +3,7 @@
     python -m vdemo.train --arch v2 --init runs/bakeoff3/A/state.pt --minutes 600 --threads 1   # first start
     nohup python -m vdemo.train --arch v2 --minutes 600 > runs/tiny_v2.log 2>&1 &                 # resumes
     python -m vdemo.train --arch v2 --save-compact    # the small resumable state to commit (once or twice a session)
+    python -m vdemo.train --arch v2 --velocity ...    # add the text-conditioned velocity to a run (kept from then on)
 
 It continues where the bake-off stopped (same model, optimiser, data generator and CPU-time count), with what a long
 run needs and a bake-off does not: every world kind (person and depth scenes too, so pose and depth conditioning are
@@ -13,7 +14,8 @@ Time is *process CPU time* as in the bake-off (`vdemo.bakeoff`), so the curve co
 Writes, overwriting in place:
   - `<out>/` (default `assets/tiny_v2/`): EMA weights (fp16 safetensors) + config.json + tokenizer: what the
     `tiny-v2` backend loads; `<out>/learning_curve.csv` and `.png`: the bake-off's held-out eval (shape from text,
-    shape kept, edge sharpness; 30 cases, full mode) every `--eval-every` CPU-minutes, with the issue's goals drawn in;
+    shape kept, edge sharpness, and direction from text: the model alone, as the text task has no planner; 30 cases,
+    full mode) every `--eval-every` CPU-minutes, with the issue's goals drawn in;
   - `<state>` (default `runs/tiny_v2/state.pt`): the full state, AdamW moments included (not committed);
   - `--save-compact`: `<compact>` (default `<out>/train_state.pt`): bf16 weights, data/noise generators and the run
     record, no AdamW moments (a resume re-warms the learning rate), small enough to commit.
@@ -88,6 +90,7 @@ class V2Config:
     p_dragged: float = 0.0
     # Text-conditioned motion in the distance bias (`LatentConfig.velocity`); sticky: a state that has it keeps it.
     velocity: bool = False
+    velocity_lr_scale: float = 30.0  # the velocity maps' learning rate, × --lr
     ae_minutes: float = 24.0  # a fresh model trains its autoencoder first for this long (the bake-off's 20 %)
     eval_every: float = 30.0  # CPU-minutes
     ckpt_every: float = 5.0  # CPU-minutes
@@ -140,12 +143,32 @@ def add_velocity(saved: dict, model) -> bool:
     params = dict(model.named_parameters())
     saved["model"].update({k: params[k].detach().clone() for k in new})
     if "opt" in saved:
-        group = saved["opt"]["param_groups"][-1]
-        group["params"] = list(group["params"]) + list(range(len(names) - len(new), len(names)))
+        saved["opt"]["param_groups"].append({**saved["opt"]["param_groups"][-1],
+                                             "params": list(range(len(names) - len(new), len(names)))})
     shadow = saved.get("ema", {}).get("shadow_params")
     if shadow is not None:
         saved["ema"]["shadow_params"] = list(shadow) + [params[k].detach().clone().float() for k in new]
     return True
+
+
+def param_groups(model) -> list[dict]:
+    """AdamW's groups: every parameter, then (with `velocity`) the velocity maps in a group of their own, so they can
+    learn at a higher rate (`--velocity-lr-scale`): they start at zero inside a model that has long converged."""
+    named = list(model.named_parameters())
+    groups = [{"params": [p for k, p in named if not k.startswith(VELOCITY_PREFIX)]}]
+    velocity = [p for k, p in named if k.startswith(VELOCITY_PREFIX)]
+    return groups + ([{"params": velocity}] if velocity else [])
+
+
+def split_velocity_group(opt_state: dict, model) -> None:
+    """A saved AdamW state whose single group holds the velocity maps (as saved before they had a group of their own)
+    -> the two groups of `param_groups`; every parameter's moments stay where they are (they are keyed by index)."""
+    names = [k for k, _ in model.named_parameters()]
+    velocity = [i for i, k in enumerate(names) if k.startswith(VELOCITY_PREFIX)]
+    groups = opt_state["param_groups"]
+    if velocity and len(groups) == 1:
+        groups.append({**groups[0], "params": velocity})
+        groups[0]["params"] = [i for i in groups[0]["params"] if i not in set(velocity)]
 
 
 def make_batch(rng: np.random.Generator, batch_size: int, frames: int, size: int, tokenizer,
@@ -271,7 +294,7 @@ def train_v2(cfg: V2Config) -> dict:
     had_velocity = saved is not None and any(k.startswith(VELOCITY_PREFIX) for k in saved["model"])
     model = build(CANDIDATE, tiny=cfg.tiny, size=cfg.size, vocab_size=max(128, len(tokenizer)),
                   reference=cfg.reference, velocity=cfg.velocity or had_velocity)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(param_groups(model), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.99))
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     st = {"cpu_s": 0.0, "step": 0, "rows": [], "losses": []}
@@ -284,10 +307,12 @@ def train_v2(cfg: V2Config) -> dict:
         model.load_state_dict(saved["model"])
         rng.bit_generator.state = saved["rng"]
         generator.set_state(saved["generator"])
-        kept = ("cpu_s", "step", "rows", "losses", "p_depth_other", "p_dragged", "lr", "velocity", "mix_changes")
+        kept = ("cpu_s", "step", "rows", "losses", "p_depth_other", "p_dragged", "lr", "velocity", "velocity_lr_scale",
+                "mix_changes")
         st = {**st, **{k: saved["st"][k] for k in kept if k in saved["st"]}}
         st["losses"] = st["losses"][-200:]
         if "opt" in saved and not widened:
+            split_velocity_group(saved["opt"], model)
             opt.load_state_dict(saved["opt"])
         else:
             warm_start = st["step"]
@@ -312,8 +337,11 @@ def train_v2(cfg: V2Config) -> dict:
     for key, before, what in (("p_depth_other", 0.7, "depth maps for non-depth clips"),
                               ("p_dragged", 0.0, "clips with a cut-and-drag reference"),
                               ("lr", V2Config.lr, "learning rate"),
-                              ("velocity", False, "text-conditioned velocity in the distance bias")):
+                              ("velocity", False, "text-conditioned velocity in the distance bias"),
+                              ("velocity_lr_scale", 1.0, "the velocity maps' learning-rate scale")):
         value = model.cfg.velocity if key == "velocity" else getattr(cfg, key)
+        if key == "velocity_lr_scale" and not model.cfg.velocity:
+            continue
         if st["step"] and st.get(key, before) != value:
             now = round(st["cpu_s"] / 60, 3)
             st["mix_changes"] = [x for x in st.get("mix_changes", []) if x != now] + [now]
@@ -338,8 +366,9 @@ def train_v2(cfg: V2Config) -> dict:
         model.set_attention_mode(ATTENTION_MODES[int(rng.choice(len(ATTENTION_MODES), p=mode_p))])
         batch = make_batch(rng, cfg.batch_size if frames == 8 else max(1, cfg.batch_size // 2), frames, cfg.size,
                            tokenizer, train_cfg, cfg.p_dragged)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (st["step"] + 1 - warm_start) / cfg.warmup_steps)
+        for i, group in enumerate(opt.param_groups):
+            scale = cfg.velocity_lr_scale if i == 1 else 1.0
+            group["lr"] = scale * cfg.lr * min(1.0, (st["step"] + 1 - warm_start) / cfg.warmup_steps)
         progress = model.cfg.ae_share * min(1.0, st["cpu_s"] / (cfg.ae_minutes * 60))
         st["losses"] = st["losses"][-199:] + [train_step(model, opt, batch, generator, progress, cfg.bf16)]
         ema.step(model.parameters())
@@ -384,7 +413,7 @@ def evaluate_ema(model, ema: EMAModel, cases, tokenizer, eval_cfg: BakeoffConfig
            "cpu_s_per_step": round(st["cpu_s"] / max(st["step"], 1), 3),
            "eval_cpu_s": round(time.process_time() - t0, 1), "weights": "ema",
            "p_depth_other": st.get("p_depth_other", 0.7), "p_dragged": st.get("p_dragged", 0.0),
-           "lr": st.get("lr", V2Config.lr)}
+           "lr": st.get("lr", V2Config.lr), "velocity_lr_scale": st.get("velocity_lr_scale", "")}
     st["rows"].append(row)
     print(f"[v2] eval {json.dumps(row)}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
