@@ -710,3 +710,35 @@ def test_direction_from_text_reads_the_detected_objects_motion():
     clips = [c.frames for c in cases]
     assert direction_from_text(clips, cases) == 1.0
     assert direction_from_text([c[::-1] for c in clips], cases) == 0.0  # played backwards: the opposite way
+
+
+def test_the_velocity_loss_pulls_every_head_towards_the_clips_true_motion():
+    from vdemo.models.v2 import build
+    from vdemo.models.v2.latent import velocity_loss
+    from vdemo.train import TrainConfig, make_tokenizer
+    from vdemo.train_v2 import make_batch, motion_target
+
+    cases = eval_cases(3, 8, 64)
+    clip = next(c for c in cases if c.objects[0]["motion"] == "right")
+    assert motion_target(clip, clip.caption)[0] > 0.2 and np.isnan(motion_target(clip, "")).all()
+    torch.manual_seed(0)
+    model = build("A", tiny=True, size=64, reference=True, velocity=True)
+    ids = torch.tensor([[2, 5, 7] + [0] * 21, [3, 4, 0] + [0] * 21])
+    with torch.no_grad():
+        model.unet.velocity[0].bias.fill_(0.1)
+        model.denoise(torch.randn(2, 3, 4, 16, 16), torch.tensor([500, 500]), ids, torch.zeros(2, 3, 9, 64, 64),
+                      torch.ones(2, 5))
+    biases = model.unet.dist_bias
+    motion = torch.tensor([[0.25, -0.125], [float("nan"), float("nan")]])
+    first = ((biases[0].velocity[0] - torch.tensor([4.0, -2.0])) / 16).square().mean()
+    others = torch.tensor([((b.velocity[0] - torch.tensor([4.0, -2.0])) / 16).square().mean() for b in biases[1:]])
+    torch.testing.assert_close(velocity_loss(biases, motion), (first + others.sum()) / len(biases))
+    assert velocity_loss(biases, torch.full((2, 2), float("nan"))) == 0  # no captioned one-object clip: no target
+
+    batch = make_batch(np.random.default_rng(0), 4, 4, 64, make_tokenizer(), TrainConfig(size=64), p_dragged=0.5)
+    assert batch["motion"].shape == (4, 2)
+    model.ae_frozen.fill_(True)
+    model.velocity_weight = 1.0
+    model.training_loss({**batch, "motion": torch.tensor([[0.25, 0.0]] * 4)}, torch.Generator().manual_seed(0),
+                        1.0).backward()
+    assert model.unet.velocity[0].bias.grad.abs().sum() > 0

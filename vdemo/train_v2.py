@@ -91,6 +91,9 @@ class V2Config:
     # Text-conditioned motion in the distance bias (`LatentConfig.velocity`); sticky: a state that has it keeps it.
     velocity: bool = False
     velocity_lr_scale: float = 30.0  # the velocity maps' learning rate, × --lr
+    # Weight of the velocity maps' supervision by the clip's true motion (`vdemo.models.v2.latent.velocity_loss`);
+    # 0 = learnt from the denoising loss alone.
+    velocity_loss: float = 0.0
     ae_minutes: float = 24.0  # a fresh model trains its autoencoder first for this long (the bake-off's 20 %)
     eval_every: float = 30.0  # CPU-minutes
     ckpt_every: float = 5.0  # CPU-minutes
@@ -177,9 +180,16 @@ def make_batch(rng: np.random.Generator, batch_size: int, frames: int, size: int
     `p_dragged` > 0 that share are `dragged_example`s, and the batch carries "dragged" (B,) and "reference_frames"
     (B, F, 3, S, S) in [-1, 1] (black where not dragged; unused there)."""
     dragged = rng.random(batch_size) < p_dragged if p_dragged > 0 else np.zeros(batch_size, bool)
-    examples = [dragged_example(rng, frames, size) if d else
-                example_from_clip(world.sample_clip(rng, frames, size), rng, train_cfg) for d in dragged]
+    examples = []
+    for d in dragged:
+        if d:
+            examples.append(dragged_example(rng, frames, size))
+            continue
+        clip = world.sample_clip(rng, frames, size)
+        example = example_from_clip(clip, rng, train_cfg)
+        examples.append({**example, "motion": motion_target(clip, example["caption"])})
     batch = stack_examples(examples, tokenizer)
+    batch["motion"] = torch.from_numpy(np.stack([e["motion"] for e in examples]))  # (B, 2), NaN: no target
     if dragged.any():
         refs = np.stack([e.get("reference", np.zeros_like(e["frames"])) for e in examples]).astype(np.float32)
         batch["reference_frames"] = torch.from_numpy(refs / 127.5 - 1.0).permute(0, 1, 4, 2, 3).contiguous()
@@ -214,7 +224,15 @@ def dragged_example(rng: np.random.Generator, frames: int, size: int) -> dict:
     controls, flags = control_tensors(frames, size, known={0: clip.frames[0]}, has_text=bool(caption),
                                       stroke_maps=stroke_heatmaps(strokes, frames, size))
     return {"frames": clip.frames, "caption": caption, "controls": controls, "flags": flags, "fg": object_mask(clip),
-            "reference": clip_drag(clip, rng)}
+            "reference": clip_drag(clip, rng), "motion": motion_target(clip, caption)}
+
+
+def motion_target(clip, caption: str) -> np.ndarray:
+    """(2,) float32 x, y: the one object's displacement over the clip, in fractions of the side, for a captioned
+    one-object clip of a kind whose caption names its motion (objects, path); NaN (no velocity target) otherwise."""
+    if not caption or clip.kind not in ("objects", "path") or len(clip.paths) != 1:
+        return np.full(2, np.nan, np.float32)
+    return (clip.paths[0][-1] - clip.paths[0][0]).astype(np.float32)
 
 
 def export(out: Path, model, ema: EMAModel, tokenizer, st: dict) -> None:
@@ -308,7 +326,7 @@ def train_v2(cfg: V2Config) -> dict:
         rng.bit_generator.state = saved["rng"]
         generator.set_state(saved["generator"])
         kept = ("cpu_s", "step", "rows", "losses", "p_depth_other", "p_dragged", "lr", "velocity", "velocity_lr_scale",
-                "mix_changes")
+                "velocity_loss", "mix_changes")
         st = {**st, **{k: saved["st"][k] for k in kept if k in saved["st"]}}
         st["losses"] = st["losses"][-200:]
         if "opt" in saved and not widened:
@@ -330,6 +348,7 @@ def train_v2(cfg: V2Config) -> dict:
               f"{' (input widened for the reference latents: zero-initialised)' if widened else ''}"
               f"{'' if 'opt' in saved and not widened else ' (AdamW moments restart, learning rate re-warmed)'}",
               flush=True)
+    model.velocity_weight = cfg.velocity_loss
     trainable = [p for p in model.parameters()]
     ema = EMAModel(trainable, decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
     if ema_state is not None:
@@ -338,9 +357,10 @@ def train_v2(cfg: V2Config) -> dict:
                               ("p_dragged", 0.0, "clips with a cut-and-drag reference"),
                               ("lr", V2Config.lr, "learning rate"),
                               ("velocity", False, "text-conditioned velocity in the distance bias"),
-                              ("velocity_lr_scale", 1.0, "the velocity maps' learning-rate scale")):
+                              ("velocity_lr_scale", 1.0, "the velocity maps' learning-rate scale"),
+                              ("velocity_loss", 0.0, "the velocity maps' supervision by the true motion")):
         value = model.cfg.velocity if key == "velocity" else getattr(cfg, key)
-        if key == "velocity_lr_scale" and not model.cfg.velocity:
+        if key in ("velocity_lr_scale", "velocity_loss") and not model.cfg.velocity:
             continue
         if st["step"] and st.get(key, before) != value:
             now = round(st["cpu_s"] / 60, 3)
@@ -413,7 +433,8 @@ def evaluate_ema(model, ema: EMAModel, cases, tokenizer, eval_cfg: BakeoffConfig
            "cpu_s_per_step": round(st["cpu_s"] / max(st["step"], 1), 3),
            "eval_cpu_s": round(time.process_time() - t0, 1), "weights": "ema",
            "p_depth_other": st.get("p_depth_other", 0.7), "p_dragged": st.get("p_dragged", 0.0),
-           "lr": st.get("lr", V2Config.lr), "velocity_lr_scale": st.get("velocity_lr_scale", "")}
+           "lr": st.get("lr", V2Config.lr), "velocity_lr_scale": st.get("velocity_lr_scale", ""),
+           "velocity_loss": st.get("velocity_loss", "")}
     st["rows"].append(row)
     print(f"[v2] eval {json.dumps(row)}", flush=True)
     out.mkdir(parents=True, exist_ok=True)

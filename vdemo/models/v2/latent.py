@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vdemo.attention import FrameContext
+from vdemo.attention import DistanceBias, FrameContext
 from vdemo.models.v2.core import (
     NUM_CONTROLS,
     Candidate,
@@ -106,9 +106,22 @@ def widen_input(state: dict, model: torch.nn.Module, prefix: str = "unet.conv_in
     return True
 
 
+def velocity_loss(biases, motion: torch.Tensor) -> torch.Tensor:
+    """Mean squared error, in frame widths, of every head's text velocity (the last forward's, `DistanceBias.velocity`)
+    against the clip's true displacement `motion` (B, 2) x, y in fractions of the side; NaN rows have no target."""
+    target = motion.float() * DistanceBias.REFERENCE_GRID  # (B, 2) reference units
+    ok = ~torch.isnan(target).any(-1)
+    if not ok.any():
+        return torch.zeros(())
+    errors = [((b.velocity.float()[ok] - target[ok, None]) / DistanceBias.REFERENCE_GRID).square().mean()
+              for b in biases]
+    return torch.stack(errors).mean()
+
+
 class LatentVideoDiffusion(Candidate):
     name = "A"
     paper = "Video LDM (Blattmann et al. 2023)"
+    velocity_weight = 0.0  # training only: the weight of `velocity_loss` (set by the trainer, `--velocity-loss`)
 
     def __init__(self, cfg: LatentConfig = LatentConfig()):
         super().__init__()
@@ -200,7 +213,10 @@ class LatentVideoDiffusion(Candidate):
 
         def fn(zt, t):
             return self.denoise(zt, t, batch["ids"], batch["controls"], batch["flags"], reference=reference)
-        return x0_loss(fn, z0, fg, generator, self.scheduler)
+        loss = x0_loss(fn, z0, fg, generator, self.scheduler)
+        if self.velocity_weight and self.unet.velocity is not None and "motion" in batch:
+            loss = loss + self.velocity_weight * velocity_loss(self.unet.dist_bias, batch["motion"])
+        return loss
 
     def generate(self, ids, controls, flags, steps, guidance, generator, eta: float = 0.0,
                  reference: torch.Tensor | None = None):
