@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vdemo import world
 from vdemo.backends import backend_info, backend_names, load_backend, weights_present
 from vdemo.backends.tiny_v2 import TinyV2Backend
 from vdemo.bakeoff import eval_cases
@@ -720,7 +721,10 @@ def test_the_velocity_loss_pulls_every_head_towards_the_clips_true_motion():
 
     cases = eval_cases(3, 8, 64)
     clip = next(c for c in cases if c.objects[0]["motion"] == "right")
-    assert motion_target(clip, clip.caption)[0] > 0.2 and np.isnan(motion_target(clip, "")).all()
+    assert motion_target(clip, clip.caption)[0] > 0.2 and (motion_target(clip, "") == 0).all()
+    two = next(world.make_clip(world.sample_spec(np.random.default_rng(i), "objects"), 4, 64) for i in range(99)
+               if len(world.sample_spec(np.random.default_rng(i), "objects")["objects"]) == 2)
+    assert np.isnan(motion_target(two, two.caption)).all()  # two motions: no single target
     torch.manual_seed(0)
     model = build("A", tiny=True, size=64, reference=True, velocity=True)
     ids = torch.tensor([[2, 5, 7] + [0] * 21, [3, 4, 0] + [0] * 21])

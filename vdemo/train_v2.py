@@ -229,8 +229,12 @@ def dragged_example(rng: np.random.Generator, frames: int, size: int) -> dict:
 
 def motion_target(clip, caption: str) -> np.ndarray:
     """(2,) float32 x, y: the one object's displacement over the clip, in fractions of the side, for a captioned
-    one-object clip of a kind whose caption names its motion (objects, path); NaN (no velocity target) otherwise."""
-    if not caption or clip.kind not in ("objects", "path") or len(clip.paths) != 1:
+    one-object clip of a kind whose caption names its motion (objects, path); 0 without a caption (no text, no
+    motion: the unconditional half of guidance then contrasts the caption's motion with a still bias); NaN (no
+    velocity target) for other captioned clips."""
+    if not caption:
+        return np.zeros(2, np.float32)
+    if clip.kind not in ("objects", "path") or len(clip.paths) != 1:
         return np.full(2, np.nan, np.float32)
     return (clip.paths[0][-1] - clip.paths[0][0]).astype(np.float32)
 
