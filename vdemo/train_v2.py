@@ -283,13 +283,14 @@ def write_curve(out: Path, st: dict) -> None:
     metrics = ("shape_from_text", "shape_kept", "edge_sharpness", "direction_from_text", "loss")
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), dpi=80)
     for ax, metric in zip(axes, metrics):
-        for weights, style in (("raw", "o:"), ("ema", "o-")):
+        for weights, style, colour in (("raw", "o:", "C0"), ("ema", "o-", "C1")):
             pts = [(r["cpu_minutes"], r[metric]) for r in rows
                    if r.get("weights", "raw") == weights and r.get(metric, "") != ""]
             if pts:
-                ax.plot(*zip(*pts), style, label="bake-off (raw weights)" if weights == "raw" else "long run (EMA)")
-        for x in st.get("mix_changes", []):
-            ax.axvline(x, color="k", ls="-.", lw=0.8, label="training mix or learning rate changed")
+                ax.plot(*zip(*pts), style, color=colour,
+                        label="bake-off (raw weights)" if weights == "raw" else "long run (EMA)")
+        for i, x in enumerate(st.get("mix_changes", [])):
+            ax.axvline(x, color="k", ls="-.", lw=0.8, label="training mix or learning rate changed" if i == 0 else None)
         if metric in GOALS:
             ax.axhline(GOALS[metric], color="g", ls="--", lw=1, label="goal")
         if metric in CHANCE:
