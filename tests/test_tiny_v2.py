@@ -674,6 +674,9 @@ def test_adding_the_text_velocity_keeps_the_model_its_optimiser_moments_and_its_
     new_ema = EMAModel(new.parameters())
     new_ema.load_state_dict(saved["ema"])
     assert len(new_ema.shadow_params) == len(list(new.parameters()))
+    old_shadow = EMAModel(old.parameters()).shadow_params
+    assert all(torch.equal(a, b) for a, b in zip(new_ema.shadow_params, old_shadow))  # same order, same weights
+    assert all(not s.any() for s in new_ema.shadow_params[len(old_shadow):])  # the velocity maps' EMA starts at 0
     with torch.no_grad():
         assert torch.allclose(old.denoise(*args), new.denoise(*args), atol=1e-6)  # zero-initialised: same function
         new.unet.velocity[0].bias.fill_(0.3)
@@ -738,6 +741,12 @@ def test_the_velocity_loss_pulls_every_head_towards_the_clips_true_motion():
     others = torch.tensor([((b.velocity[0] - torch.tensor([4.0, -2.0])) / 16).square().mean() for b in biases[1:]])
     torch.testing.assert_close(velocity_loss(biases, motion), (first + others.sum()) / len(biases))
     assert velocity_loss(biases, torch.full((2, 2), float("nan"))) == 0  # no captioned one-object clip: no target
+    from types import SimpleNamespace
+
+    still = [SimpleNamespace(velocity=torch.zeros(1, 2, 2)),
+             SimpleNamespace(velocity=torch.tensor([[[4.0, -2.0]] * 2]))]
+    # block 1 is still: ((4/16)² + (2/16)²) / 2 = 0.0390625 per head; block 2 is exact: 0; the mean over blocks
+    assert velocity_loss(still, torch.tensor([[0.25, -0.125]])).item() == pytest.approx(0.0390625 / 2)
 
     batch = make_batch(np.random.default_rng(0), 4, 4, 64, make_tokenizer(), TrainConfig(size=64), p_dragged=0.5)
     assert batch["motion"].shape == (4, 2)
@@ -746,3 +755,21 @@ def test_the_velocity_loss_pulls_every_head_towards_the_clips_true_motion():
     model.training_loss({**batch, "motion": torch.tensor([[0.25, 0.0]] * 4)}, torch.Generator().manual_seed(0),
                         1.0).backward()
     assert model.unet.velocity[0].bias.grad.abs().sum() > 0
+
+
+def test_a_fresh_clone_resumes_the_ema_from_the_weights_beside_the_compact_state(tmp_path, trained):
+    """`--init assets/tiny_v2/train_state.pt --out runs/...`: the compact state's EMA is the model exported beside it,
+    not whatever <out> holds (nothing, in a fresh clone)."""
+    out, state = trained
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    weights = "diffusion_pytorch_model.safetensors"
+    (shipped / weights).write_bytes((out / weights).read_bytes())
+    train_v2_main(["--save-compact", "--state", str(state), "--compact", str(shipped / "train_state.pt")])
+    fresh = tmp_path / "fresh.pt"
+    train_v2_main([*FAST, "--minutes", "0", "--out", str(tmp_path / "elsewhere"), "--state", str(fresh), "--init",
+                   str(shipped / "train_state.pt"), "--compact", str(tmp_path / "none.pt")])
+    exported = load_file(str(shipped / "diffusion_pytorch_model.safetensors"))
+    names = [k for k, _ in TinyV2Backend.random().model.named_parameters()]
+    shadow = dict(zip(names, torch.load(fresh, map_location="cpu", weights_only=False)["ema"]["shadow_params"]))
+    assert all(torch.equal(shadow[k], exported[k].float()) for k in names)

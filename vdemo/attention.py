@@ -254,7 +254,9 @@ class DistanceBias(torch.nn.Module):
     (B, heads, 2) in the same units (x, y): the bias is then taken at Δ − v·Δτ, with τ = frame / (F − 1), so a head
     can prefer keys in another frame where a moving object *was* rather than at the same place. Each token's position
     is shifted to p − v·τ before the cosines, so it is still a dot product of extra channels. Within a frame the
-    shift cancels: `spatial` mode is unchanged.
+    shift cancels: `spatial` mode is unchanged. The displacement Δ − v·Δτ can then reach 16 + |v| units: past 16 the
+    32-unit cosine turns back up (the 64-unit one only past 32), so a velocity of a frame's width or more aliases
+    far keys towards "near" (the trained velocities stay near the world's motions, 5–8 units).
     """
 
     GAIN = 20.0  # Adam moves a parameter by ~lr per step; this moves λ by ~6e-3 per step at lr 3e-4

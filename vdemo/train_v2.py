@@ -341,7 +341,9 @@ def train_v2(cfg: V2Config) -> dict:
             warm_start = st["step"]
         ema_state = saved.get("ema")
         if ema_state is not None and "shadow_params" not in ema_state:  # a compact state: the exported EMA weights
-            exported = load_file(str(out / WEIGHTS)) if (out / WEIGHTS).exists() else {}
+            # Its EMA is the exported model beside it (a fresh clone's `assets/tiny_v2/`), else the one in <out>.
+            beside = next((f for f in (source.parent / WEIGHTS, out / WEIGHTS) if f.exists()), None)
+            exported = load_file(str(beside)) if beside is not None else {}
             ema_state = {**ema_state, "shadow_params": [exported.get(k, p.detach()).float()
                                                         for k, p in model.named_parameters()]}
         if ema_state is not None and widened:

@@ -143,7 +143,7 @@ class VideoUNet(torch.nn.Module):
         tokens, pooled = self.text(ids)  # (B, L, D), (B, D)
         if self.velocity is not None:
             for bias, lin in zip(self.dist_bias, self.velocity):
-                bias.velocity = VELOCITY_GAIN * lin(pooled.float()).reshape(B, -1, 2)  # (B, heads, 2) x, y
+                bias.velocity = VELOCITY_GAIN * lin(pooled).float().reshape(B, -1, 2)  # (B, heads, 2) x, y
         t = t.reshape(-1).expand(B) if t.numel() == 1 else t
         temb = self.time_embed(self.time_proj(t).to(x.dtype))  # (B, T)
         temb = temb + self.cond_embed(torch.cat([pooled, flags.to(x.dtype)], -1))  # (B, T)

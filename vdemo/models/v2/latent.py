@@ -216,6 +216,8 @@ class LatentVideoDiffusion(Candidate):
         loss = x0_loss(fn, z0, fg, generator, self.scheduler)
         if self.velocity_weight and self.unet.velocity is not None and "motion" in batch:
             loss = loss + self.velocity_weight * velocity_loss(self.unet.dist_bias, batch["motion"])
+        for bias in self.unet.dist_bias:  # the graph keeps what backward needs; the module keeps no graph tensor
+            bias.velocity = None
         return loss
 
     def generate(self, ids, controls, flags, steps, guidance, generator, eta: float = 0.0,
