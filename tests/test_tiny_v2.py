@@ -773,3 +773,11 @@ def test_a_fresh_clone_resumes_the_ema_from_the_weights_beside_the_compact_state
     names = [k for k, _ in TinyV2Backend.random().model.named_parameters()]
     shadow = dict(zip(names, torch.load(fresh, map_location="cpu", weights_only=False)["ema"]["shadow_params"]))
     assert all(torch.equal(shadow[k], exported[k].float()) for k in names)
+
+
+@pytest.mark.parametrize("flag", ["--velocity-loss", "--velocity-lr-scale", "--minutes", "--lr"])
+def test_a_negative_rate_weight_or_budget_is_refused_with_a_message(flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_v2_main([flag, "-0.1", "--minutes" if flag != "--minutes" else "--lr", "0"])
+    assert exit_info.value.code == 2
+    assert f"{flag} must not be negative, got -0.1" in capsys.readouterr().err

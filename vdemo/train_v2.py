@@ -126,6 +126,9 @@ def parse_args(argv: list[str] | None) -> V2Config:
     cfg = V2Config(**vars(parser.parse_args(argv)))
     if not 0.0 <= cfg.p_dragged <= 1.0:
         parser.error(f"--p-dragged must be in [0, 1], got {cfg.p_dragged}")
+    for name in ("velocity_lr_scale", "velocity_loss", "minutes", "lr"):
+        if getattr(cfg, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}")
     return cfg
 
 
