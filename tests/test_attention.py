@@ -415,6 +415,13 @@ def test_a_velocity_evaluates_the_bias_along_each_clips_motion(mode):
                                atol=1e-5, rtol=0)
     if mode is AttentionMode.SPATIAL:  # within a frame every token shifts alike: the bias is unchanged
         torch.testing.assert_close(got, still[..., :8], atol=1e-5, rtol=0)
+        # ... so the processor skips the velocity there (across_frames=False): the same numbers, one shared table
+        fast = bias.augment(q, k, v, grid, across_frames=False)
+        velocity, bias.velocity = bias.velocity, None
+        assert all(torch.equal(a, b) for a, b in zip(fast, bias.augment(q, k, v, grid), strict=True))
+        bias.velocity = velocity
+        torch.testing.assert_close(attend(*bias.augment(q, k, v, grid, across_frames=False), mode, frames)[..., :8],
+                                   got, atol=1e-5, rtol=0)
     else:
         assert (got - still[..., :8]).abs().max() > 1e-2
     bias.velocity = torch.zeros(1, 2, 2)

@@ -298,19 +298,20 @@ class DistanceBias(torch.nn.Module):
         angles = moved[..., None] * torch.tensor(self.OMEGAS, device=device)  # (B, h, F·N, 2, W)
         return torch.stack([angles.cos(), angles.sin()], -1)
 
-    def augment(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def augment(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: tuple[int, int],
+                across_frames: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, h, F·N, d) q, k, v of frame-major tokens on a token grid -> all three with EXTRA more channels.
 
-        v is zero-padded: SDPA's fused CPU kernels want one head size for q, k and v (4× slower otherwise); drop the
-        output's last EXTRA channels."""
+        `across_frames=False` (spatial mode: no token sees another frame) skips the velocity, which shifts a whole
+        frame's tokens alike and so cancels within a frame. v is zero-padded: SDPA's fused CPU kernels want one head
+        size for q, k and v (4× slower otherwise); drop the output's last EXTRA channels."""
         B, heads, S, d = q.shape
         N = grid[0] * grid[1]
         if S % N:
             raise ValueError(f"{S} tokens do not split into frames of a {grid[0]}×{grid[1]} token grid")
         d_aug = d + self.EXTRA
         lam = (self.GAIN * self.strength.float())[:, None, :, :, None]  # (h, 1, 2, W, 1)
-        if self.velocity is None or S == N:
+        if self.velocity is None or S == N or not across_frames:
             feats = self.features(tuple(grid), q.device).repeat(S // N, 1, 1, 1)  # (S, 2, W, 2)
             q_extra = (lam * feats * math.sqrt(d_aug)).flatten(2).to(q.dtype).expand(B, -1, -1, -1)  # (B, h, S, E)
             k_extra = feats.flatten(1).to(k.dtype).expand(B, heads, -1, -1)  # (B, h, S, EXTRA)
@@ -432,7 +433,8 @@ class FrameAttnProcessor:
         if is_cross:
             hidden_states = _sdpa_4d(query, key, value, attn_mask=attention_mask)  # (B, h, L, d)
         elif self.bias is not None:
-            q_aug, k_aug, v_aug = self.bias.augment(query, key, value, self._grid(tokens, grid))
+            across = parse_mode(self.ctx.mode) is not AttentionMode.SPATIAL
+            q_aug, k_aug, v_aug = self.bias.augment(query, key, value, self._grid(tokens, grid), across)
             hidden_states = attend(q_aug, k_aug, v_aug, self.ctx.mode, num_frames)[..., :head_dim]  # (B, h, F·N, d)
         else:
             hidden_states = attend(query, key, value, self.ctx.mode, num_frames)  # (B, h, F·N, d)
