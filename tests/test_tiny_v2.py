@@ -781,3 +781,38 @@ def test_a_negative_rate_weight_or_budget_is_refused_with_a_message(flag, capsys
         train_v2_main([flag, "-0.1", "--minutes" if flag != "--minutes" else "--lr", "0"])
     assert exit_info.value.code == 2
     assert f"{flag} must not be negative, got -0.1" in capsys.readouterr().err
+
+
+def test_a_soup_of_two_exports_averages_each_tensor_keeps_bs_own_and_loads(tmp_path, trained, capsys):
+    out, state = trained
+    work = tmp_path / "state.pt"
+    work.write_bytes(state.read_bytes())
+    later = tmp_path / "later"
+    train_v2_main([*FAST, "--minutes", "0.02", "--eval-every", "100", "--out", str(later), "--state", str(work),
+                   "--velocity"])
+    soup_dir = tmp_path / "soup"
+    train_v2_main(["--soup-a", str(out), "--soup-b", str(later), "--soup-weight", "0.25", "--out", str(soup_dir)])
+    assert "tensors averaged" in capsys.readouterr().out
+    a, b = (load_file(str(d / "diffusion_pytorch_model.safetensors")) for d in (out, later))
+    mixed = load_file(str(soup_dir / "diffusion_pytorch_model.safetensors"))
+    assert set(mixed) == set(b) and any(k.startswith("unet.velocity.") and k not in a for k in mixed)
+    moved = 0
+    for k, v in mixed.items():
+        assert v.dtype == b[k].dtype and v.shape == b[k].shape
+        want = 0.25 * a[k].float() + 0.75 * b[k].float() if k in a else b[k].float()
+        torch.testing.assert_close(v.float(), want, atol=2e-3, rtol=2e-3)
+        moved += k in a and not torch.equal(a[k], b[k])
+    assert moved > 10  # the two exports really differ, so the average is not one of them
+    config = json.loads((soup_dir / "config.json").read_text())
+    assert config["soup"] == {"a": str(out), "b": str(later), "weight_a": 0.25} and config["velocity"] is True
+    done = list(VideoPipeline(TinyV2Backend.from_pretrained(soup_dir)).generate(_request(num_steps=2)))[-1]
+    assert isinstance(done, Done) and done.frames.shape[0] == _request().num_frames
+
+    with pytest.raises(SystemExit, match="lacks .* not a later export of A"):  # the wrong way round
+        train_v2_main(["--soup-a", str(later), "--soup-b", str(out), "--out", str(tmp_path / "x")])
+    for argv, message in ((["--soup-weight", "1.5"], "--soup-weight must be in [0, 1]"),
+                          (["--soup-a", str(out)], "--soup-a and --soup-b go together")):
+        with pytest.raises(SystemExit):
+            train_v2_main([*argv, "--out", str(tmp_path / "x")])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import signal
 import time
 from dataclasses import dataclass, fields
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from vdemo import world
 from vdemo.backends.tiny_v2 import WEIGHTS, save_v2_model
@@ -105,6 +106,11 @@ class V2Config:
     tiny: bool = False  # minute-scale model for tests
     save_compact: bool = False  # only write the compact resumable state from <state>, then exit
     diagnose: bool = False  # only print `conditioning_gain` of the model in <out>, then exit
+    # Only write <out> as a model soup of two exported folders of this run, then exit (`soup`): soup_weight × A +
+    # (1 − soup_weight) × B.
+    soup_a: str = ""
+    soup_b: str = ""
+    soup_weight: float = 0.5
 
     @property
     def compact_path(self) -> Path:
@@ -126,6 +132,10 @@ def parse_args(argv: list[str] | None) -> V2Config:
     cfg = V2Config(**vars(parser.parse_args(argv)))
     if not 0.0 <= cfg.p_dragged <= 1.0:
         parser.error(f"--p-dragged must be in [0, 1], got {cfg.p_dragged}")
+    if not 0.0 <= cfg.soup_weight <= 1.0:
+        parser.error(f"--soup-weight must be in [0, 1], got {cfg.soup_weight}")
+    if bool(cfg.soup_a) != bool(cfg.soup_b):
+        parser.error("--soup-a and --soup-b go together: the two exported model folders to average")
     for name in ("velocity_lr_scale", "velocity_loss", "minutes", "lr"):
         if getattr(cfg, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}")
@@ -250,6 +260,28 @@ def export(out: Path, model, ema: EMAModel, tokenizer, st: dict) -> None:
         save_v2_model(out, model, tokenizer, trained_cpu_minutes=round(st["cpu_s"] / 60, 1), trained_steps=st["step"])
     finally:
         ema.restore(model.parameters())
+
+
+def soup(a: Path, b: Path, weight: float, out: Path) -> int:
+    """A model soup (Wortsman et al. 2022; WiSE-FT's weight-space interpolation) of two exports of one run, B trained
+    on from A: every tensor of <out> is weight × A + (1 − weight) × B, in B's dtype. Tensors only B has (e.g. the
+    velocity maps added after A) are B's; config and tokenizer are B's, and the config records the soup. Returns how
+    many tensors were averaged."""
+    wa, wb = load_file(str(Path(a) / WEIGHTS)), load_file(str(Path(b) / WEIGHTS))
+    if missing := sorted(set(wa) - set(wb)):
+        raise ValueError(f"{b} lacks {len(missing)} of {a}'s tensors (e.g. {missing[0]}): not a later export of A")
+    if wrong := [k for k in wa if wa[k].shape != wb[k].shape]:
+        raise ValueError(f"{a} and {b} differ in the shape of {wrong[0]}: not exports of one architecture")
+    mixed = {k: (weight * wa[k].float() + (1 - weight) * v.float()).to(v.dtype) if k in wa else v
+             for k, v in wb.items()}
+    config = json.loads((Path(b) / "config.json").read_text())
+    config["soup"] = {"a": str(a), "b": str(b), "weight_a": weight}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(mixed, str(out / WEIGHTS), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    shutil.copytree(Path(b) / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
+    return len(wa)
 
 
 def save_state(path: Path, model, opt, ema: EMAModel, rng, generator, st: dict) -> None:
@@ -623,6 +655,14 @@ def main(argv: list[str] | None = None) -> None:
         for row in sampler_sweep(model, tokenizer, cases=min(9, cfg.cases), bf16=cfg.bf16):
             print(f"  DDIM {row['steps']:>2} steps, guidance {row['guidance']:.0f}, eta {row['eta']:.0f}: "
                   f"shape from text {row['shape_from_text']:.2f}, shape kept {row['shape_kept']:.2f}")
+        return
+    if cfg.soup_a:
+        try:
+            count = soup(Path(cfg.soup_a), Path(cfg.soup_b), cfg.soup_weight, Path(cfg.out))
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"error: {err}") from None
+        print(f"[v2] soup: {cfg.soup_weight} × {cfg.soup_a} + {1 - cfg.soup_weight:g} × {cfg.soup_b} "
+              f"({count} tensors averaged) -> {cfg.out}")
         return
     if cfg.save_compact:
         size = save_compact(Path(cfg.state), cfg.compact_path)
