@@ -804,7 +804,11 @@ def test_a_soup_of_two_exports_averages_each_tensor_keeps_bs_own_and_loads(tmp_p
         moved += k in a and not torch.equal(a[k], b[k])
     assert moved > 10  # the two exports really differ, so the average is not one of them
     config = json.loads((soup_dir / "config.json").read_text())
-    assert config["soup"] == {"a": str(out), "b": str(later), "weight_a": 0.25} and config["velocity"] is True
+    a_config, b_config = (json.loads((d / "config.json").read_text()) for d in (out, later))
+    assert config["soup"] == {"weight_a": 0.25, "a_folder": str(out), "b_folder": str(later),
+                              **{f"{n}_{k}": c[k] for n, c in (("a", a_config), ("b", b_config))
+                                 for k in ("trained_cpu_minutes", "trained_steps")}}
+    assert config["velocity"] is True and b_config["trained_steps"] > a_config["trained_steps"]
     done = list(VideoPipeline(TinyV2Backend.from_pretrained(soup_dir)).generate(_request(num_steps=2)))[-1]
     assert isinstance(done, Done) and done.frames.shape[0] == _request().num_frames
 

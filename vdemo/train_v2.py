@@ -274,8 +274,10 @@ def soup(a: Path, b: Path, weight: float, out: Path) -> int:
         raise ValueError(f"{a} and {b} differ in the shape of {wrong[0]}: not exports of one architecture")
     mixed = {k: (weight * wa[k].float() + (1 - weight) * v.float()).to(v.dtype) if k in wa else v
              for k, v in wb.items()}
-    config = json.loads((Path(b) / "config.json").read_text())
-    config["soup"] = {"a": str(a), "b": str(b), "weight_a": weight}
+    config_a, config = (json.loads((Path(d) / "config.json").read_text()) for d in (a, b))
+    config["soup"] = {"weight_a": weight, **{f"{name}_{key}": c.get(key) if key != "folder" else str(d)
+                                             for name, c, d in (("a", config_a, a), ("b", config, b))
+                                             for key in ("folder", "trained_cpu_minutes", "trained_steps")}}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file(mixed, str(out / WEIGHTS), metadata={"format": "pt"})
