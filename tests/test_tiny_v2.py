@@ -820,3 +820,36 @@ def test_a_soup_of_two_exports_averages_each_tensor_keeps_bs_own_and_loads(tmp_p
             train_v2_main([*argv, "--out", str(tmp_path / "x")])
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_head_to_head_scores_exported_folders_on_the_same_held_out_cases(trained, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import vdemo.bakeoff as bakeoff
+
+    out, _ = trained
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    weights = load_file(str(other / "diffusion_pytorch_model.safetensors"))
+    weights = {k: v * 2 if k == "unet.conv_in.weight" else v for k, v in weights.items()}
+    from safetensors.torch import save_file
+
+    save_file(weights, str(other / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    seen = []
+
+    def fake_evaluate(model, cases, tokenizer, cfg):  # records what each folder is scored on
+        seen.append(([c.caption for c in cases], cfg.size, cfg.steps, model.training, next(model.parameters()).dtype))
+        return {"edge_sharpness": float(model.unet.conv_in.weight.abs().sum()) / 1e3, "shape_kept": 0.123456}, [], []
+
+    monkeypatch.setattr(bakeoff, "evaluate", fake_evaluate)
+    scores = bakeoff.main(["--score", str(out), str(other), "--cases", "3", "--steps", "2", "--threads", "1"])
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(" ", 1)[0] for line in printed] == [str(out), str(other)]
+    assert [json.loads(line.split(" ", 1)[1]) for line in printed] == [scores[str(out)], scores[str(other)]]
+    assert scores[str(out)]["shape_kept"] == 0.1235  # rounded to 4 places
+    assert scores[str(other)]["edge_sharpness"] == pytest.approx(2 * scores[str(out)]["edge_sharpness"], rel=1e-3)
+    assert len(seen) == 2 and seen[0] == seen[1]  # the same held-out cases, at the folder's own size, eval mode
+    assert len(seen[0][0]) == 3 and seen[0][1:] == (64, 2, False, torch.float32)
+    with pytest.raises(SystemExit):
+        bakeoff.main(["--score", str(tmp_path / "nothing")])
+    assert "no exported v2 model in" in capsys.readouterr().err

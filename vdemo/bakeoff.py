@@ -30,7 +30,7 @@ import argparse
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -166,6 +166,22 @@ def evaluate(model, cases, tokenizer, cfg: BakeoffConfig) -> tuple[dict, list, l
     metrics = {"shape_from_text": shape_from_text(text, cases), "shape_kept": shape_kept(kept, cases),
                "edge_sharpness": edge_sharpness(kept, cases)}
     return metrics, text, kept
+
+
+def score_exports(folders: list[Path], cfg: BakeoffConfig) -> dict[str, dict]:
+    """The held-out eval above on exported v2 model folders (what `python -m vdemo.train --arch v2` writes), each at
+    its own size, all on the same `cfg.cases` cases and seeds: the head-to-head that chooses a checkpoint to ship."""
+    from vdemo.backends.tiny_v2 import TinyV2Backend
+
+    scores = {}
+    for folder in folders:
+        backend = TinyV2Backend.from_pretrained(folder)
+        size = backend.model.cfg.size
+        with torch.no_grad():
+            metrics, _, _ = evaluate(backend.model.float().eval(), eval_cases(cfg.cases, cfg.frames, size),
+                                     backend.tokenizer, replace(cfg, size=size))
+        scores[str(folder)] = {k: round(v, 4) for k, v in metrics.items()}
+    return scores
 
 
 def sample_grid(text: list, kept: list, cases: list, rows: int = 3) -> np.ndarray:
@@ -414,11 +430,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--report-only", action="store_true", help="rewrite the reports from <out>/<X>/state.pt")
     parser.add_argument("--save-resume", default="", metavar="DIR",
                         help="with --report-only: also write each candidate's compact state to DIR/<X>.pt")
+    parser.add_argument("--score", nargs="+", default=None, metavar="DIR",
+                        help="only score exported v2 model folders on the held-out eval (--cases, --steps, "
+                             "--guidance, --frames; each at its own size) and print one JSON line each")
     args = vars(parser.parse_args(argv))
-    report_only, save_to = args.pop("report_only"), args.pop("save_resume")
+    report_only, save_to, score = args.pop("report_only"), args.pop("save_resume"), args.pop("score")
     args["candidates"] = tuple(args["candidates"])
     cfg = BakeoffConfig(**args)
     torch.set_num_threads(cfg.threads)
+    if score:
+        missing = [d for d in score if not (Path(d) / "config.json").exists()]
+        if missing:
+            parser.error(f"no exported v2 model in {missing[0]} (config.json missing)")
+        scores = score_exports([Path(d) for d in score], cfg)
+        for folder, metrics in scores.items():
+            print(folder, json.dumps(metrics), flush=True)
+        return scores
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = make_tokenizer()
