@@ -446,3 +446,25 @@ def test_a_velocity_sends_a_later_frame_to_where_the_object_was():
     bias.velocity = torch.tensor([[[8.0, 0.0]]])
     moved = attend(*bias.augment(q, k, v, grid), "full", frames)[0, 0, 16:, 0].reshape(4, 4)
     torch.testing.assert_close(moved, torch.tensor([0.0, 1.0, 1.0, 2.0]).expand(4, 4), atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
+def test_the_processor_skips_a_velocity_only_in_spatial_mode(mode, monkeypatch):
+    """In spatial mode the processor never computes the per-clip shifted positions (they cancel within a frame), and
+    its output is what the velocity gives anyway; in every frame-mixing mode it uses them."""
+    attn = make_attn()
+    bias = DistanceBias(HEADS)
+    with torch.no_grad():
+        bias.strength.fill_(0.05)
+    x = torch.randn(2, 16, C)  # one clip of 2 frames on a 4×4 grid
+    still = run(attn, FrameAttnProcessor(FrameContext(mode, num_frames=2), bias=bias), x)
+    bias.velocity = torch.tensor([[[6.0, -3.0]] * HEADS])  # (1 clip, heads, x/y)
+    calls = []
+    real = DistanceBias.moving_features
+    monkeypatch.setattr(DistanceBias, "moving_features", lambda self, *a: calls.append(1) or real(self, *a))
+    got = run(attn, FrameAttnProcessor(FrameContext(mode, num_frames=2), bias=bias), x)
+    if mode is AttentionMode.SPATIAL:
+        assert not calls
+        torch.testing.assert_close(got, still, atol=0, rtol=0)
+    else:
+        assert calls and (got - still).abs().max() > 1e-3

@@ -451,7 +451,7 @@ def test_a_given_reference_replaces_the_first_frames_reference_latents_in_the_co
         build("A", tiny=True, size=64, reference=False).denoise(zt, t, ids, controls, flags, reference=zt)
 
 
-def test_dragged_examples_carry_their_cut_and_drag_reference_into_the_training_loss():
+def test_dragged_examples_carry_their_cut_and_drag_reference_into_the_training_loss(tmp_path):
     from vdemo.models.v2 import build
     from vdemo.train import TrainConfig, make_tokenizer
     from vdemo.train_v2 import make_batch
@@ -467,7 +467,8 @@ def test_dragged_examples_carry_their_cut_and_drag_reference_into_the_training_l
         assert torch.allclose(batch["reference_frames"][i, 0], batch["x0"][i, 0], atol=0.2)
     assert "reference_frames" not in make_batch(rng, 4, 8, 64, tokenizer, TrainConfig(size=64))
     with pytest.raises(SystemExit):
-        train_v2_main(["--p-dragged", "1.5", "--minutes", "0"])
+        train_v2_main(["--p-dragged", "1.5", "--minutes", "0", "--out", str(tmp_path / "o"), "--state",
+                       str(tmp_path / "s.pt")])
 
     torch.manual_seed(0)
     model = build("A", tiny=True, size=64, reference=True)
@@ -776,48 +777,78 @@ def test_a_fresh_clone_resumes_the_ema_from_the_weights_beside_the_compact_state
 
 
 @pytest.mark.parametrize("flag", ["--velocity-loss", "--velocity-lr-scale", "--minutes", "--lr"])
-def test_a_negative_rate_weight_or_budget_is_refused_with_a_message(flag, capsys):
+def test_a_negative_rate_weight_or_budget_is_refused_with_a_message(flag, capsys, tmp_path):
+    paths = ["--out", str(tmp_path / "o"), "--state", str(tmp_path / "s.pt"), "--compact", str(tmp_path / "c.pt")]
     with pytest.raises(SystemExit) as exit_info:
-        train_v2_main([flag, "-0.1", "--minutes" if flag != "--minutes" else "--lr", "0"])
+        train_v2_main([flag, "-0.1", "--minutes" if flag != "--minutes" else "--lr", "0", *paths])
     assert exit_info.value.code == 2
     assert f"{flag} must not be negative, got -0.1" in capsys.readouterr().err
 
 
 def test_a_soup_of_two_exports_averages_each_tensor_keeps_bs_own_and_loads(tmp_path, trained, capsys):
+    import hashlib
+    import shutil
+
+    from safetensors.torch import save_file
+
     out, state = trained
     work = tmp_path / "state.pt"
     work.write_bytes(state.read_bytes())
     later = tmp_path / "later"
     train_v2_main([*FAST, "--minutes", "0.02", "--eval-every", "100", "--out", str(later), "--state", str(work),
                    "--velocity"])
+    a = load_file(str(out / "diffusion_pytorch_model.safetensors"))
+    # B: the later export moved well away from A (a few training steps move it by ~1e-3 only), so an average that
+    # returned A or B or swapped the weights could not pass
+    b = {k: v + 0.25 if k in a and v.is_floating_point() else v
+         for k, v in load_file(str(later / "diffusion_pytorch_model.safetensors")).items()}
+    save_file(b, str(later / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
     soup_dir = tmp_path / "soup"
     train_v2_main(["--soup-a", str(out), "--soup-b", str(later), "--soup-weight", "0.25", "--out", str(soup_dir)])
     assert "tensors averaged" in capsys.readouterr().out
-    a, b = (load_file(str(d / "diffusion_pytorch_model.safetensors")) for d in (out, later))
     mixed = load_file(str(soup_dir / "diffusion_pytorch_model.safetensors"))
     assert set(mixed) == set(b) and any(k.startswith("unet.velocity.") and k not in a for k in mixed)
-    moved = 0
+    floats = 0
     for k, v in mixed.items():
         assert v.dtype == b[k].dtype and v.shape == b[k].shape
-        want = 0.25 * a[k].float() + 0.75 * b[k].float() if k in a else b[k].float()
-        torch.testing.assert_close(v.float(), want, atol=2e-3, rtol=2e-3)
-        moved += k in a and not torch.equal(a[k], b[k])
-    assert moved > 10  # the two exports really differ, so the average is not one of them
+        if k in a and v.is_floating_point():
+            torch.testing.assert_close(v.float(), 0.25 * a[k].float() + 0.75 * b[k].float(), atol=2e-3, rtol=2e-3)
+            assert (v.float() - b[k].float()).abs().max() > 0.05  # a quarter of the way back to A
+            floats += 1
+        else:  # B's own tensors, and non-float ones (equal in both), as they are
+            assert torch.equal(v, b[k])
+    assert floats > 10 and any(not v.is_floating_point() for v in mixed.values())
     config = json.loads((soup_dir / "config.json").read_text())
     a_config, b_config = (json.loads((d / "config.json").read_text()) for d in (out, later))
-    assert config["soup"] == {"weight_a": 0.25, "a_folder": str(out), "b_folder": str(later),
-                              **{f"{n}_{k}": c[k] for n, c in (("a", a_config), ("b", b_config))
-                                 for k in ("trained_cpu_minutes", "trained_steps")}}
+    assert config["soup"] == {
+        "weight_a": 0.25, "a_folder": str(out), "b_folder": str(later),
+        **{f"{n}_{k}": c[k] for n, c in (("a", a_config), ("b", b_config))
+           for k in ("trained_cpu_minutes", "trained_steps")},
+        **{f"{n}_sha256": hashlib.sha256((d / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
+           for n, d in (("a", out), ("b", later))},
+        "note": "trained_cpu_minutes and trained_steps above this entry are B's"}
     assert config["velocity"] is True and b_config["trained_steps"] > a_config["trained_steps"]
     done = list(VideoPipeline(TinyV2Backend.from_pretrained(soup_dir)).generate(_request(num_steps=2)))[-1]
     assert isinstance(done, Done) and done.frames.shape[0] == _request().num_frames
 
     with pytest.raises(SystemExit, match="lacks .* not a later export of A"):  # the wrong way round
         train_v2_main(["--soup-a", str(later), "--soup-b", str(out), "--out", str(tmp_path / "x")])
-    for argv, message in ((["--soup-weight", "1.5"], "--soup-weight must be in [0, 1]"),
-                          (["--soup-a", str(out)], "--soup-a and --soup-b go together")):
+    odd = tmp_path / "odd"  # a non-float tensor that differs cannot be averaged
+    shutil.copytree(later, odd)
+    flags = [k for k, v in b.items() if v.dtype == torch.bool]
+    save_file({k: ~v if k in flags else v for k, v in b.items()}, str(odd / "diffusion_pytorch_model.safetensors"),
+              metadata={"format": "pt"})
+    with pytest.raises(SystemExit, match="differ in the non-float tensor"):
+        train_v2_main(["--soup-a", str(out), "--soup-b", str(odd), "--out", str(tmp_path / "x")])
+    x, pair = ["--out", str(tmp_path / "x")], ["--soup-a", str(out), "--soup-b", str(later)]
+    for argv, message in (([*pair, "--soup-weight", "1.5", *x], "--soup-weight must be in [0, 1]"),
+                          (["--soup-a", str(out), *x], "--soup-a and --soup-b go together"),
+                          (["--soup-weight", "0.3", *x], "--soup-a and --soup-b go together"),  # not a training run
+                          (pair, "a soup needs its own --out"),  # the default --out is the shipped model
+                          ([*pair, "--out", str(later)], "a soup needs its own --out"),
+                          ([*pair, "--save-compact", *x], "only write a soup")):
         with pytest.raises(SystemExit):
-            train_v2_main([*argv, "--out", str(tmp_path / "x")])
+            train_v2_main(argv)
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -134,10 +136,18 @@ def parse_args(argv: list[str] | None) -> V2Config:
         parser.error(f"--p-dragged must be in [0, 1], got {cfg.p_dragged}")
     if not 0.0 <= cfg.soup_weight <= 1.0:
         parser.error(f"--soup-weight must be in [0, 1], got {cfg.soup_weight}")
-    if bool(cfg.soup_a) != bool(cfg.soup_b):
-        parser.error("--soup-a and --soup-b go together: the two exported model folders to average")
+    if bool(cfg.soup_a) != bool(cfg.soup_b) or (cfg.soup_weight != V2Config.soup_weight and not cfg.soup_a):
+        parser.error("--soup-a and --soup-b go together (with --soup-weight): the two exported folders to average")
+    if cfg.soup_a and (cfg.save_compact or cfg.diagnose):
+        parser.error("--soup-a/--soup-b only write a soup: run --save-compact or --diagnose on their own")
+    if cfg.soup_a:
+        given_out = any(a == "--out" or a.startswith("--out=") for a in (argv if argv is not None else sys.argv[1:]))
+        resolved = Path(cfg.out).resolve()
+        if not given_out or resolved in (Path(cfg.soup_a).resolve(), Path(cfg.soup_b).resolve()):
+            parser.error("a soup needs its own --out folder, neither --soup-a nor --soup-b (the default, "
+                         f"{V2Config.out}, is the shipped model)")
     for name in ("velocity_lr_scale", "velocity_loss", "minutes", "lr"):
-        if getattr(cfg, name) < 0:
+        if not getattr(cfg, name) >= 0:  # also NaN
             parser.error(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}")
     return cfg
 
@@ -272,12 +282,18 @@ def soup(a: Path, b: Path, weight: float, out: Path) -> int:
         raise ValueError(f"{b} lacks {len(missing)} of {a}'s tensors (e.g. {missing[0]}): not a later export of A")
     if wrong := [k for k in wa if wa[k].shape != wb[k].shape]:
         raise ValueError(f"{a} and {b} differ in the shape of {wrong[0]}: not exports of one architecture")
-    mixed = {k: (weight * wa[k].float() + (1 - weight) * v.float()).to(v.dtype) if k in wa else v
-             for k, v in wb.items()}
+    if odd := [k for k in wa if not wa[k].is_floating_point() and not torch.equal(wa[k], wb[k])]:
+        raise ValueError(f"{a} and {b} differ in the non-float tensor {odd[0]}: it cannot be averaged")
+    mixed = {k: (weight * wa[k].float() + (1 - weight) * v.float()).to(v.dtype)
+             if k in wa and v.is_floating_point() else v for k, v in wb.items()}
     config_a, config = (json.loads((Path(d) / "config.json").read_text()) for d in (a, b))
     config["soup"] = {"weight_a": weight, **{f"{name}_{key}": c.get(key) if key != "folder" else str(d)
                                              for name, c, d in (("a", config_a, a), ("b", config, b))
-                                             for key in ("folder", "trained_cpu_minutes", "trained_steps")}}
+                                             for key in ("folder", "trained_cpu_minutes", "trained_steps")},
+                      # the sources' weights by content: a folder is overwritten when a soup is shipped into it
+                      **{f"{name}_sha256": hashlib.sha256((Path(d) / WEIGHTS).read_bytes()).hexdigest()
+                         for name, d in (("a", a), ("b", b))},
+                      "note": "trained_cpu_minutes and trained_steps above this entry are B's"}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file(mixed, str(out / WEIGHTS), metadata={"format": "pt"})
