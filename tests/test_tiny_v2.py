@@ -884,3 +884,12 @@ def test_the_head_to_head_scores_exported_folders_on_the_same_held_out_cases(tra
     with pytest.raises(SystemExit):
         bakeoff.main(["--score", str(tmp_path / "nothing")])
     assert "no exported v2 model in" in capsys.readouterr().err
+    for extra, message in ((["--report-only"], "cannot be combined"), (["--save-resume", str(tmp_path / "r")],
+                                                                        "cannot be combined")):
+        with pytest.raises(SystemExit):  # refused before anything is scored or written
+            bakeoff.main(["--score", str(out), "--out", str(tmp_path / "o"), *extra])
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bakeoff.main(["--save-resume", str(tmp_path / "r"), "--out", str(tmp_path / "o")])
+    assert "add --report-only" in capsys.readouterr().err
+    assert len(seen) == 2 and not (tmp_path / "o").exists() and not (tmp_path / "r").exists()

@@ -438,6 +438,10 @@ def main(argv: list[str] | None = None) -> dict:
     args["candidates"] = tuple(args["candidates"])
     cfg = BakeoffConfig(**args)
     torch.set_num_threads(cfg.threads)
+    if score and (report_only or save_to):
+        parser.error("--score only scores exported folders; it cannot be combined with --report-only or --save-resume")
+    if save_to and not report_only:
+        parser.error("--save-resume writes compact states from --report-only; add --report-only")
     if score:
         missing = [d for d in score if not (Path(d) / "config.json").exists()]
         if missing:
