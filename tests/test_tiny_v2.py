@@ -853,6 +853,22 @@ def test_a_soup_of_two_exports_averages_each_tensor_keeps_bs_own_and_loads(tmp_p
     assert not (tmp_path / "x").exists()
 
 
+def test_the_shape_breakdown_says_which_shape_fails_and_what_it_is_read_as():
+    from vdemo import bakeoff
+
+    cases = bakeoff.eval_cases(6, 4, 64)  # circle, square, triangle, circle, square, triangle
+    by_id = {c.objects[0]["shape"]: c.frames for c in cases}
+    generated = [c.frames if c.objects[0]["shape"] != "square" else by_id["circle"] for c in cases]  # squares round
+    generated[2] = np.concatenate([cases[2].frames[:2], np.zeros_like(cases[2].frames[2:])])  # a triangle lost: frame 2
+    text = bakeoff.shape_breakdown(generated, cases, "text")
+    assert text["circle"] == {"right": 1.0, "cases": 2, "read_as": {}}
+    assert text["square"] == {"right": 0.0, "cases": 2, "read_as": {"circle": 2}}
+    assert text["triangle"] == {"right": 0.5, "cases": 2, "read_as": {"none": 1}}
+    assert bakeoff.shape_breakdown(generated, cases, "kept") == text  # frame 0's detected shape is the caption's
+    assert bakeoff.shape_kept_per_frame(generated, cases) == [round(4 / 6, 4)] * 2 + [0.5] * 2
+    assert bakeoff.shape_from_text(generated, cases) == pytest.approx(3 / 6)  # the rows the breakdown splits
+
+
 def test_the_head_to_head_scores_exported_folders_on_the_same_held_out_cases(trained, tmp_path, capsys, monkeypatch):
     import shutil
 
@@ -870,7 +886,8 @@ def test_the_head_to_head_scores_exported_folders_on_the_same_held_out_cases(tra
 
     def fake_evaluate(model, cases, tokenizer, cfg):  # records what each folder is scored on
         seen.append(([c.caption for c in cases], cfg.size, cfg.steps, model.training, next(model.parameters()).dtype))
-        return {"edge_sharpness": float(model.unet.conv_in.weight.abs().sum()) / 1e3, "shape_kept": 0.123456}, [], []
+        metrics = {"edge_sharpness": float(model.unet.conv_in.weight.abs().sum()) / 1e3, "shape_kept": 0.123456}
+        return metrics, [c.frames for c in cases], [np.zeros_like(c.frames) for c in cases]  # text right, kept lost
 
     monkeypatch.setattr(bakeoff, "evaluate", fake_evaluate)
     scores = bakeoff.main(["--score", str(out), str(other), "--cases", "3", "--steps", "2", "--threads", "1"])
@@ -881,6 +898,10 @@ def test_the_head_to_head_scores_exported_folders_on_the_same_held_out_cases(tra
     assert scores[str(other)]["edge_sharpness"] == pytest.approx(2 * scores[str(out)]["edge_sharpness"], rel=1e-3)
     assert len(seen) == 2 and seen[0] == seen[1]  # the same held-out cases, at the folder's own size, eval mode
     assert len(seen[0][0]) == 3 and seen[0][1:] == (64, 2, False, torch.float32)
+    by_shape = scores[str(out)]["by_shape"]  # the held-out cases are one circle, one square, one triangle
+    assert by_shape["shape_from_text"] == {s: {"right": 1.0, "cases": 1, "read_as": {}} for s in world.SHAPES}
+    assert by_shape["shape_kept"] == {s: {"right": 0.0, "cases": 1, "read_as": {"none": 1}} for s in world.SHAPES}
+    assert scores[str(out)]["shape_kept_per_frame"] == [0.0] * 8
     with pytest.raises(SystemExit):
         bakeoff.main(["--score", str(tmp_path / "nothing")])
     assert "no exported v2 model in" in capsys.readouterr().err
@@ -893,3 +914,37 @@ def test_the_head_to_head_scores_exported_folders_on_the_same_held_out_cases(tra
         bakeoff.main(["--save-resume", str(tmp_path / "r"), "--out", str(tmp_path / "o")])
     assert "add --report-only" in capsys.readouterr().err
     assert len(seen) == 2 and not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("env, flags, expected", [("1", [], True), ("0", [], False), ("0", ["--bf16"], True),
+                                                   ("1", ["--no-bf16"], False)])
+def test_the_tools_bf16_default_is_the_apps_choice_for_this_cpu(monkeypatch, env, flags, expected):
+    """Left out, --bf16 follows VDEMO_CPU_BF16 / the CPU's flags as the app does (emulated bf16 is several times
+    slower than float32); given, it wins."""
+    from vdemo.train import TrainConfig
+    from vdemo.train_v2 import parse_args
+
+    monkeypatch.setenv("VDEMO_CPU_BF16", env)
+    assert parse_args(flags).bf16 is expected
+    assert TrainConfig.from_args(flags).bf16 is expected
+
+
+def test_the_bakeoff_bf16_default_follows_the_cpu_and_a_bad_setting_is_one_line(monkeypatch, tmp_path, capsys):
+    import vdemo.bakeoff as bakeoff
+
+    used = []
+    monkeypatch.setattr(bakeoff, "score_exports", lambda folders, cfg: used.append(cfg.bf16) or {})
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    for env, flags in (("0", []), ("1", []), ("0", ["--bf16"])):
+        monkeypatch.setenv("VDEMO_CPU_BF16", env)
+        bakeoff.main(["--score", str(tmp_path / "m"), *flags])
+    assert used == [False, True, True]
+    monkeypatch.setenv("VDEMO_CPU_BF16", "maybe")
+    from vdemo.train_v2 import parse_args
+
+    for call in (lambda: bakeoff.main(["--score", str(tmp_path / "m")]), lambda: parse_args([])):
+        with pytest.raises(SystemExit):
+            call()
+        assert "VDEMO_CPU_BF16 must be 1, 0 or auto, got 'maybe'" in capsys.readouterr().err
+    assert len(used) == 3

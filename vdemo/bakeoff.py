@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from vdemo import world
+from vdemo.backends.tiny import bf16_flag
 from vdemo.config import ATTENTION_MODES
 from vdemo.models.controls import control_tensors
 from vdemo.models.tokenizer import encode_prompts
@@ -106,6 +107,31 @@ def shape_kept(generated: list[np.ndarray], cases: list[world.Clip]) -> float:
     return float(np.mean([detected_shape(g[-1]) == detected_shape(c.frames[0]) for g, c in zip(generated, cases)]))
 
 
+def shape_breakdown(generated: list[np.ndarray], cases: list[world.Clip], task: str) -> dict:
+    """Where the shape rows fail, per shape the case asks for: for task "text" the share of clips whose last frame
+    shows the caption's shape, for "kept" the share showing frame 0's (what `shape_from_text` / `shape_kept` average),
+    and what the detector read instead ("none": no object found)."""
+    right: dict[str, list[bool]] = {shape: [] for shape in world.SHAPES}
+    read_as: dict[str, dict[str, int]] = {shape: {} for shape in world.SHAPES}
+    for g, c in zip(generated, cases):
+        asked = (c.objects[0]["shape"] if task == "text" else detected_shape(c.frames[0])) or "none"
+        seen = detected_shape(g[-1]) or "none"
+        right.setdefault(asked, []).append(seen == asked)
+        if seen != asked:
+            read_as.setdefault(asked, {})[seen] = read_as.setdefault(asked, {}).get(seen, 0) + 1
+    return {shape: {"right": round(float(np.mean(r)), 4) if r else None, "cases": len(r), "read_as": read_as[shape]}
+            for shape, r in right.items()}
+
+
+def shape_kept_per_frame(generated: list[np.ndarray], cases: list[world.Clip]) -> list[float]:
+    """Share of clips whose frame i shows the shape detected in the given frame 0, for every frame i: when the
+    shape is lost."""
+    first = [detected_shape(c.frames[0]) for c in cases]
+    frames = min(g.shape[0] for g in generated)
+    return [round(float(np.mean([detected_shape(g[i]) == f for g, f in zip(generated, first)])), 4)
+            for i in range(frames)]
+
+
 def edge_strength(frame_u8: np.ndarray) -> float | None:
     """Mean Sobel gradient magnitude (grey, [0, 1] units) on a 3-px band around the largest object; None if none."""
     found = detect_objects(frame_u8, max_objects=1)
@@ -170,7 +196,8 @@ def evaluate(model, cases, tokenizer, cfg: BakeoffConfig) -> tuple[dict, list, l
 
 def score_exports(folders: list[Path], cfg: BakeoffConfig) -> dict[str, dict]:
     """The held-out eval above on exported v2 model folders (what `python -m vdemo.train --arch v2` writes), each at
-    its own size, all on the same `cfg.cases` cases and seeds: the head-to-head that chooses a checkpoint to ship."""
+    its own size, all on the same `cfg.cases` cases and seeds: the head-to-head that chooses a checkpoint to ship;
+    with each row's breakdown by shape and the shape kept frame by frame (where it is lost)."""
     from vdemo.backends.tiny_v2 import TinyV2Backend
 
     scores = {}
@@ -178,9 +205,13 @@ def score_exports(folders: list[Path], cfg: BakeoffConfig) -> dict[str, dict]:
         backend = TinyV2Backend.from_pretrained(folder)
         size = backend.model.cfg.size
         with torch.no_grad():
-            metrics, _, _ = evaluate(backend.model.float().eval(), eval_cases(cfg.cases, cfg.frames, size),
-                                     backend.tokenizer, replace(cfg, size=size))
-        scores[str(folder)] = {k: round(v, 4) for k, v in metrics.items()}
+            cases = eval_cases(cfg.cases, cfg.frames, size)
+            metrics, text, kept = evaluate(backend.model.float().eval(), cases, backend.tokenizer,
+                                           replace(cfg, size=size))
+        scores[str(folder)] = {**{k: round(v, 4) for k, v in metrics.items()},
+                               "by_shape": {"shape_from_text": shape_breakdown(text, cases, "text"),
+                                            "shape_kept": shape_breakdown(kept, cases, "kept")},
+                               "shape_kept_per_frame": shape_kept_per_frame(kept, cases)}
     return scores
 
 
@@ -425,7 +456,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     parser.add_argument("--out", default=defaults.out)
     parser.add_argument("--assets", default=defaults.assets)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=defaults.bf16)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast (default: where the CPU has it in hardware, as the app)")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--report-only", action="store_true", help="rewrite the reports from <out>/<X>/state.pt")
     parser.add_argument("--save-resume", default="", metavar="DIR",
@@ -436,6 +468,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = vars(parser.parse_args(argv))
     report_only, save_to, score = args.pop("report_only"), args.pop("save_resume"), args.pop("score")
     args["candidates"] = tuple(args["candidates"])
+    args["bf16"] = bf16_flag(parser, args["bf16"])
     cfg = BakeoffConfig(**args)
     torch.set_num_threads(cfg.threads)
     if score and (report_only or save_to):

@@ -40,6 +40,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 
 from vdemo import world
+from vdemo.backends.tiny import bf16_flag
 from vdemo.backends.tiny_v2 import WEIGHTS, save_v2_model
 from vdemo.bakeoff import (
     MODE_WEIGHTS,
@@ -127,11 +128,13 @@ def parse_args(argv: list[str] | None) -> V2Config:
     parser = argparse.ArgumentParser(prog="python -m vdemo.train --arch v2", description=__doc__.split("\n\n")[0])
     for f in fields(V2Config):
         flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        if f.type == "bool":  # --bf16 left out: the app's choice for this CPU (bf16_flag)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None if f.name == "bf16"
+                                else f.default)
         else:
             parser.add_argument(flag, type=type(f.default), default=f.default)
-    cfg = V2Config(**vars(parser.parse_args(argv)))
+    args = vars(parser.parse_args(argv))
+    cfg = V2Config(**{**args, "bf16": bf16_flag(parser, args["bf16"])})
     if not 0.0 <= cfg.p_dragged <= 1.0:
         parser.error(f"--p-dragged must be in [0, 1], got {cfg.p_dragged}")
     if not 0.0 <= cfg.soup_weight <= 1.0:
