@@ -867,6 +867,9 @@ def test_the_shape_breakdown_says_which_shape_fails_and_what_it_is_read_as():
     assert bakeoff.shape_breakdown(generated, cases, "kept") == text  # frame 0's detected shape is the caption's
     assert bakeoff.shape_kept_per_frame(generated, cases) == [round(4 / 6, 4)] * 2 + [0.5] * 2
     assert bakeoff.shape_from_text(generated, cases) == pytest.approx(3 / 6)  # the rows the breakdown splits
+    blank = [cases[0].__class__(**{**vars(cases[0]), "frames": np.zeros_like(cases[0].frames)})]  # no object at all
+    none = bakeoff.shape_breakdown([blank[0].frames], blank, "kept")["none"]  # asked for nothing, got nothing
+    assert none == {"right": 1.0, "cases": 1, "read_as": {}}
 
 
 def test_the_head_to_head_scores_exported_folders_on_the_same_held_out_cases(trained, tmp_path, capsys, monkeypatch):

@@ -119,8 +119,8 @@ def shape_breakdown(generated: list[np.ndarray], cases: list[world.Clip], task: 
         right.setdefault(asked, []).append(seen == asked)
         if seen != asked:
             read_as.setdefault(asked, {})[seen] = read_as.setdefault(asked, {}).get(seen, 0) + 1
-    return {shape: {"right": round(float(np.mean(r)), 4) if r else None, "cases": len(r), "read_as": read_as[shape]}
-            for shape, r in right.items()}
+    return {shape: {"right": round(float(np.mean(r)), 4) if r else None, "cases": len(r),
+                    "read_as": read_as.get(shape, {})} for shape, r in right.items()}
 
 
 def shape_kept_per_frame(generated: list[np.ndarray], cases: list[world.Clip]) -> list[float]:

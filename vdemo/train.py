@@ -34,6 +34,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file
 
 from vdemo import world
+from vdemo.backends.tiny import bf16_flag
 from vdemo.config import ATTENTION_MODES
 from vdemo.models.controls import control_tensors
 from vdemo.models.tiny_unet import TinyVideoUNet
@@ -120,8 +121,6 @@ class TrainConfig:
                 parser.add_argument(flag, type=type(f.default), default=f.default)
         args = vars(parser.parse_args(argv))
         args["channels"], args["mode_weights"] = tuple(args["channels"]), tuple(args["mode_weights"])
-        from vdemo.backends.tiny import bf16_flag  # lazily: vdemo.backends imports this module's neighbours
-
         args["bf16"] = bf16_flag(parser, args["bf16"])
         return cls(**args)
 

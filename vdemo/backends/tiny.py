@@ -60,9 +60,9 @@ def cpu_bf16(setting: str | None = None) -> bool:
 
 def bf16_flag(parser, value: bool | None) -> bool:
     """A tool's `--bf16` / `--no-bf16`, or where neither is given (None) the app's own choice, `cpu_bf16`: bf16
-    autocast emulated on a CPU without it runs several times slower than float32 (seen on an AVX2-only AMD EPYC: a
-    60-case score took about 4 minutes in float32 and had not finished after 22 under bf16). A bad VDEMO_CPU_BF16 is
-    the parser's one-line error."""
+    autocast emulated on a CPU without it runs several times slower than float32 (seen on an AVX2-only AMD EPYC, 2
+    threads: a 60-case score took 2 min 50 s in float32 and had not finished after 22 minutes under bf16). A bad
+    VDEMO_CPU_BF16 is the parser's one-line error."""
     if value is not None:
         return value
     try:
