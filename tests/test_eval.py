@@ -235,3 +235,31 @@ def test_strokes_and_image_rows_say_whether_the_cut_and_drag_reference_ran(tmp_p
     header = (tmp_path / "curve.csv").read_text().splitlines()[0].split(",")
     assert {"strokes.dragged_share", "strokes_no_drag.stroke_error_diag"} <= set(header)
     assert "strokes.drag" not in header
+
+
+def test_the_depth_row_reports_its_ceiling_and_whether_misses_are_colours_bound_to_the_wrong_objects(monkeypatch):
+    import vdemo.eval as ev
+
+    s = ev.EvalSettings(cases=4, num_frames=8, size=64)
+    specs = ev.held_out_specs("depth", 4, lambda sp: len(sp["objects"]) >= 2)
+    clips = {c.caption: c for c in (world.make_clip(sp, 8, 64) for sp in specs)}
+    swapped = []
+
+    def fake_generate(pipe, settings, mode, seed, prompt, depth):  # the truth, or the truth with two colours swapped
+        clip = clips[prompt]
+        frames = clip.frames.copy()
+        if swapped:
+            for f, frame in enumerate(frames):
+                order = sorted(range(len(clip.objects)), key=lambda k: clip.objects[k]["z"][f])
+                a, b = (np.array(world.COLOURS[clip.objects[k]["colour"]], np.uint8) for k in order[:2])
+                is_a, is_b = (np.all(clip.frames[f] == c, axis=-1) for c in (a, b))
+                frame[is_a], frame[is_b] = b, a  # the nearer object now wears the farther one's colour
+        return frames
+
+    monkeypatch.setattr(ev, "generate", fake_generate)
+    truth = ev.eval_depth(None, s, "full")
+    assert truth["near_larger_in_front"] == truth["truth_near_larger"] > 0.5  # the truth scores its own ceiling
+    swapped.append(True)
+    bound_wrong = ev.eval_depth(None, s, "full")
+    assert bound_wrong["truth_near_larger"] == truth["truth_near_larger"]
+    assert bound_wrong["near_larger_in_front"] < 0.5 < 0.9 <= bound_wrong["misses_colour_wrong"]
