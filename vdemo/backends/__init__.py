@@ -35,7 +35,8 @@ BUILTIN_NOTES = {
     "tiny-v2": "built-in v2, the default: latent video diffusion (Video LDM), 128 px, about 3× faster than v1. "
                "Give it a first frame and a motion (strokes that start on a shape, or a prompt that says where it "
                "moves) and it keeps the shape (cut and drag). Without the layout planner it draws squares as round "
-               "blobs and moves the object the prompt's way about 4 times in 10 (README, issue 13)",
+               "blobs and moves the object the prompt's way about 4 times in 10; with a depth map and two or three "
+               "objects it sometimes paints the caption's colours on the wrong ones (README, issue 13)",
 }
 SPACE_BACKENDS_ENV = "VDEMO_SPACE_BACKENDS"
 
