@@ -112,13 +112,14 @@ def shape_breakdown(generated: list[np.ndarray], cases: list[world.Clip], task: 
     shows the caption's shape, for "kept" the share showing frame 0's (what `shape_from_text` / `shape_kept` average),
     and what the detector read instead ("none": no object found)."""
     right: dict[str, list[bool]] = {shape: [] for shape in world.SHAPES}
-    read_as: dict[str, dict[str, int]] = {shape: {} for shape in world.SHAPES}
+    read_as: dict[str, dict[str, int]] = {}
     for g, c in zip(generated, cases):
         asked = (c.objects[0]["shape"] if task == "text" else detected_shape(c.frames[0])) or "none"
         seen = detected_shape(g[-1]) or "none"
         right.setdefault(asked, []).append(seen == asked)
         if seen != asked:
-            read_as.setdefault(asked, {})[seen] = read_as.setdefault(asked, {}).get(seen, 0) + 1
+            counts = read_as.setdefault(asked, {})
+            counts[seen] = counts.get(seen, 0) + 1
     return {shape: {"right": round(float(np.mean(r)), 4) if r else None, "cases": len(r),
                     "read_as": read_as.get(shape, {})} for shape, r in right.items()}
 
@@ -467,14 +468,14 @@ def main(argv: list[str] | None = None) -> dict:
                              "--guidance, --frames; each at its own size) and print one JSON line each")
     args = vars(parser.parse_args(argv))
     report_only, save_to, score = args.pop("report_only"), args.pop("save_resume"), args.pop("score")
-    args["candidates"] = tuple(args["candidates"])
-    args["bf16"] = bf16_flag(parser, args["bf16"])
-    cfg = BakeoffConfig(**args)
-    torch.set_num_threads(cfg.threads)
     if score and (report_only or save_to):
         parser.error("--score only scores exported folders; it cannot be combined with --report-only or --save-resume")
     if save_to and not report_only:
         parser.error("--save-resume writes compact states from --report-only; add --report-only")
+    args["candidates"] = tuple(args["candidates"])
+    args["bf16"] = bf16_flag(parser, args["bf16"])
+    cfg = BakeoffConfig(**args)
+    torch.set_num_threads(cfg.threads)
     if score:
         missing = [d for d in score if not (Path(d) / "config.json").exists()]
         if missing:
